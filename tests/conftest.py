@@ -1,0 +1,27 @@
+"""Shared test fixtures: the shared evaluation data folder and a private cache folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MIXCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared evaluation data not found at {SHARED_DATA} (set MIXCLIP_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets the same session-wide cache dir, never the user's ~/.cache/mixclip."""
+    cache = tmp_path_factory.getbasetemp() / "mixclip-cache"
+    monkeypatch.setenv("MIXCLIP_CACHE", str(cache))
+    return cache

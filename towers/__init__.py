@@ -1,0 +1,25 @@
+"""Pluggable image and text towers for CLIP, and the two-tower model that pairs any two of them.
+
+Families (see `towers.registry.FAMILIES`): `transformer` (open_clip's ViT and causal text
+Transformer) and `mixer` (timm's MlpMixer and our Mixer text tower). The API mirrors openai/CLIP:
+
+    import towers
+    towers.available_models()                  # ['transformer-tiny', 'transformer+mixer-tiny', ...]
+    model = towers.create_model("mixer-B-32")
+    model, preprocess = towers.load("runs/x/checkpoints/step_00000100.pt")
+    tokens = towers.tokenize(["a red circle"])
+
+`python -m towers` prints every model's parameters and GFLOPs.
+"""
+
+from towers.checkpoints import CheckpointError, load, load_weights, read_checkpoint
+from towers.clip import CLIP, available_models, build_from_config, build_model, create_model
+from towers.preprocess import image_transform, tokenize
+from towers.profile import profile
+from towers.registry import FAMILIES, build_tower
+
+__all__ = [
+    "CLIP", "CheckpointError", "FAMILIES", "available_models", "build_from_config", "build_model",
+    "build_tower", "create_model", "image_transform", "load", "load_weights", "profile",
+    "read_checkpoint", "tokenize",
+]

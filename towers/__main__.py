@@ -1,0 +1,33 @@
+"""`python -m towers`: every registered model's parameters and GFLOPs per sample, as a table.
+
+Built on the meta device (nothing is allocated), so the whole table takes seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from towers.clip import available_models
+from towers.profile import profile
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m towers", description=__doc__)
+    parser.add_argument("--models", nargs="*", default=None, help="model names (default: all)")
+    args = parser.parse_args(argv)
+    names = args.models or available_models()
+    unknown = [n for n in names if n not in available_models()]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}: expected names from {available_models()}")
+    header = (f"{'model':<28}{'image params':>14}{'text params':>14}{'total params':>15}"
+              f"{'image GFLOPs':>14}{'text GFLOPs':>13}")
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        row = profile(name)
+        print(f"{name:<28}{row['image_params']:>14,}{row['text_params']:>14,}{row['total_params']:>15,}"
+              f"{row['image_gflops']:>14.2f}{row['text_gflops']:>13.2f}")
+
+
+if __name__ == "__main__":
+    main()

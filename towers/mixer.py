@@ -1,0 +1,177 @@
+"""The MLP-Mixer family: timm's MlpMixer as the image tower, and a Mixer text tower of our own.
+
+Image: timm's `MlpMixer` used as a library, with no classifier head (`num_classes=0`), so it returns
+the average-pooled, layer-normed token features of width `embed_dim`. Its B/32 trunk has the sizes of
+timm's `mixer_b32_224`.
+
+Text (the one piece no library provides): token embedding + learned positional embedding over the
+fixed 77-token context, L blocks of [LayerNorm -> token-mixing MLP across the 77 positions ->
+residual, LayerNorm -> channel MLP (timm's `Mlp`) -> residual], a final LayerNorm, and pooling at the
+EOT token (the largest id of each row), exactly where CLIP's text Transformer pools.
+
+Token mixing has two modes:
+- `causal` (default): position i mixes only positions <= i. The two token-mixing matrices are masked
+  MADE-style: hidden unit k gets a degree d(k) in [0, 76]; the first layer lets it read positions
+  j <= d(k), the second lets position i read it when d(k) <= i. So the EOT feature never depends on
+  padding or on anything written after EOT, like the causal Transformer.
+- `full`: the seed paper's behaviour, mixing all 77 positions, padding included (for replication).
+
+Build one with `towers.build_tower("mixer", "text", "B/32")`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from timm.models.mlp_mixer import MlpMixer
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from towers.preprocess import CONTEXT_LENGTH, VOCAB_SIZE
+
+TOKEN_MIXING_MODES = ("causal", "full")
+
+VARIANTS: dict[str, dict] = {
+    "tiny": {
+        "embed_dim": 128,
+        "image": dict(image_size=64, patch_size=8, width=128, layers=4, mlp_ratio=(0.5, 4.0)),
+        "text": dict(width=128, layers=4, token_hidden=64, channel_hidden=512),
+    },
+    # timm mixer_s32_224 trunk; text sized like open_clip ViT-S-32's text tower.
+    "S/32": {
+        "embed_dim": 384,
+        "image": dict(image_size=224, patch_size=32, width=512, layers=8, mlp_ratio=(0.5, 4.0)),
+        "text": dict(width=384, layers=12, token_hidden=256, channel_hidden=1536),
+    },
+    # timm mixer_b32_224 trunk + 12-layer width-512 Mixer text tower.
+    "B/32": {
+        "embed_dim": 512,
+        "image": dict(image_size=224, patch_size=32, width=768, layers=12, mlp_ratio=(0.5, 4.0)),
+        "text": dict(width=512, layers=12, token_hidden=256, channel_hidden=2048),
+    },
+    # timm mixer_b16_224 trunk.
+    "B/16": {
+        "embed_dim": 512,
+        "image": dict(image_size=224, patch_size=16, width=768, layers=12, mlp_ratio=(0.5, 4.0)),
+        "text": dict(width=512, layers=12, token_hidden=256, channel_hidden=2048),
+    },
+}
+
+
+class MixerImageTower(MlpMixer):
+    """timm's MlpMixer without a head: (B, 3, H, W) -> (B, width) mean-pooled features."""
+
+    def __init__(self, image_size: int, patch_size: int, width: int, layers: int,
+                 mlp_ratio: tuple[float, float] = (0.5, 4.0), drop_path_rate: float = 0.0):
+        super().__init__(num_classes=0, img_size=image_size, patch_size=patch_size,
+                         num_blocks=layers, embed_dim=width, mlp_ratio=mlp_ratio,
+                         drop_path_rate=drop_path_rate)
+        self.width = width
+        self.image_size = (image_size, image_size)
+
+
+def made_degrees(hidden: int, positions: int) -> torch.Tensor:
+    """Degree of each hidden unit, spread evenly over the positions (MADE's deterministic order)."""
+    return torch.arange(hidden) * positions // hidden
+
+
+class TokenMixingMlp(nn.Module):
+    """Two-layer MLP across sequence positions: (B, C, L) -> (B, C, L), optionally causal."""
+
+    def __init__(self, positions: int, hidden: int, mode: str = "causal"):
+        super().__init__()
+        if mode not in TOKEN_MIXING_MODES:
+            raise ValueError(f"token mixing mode {mode!r}: expected one of {TOKEN_MIXING_MODES}")
+        self.mode = mode
+        self.fc1 = nn.Linear(positions, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, positions)
+        if mode == "causal":
+            degree = made_degrees(hidden, positions)
+            position = torch.arange(positions)
+            # Buffers, not parameters: the mask is architecture, and it travels with the module.
+            self.register_buffer("mask1", (position[None, :] <= degree[:, None]).float(), persistent=False)
+            self.register_buffer("mask2", (degree[None, :] <= position[:, None]).float(), persistent=False)
+        else:
+            self.mask1 = self.mask2 = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w1, w2 = self.fc1.weight, self.fc2.weight
+        if self.mask1 is not None:
+            w1, w2 = w1 * self.mask1, w2 * self.mask2
+        return F.linear(self.act(F.linear(x, w1, self.fc1.bias)), w2, self.fc2.bias)
+
+
+class MixerTextBlock(nn.Module):
+    """One Mixer block over a token sequence (B, L, C): token mixing, then channel mixing."""
+
+    def __init__(self, width: int, positions: int, token_hidden: int, channel_hidden: int,
+                 mode: str = "causal", drop_path: float = 0.0):
+        super().__init__()
+        norm = partial(nn.LayerNorm, eps=1e-6)  # timm's Mixer norm
+        self.norm1 = norm(width)
+        self.mlp_tokens = TokenMixingMlp(positions, token_hidden, mode)
+        self.norm2 = norm(width)
+        self.mlp_channels = Mlp(width, channel_hidden, act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.mlp_tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2))
+        return x + self.drop_path(self.mlp_channels(self.norm2(x)))
+
+
+class MixerTextTower(nn.Module):
+    """Mixer text tower: (B, context_length) token ids -> (B, width) feature at the EOT token."""
+
+    def __init__(self, width: int, layers: int, token_hidden: int, channel_hidden: int,
+                 token_mixing: str = "causal", context_length: int = CONTEXT_LENGTH,
+                 vocab_size: int = VOCAB_SIZE, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.width = width
+        self.context_length = context_length
+        self.token_mixing = token_mixing
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        rates = [drop_path_rate * i / max(layers - 1, 1) for i in range(layers)]  # timm's linear rule
+        self.blocks = nn.ModuleList(
+            MixerTextBlock(width, context_length, token_hidden, channel_hidden, token_mixing, rate)
+            for rate in rates
+        )
+        self.ln_final = nn.LayerNorm(width, eps=1e-6)
+        self.grad_checkpointing = False
+        self.init_parameters()
+
+    def init_parameters(self) -> None:
+        # Embeddings as CLIP's text Transformer; linear layers as timm's Mixer (xavier, zero bias).
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[1] != self.context_length:
+            raise ValueError(f"Mixer text tower takes exactly {self.context_length} tokens per text, "
+                             f"got {tokens.shape[1]}")
+        x = self.token_embedding(tokens) + self.positional_embedding
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        x = self.ln_final(x)
+        return x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+
+
+def build(modality: str, **config) -> nn.Module:
+    """Build the `image` or `text` tower from a resolved variant config."""
+    if modality == "image":
+        return MixerImageTower(**config)
+    return MixerTextTower(**config)

@@ -1,0 +1,87 @@
+"""The Transformer family: CLIP's ViT image tower and causal text Transformer, as open_clip builds them.
+
+Both towers are open_clip's own modules (`VisionTransformer`, `TextTransformer`), not a
+re-implementation, so open_clip and OpenAI weights load and give the same embeddings. The only
+change is that the towers stop before the projection: the two-tower `towers.clip.CLIP` owns the
+projections and the temperature identically for every family (open_clip's `visual.proj` and
+`text_projection` are mapped onto it when a checkpoint loads, see `towers.checkpoints`).
+
+Variants follow open_clip's model configs (`ViT-S-32`, `ViT-B-32`, `ViT-B-16`), plus `tiny` for CPU
+tests. Build one with `towers.build_tower("transformer", "image", "B/32")`.
+"""
+
+from __future__ import annotations
+
+import torch
+from open_clip.transformer import QuickGELU, TextTransformer, VisionTransformer
+from torch import nn
+
+from towers.preprocess import CONTEXT_LENGTH, VOCAB_SIZE
+
+# Every number that sizes a tower. `heads` follows open_clip's head width of 64 (tiny: 32).
+VARIANTS: dict[str, dict] = {
+    "tiny": {
+        "embed_dim": 128,
+        "image": dict(image_size=64, patch_size=8, width=128, layers=4, heads=4, mlp_ratio=4.0),
+        "text": dict(width=128, layers=4, heads=4, mlp_ratio=4.0),
+    },
+    "S/32": {
+        "embed_dim": 384,
+        "image": dict(image_size=224, patch_size=32, width=384, layers=12, heads=6, mlp_ratio=4.0),
+        "text": dict(width=384, layers=12, heads=6, mlp_ratio=4.0),
+    },
+    "B/32": {
+        "embed_dim": 512,
+        "image": dict(image_size=224, patch_size=32, width=768, layers=12, heads=12, mlp_ratio=4.0),
+        "text": dict(width=512, layers=12, heads=8, mlp_ratio=4.0),
+    },
+    "B/16": {
+        "embed_dim": 512,
+        "image": dict(image_size=224, patch_size=16, width=768, layers=12, heads=12, mlp_ratio=4.0),
+        "text": dict(width=512, layers=12, heads=8, mlp_ratio=4.0),
+    },
+}
+
+
+def _activation(quick_gelu: bool) -> type[nn.Module]:
+    # OpenAI's released weights were trained with QuickGELU; open_clip's own configs use nn.GELU.
+    return QuickGELU if quick_gelu else nn.GELU
+
+
+class TransformerImageTower(VisionTransformer):
+    """open_clip's ViT, ending at the pooled, layer-normed class token (no projection)."""
+
+    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int,
+                 mlp_ratio: float = 4.0, quick_gelu: bool = False):
+        super().__init__(image_size=image_size, patch_size=patch_size, width=width, layers=layers,
+                         heads=heads, mlp_ratio=mlp_ratio, output_dim=width,
+                         act_layer=_activation(quick_gelu))
+        # open_clip's `forward` skips the projection when `proj` is None (as its prune_head does).
+        self.proj = None
+        self.width = width
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, width)."""
+        return super().forward(images)
+
+
+class TransformerTextTower(TextTransformer):
+    """open_clip's causal text Transformer, pooled at the EOT token (argmax id), no projection."""
+
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0,
+                 context_length: int = CONTEXT_LENGTH, vocab_size: int = VOCAB_SIZE,
+                 quick_gelu: bool = False):
+        super().__init__(context_length=context_length, vocab_size=vocab_size, width=width,
+                         heads=heads, layers=layers, mlp_ratio=mlp_ratio, output_dim=None,
+                         proj_type="none", act_layer=_activation(quick_gelu))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, context_length) token ids -> (B, width)."""
+        return super().forward(tokens)
+
+
+def build(modality: str, **config) -> nn.Module:
+    """Build the `image` or `text` tower from a resolved variant config."""
+    if modality == "image":
+        return TransformerImageTower(**config)
+    return TransformerTextTower(**config)
