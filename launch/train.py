@@ -1,0 +1,236 @@
+"""Train a CLIP tower pair with the one recipe: `accelerate launch launch/train.py --tower mixer`.
+
+The tower flags (`--tower`, `--image-tower`, `--text-tower`, `--variant`) choose what is compared;
+every other flag is the recipe (`launch/config.py`), identical for every tower. Without
+`--train-data` the run uses the embedded `toy` set (generated on first use), through the same
+WebDataset code path as a LAION run. A run writes `runs/<name>/`: config.json, metrics.jsonl,
+TensorBoard events and atomic checkpoints (`--save-every`, `latest` pointer); `--resume latest`
+continues exactly where the last checkpoint left off. Zero-shot accuracy on the toy val split is
+scored at the end (and every `--eval-every` steps) by `benchmarks.imagenet_zeroshot`.
+
+    accelerate launch launch/train.py --tower transformer                 # the default run (CPU: ~10 min)
+    accelerate launch --config_file launch/accelerate/cpu.yaml launch/train.py --tower mixer --steps 20
+    python launch/train.py --help
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm import tqdm
+
+import towers
+from benchmarks.encoder import ModelEncoder
+from benchmarks.imagenet_zeroshot import zero_shot_eval
+from launch.checkpointing import (
+    capture_rng_state,
+    resolve_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from launch.config import Experiment, RunOptions, experiment_dict, experiment_differences, parse_experiment
+from launch.data import get_train_loader
+from launch.run_record import MetricsLog, command_line, git_commit, library_versions, write_json
+from launch.trainer import ContrastiveStep, NonFiniteLossError, build_optimizer, micro_batch_stream
+
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+class RunError(Exception):
+    """Bad input found while setting a run up; reported as one line, exit status 2."""
+
+
+class TrainingRun:
+    def __init__(self, experiment: Experiment, options: RunOptions, accelerator: Accelerator):
+        self.experiment, self.options, self.accelerator = experiment, options, accelerator
+        self.recipe = experiment.recipe
+        self.main = accelerator.is_main_process
+        set_seed(self.recipe.seed)  # same initial weights on every process
+        self.model = towers.build_model(**experiment.model_kwargs())
+        name = options.name or f"{self.model.model_name}-seed{self.recipe.seed}"
+        self.run_dir = Path(options.runs_dir) / name
+        self.checkpoints = self.run_dir / "checkpoints"
+        self.step, self.samples_seen = 0, 0
+        resume_state = self._resume_state()
+        if options.init_from and not resume_state:
+            self._init_from(options.init_from)
+        if options.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        optimizer = build_optimizer(self.model, self.recipe)
+        if resume_state:
+            optimizer.load_state_dict(resume_state["optimizer"])
+        trained = torch.compile(self.model) if options.compile else self.model
+        self.ddp_model, self.optimizer = accelerator.prepare(trained, optimizer)
+        if resume_state:
+            self._restore(resume_state)
+        self.step_fn = ContrastiveStep(accelerator, self.ddp_model, self.optimizer, self.recipe)
+        self.loader = get_train_loader(
+            self.recipe.train_data, image_size=self.model.image_size, batch_size=self.recipe.batch_size,
+            num_samples=self.recipe.train_num_samples, workers=options.workers, seed=self.recipe.seed,
+            rank=accelerator.process_index, world_size=accelerator.num_processes,
+            start_batch=self.step * self.recipe.accum, context_length=self.recipe.context_length)
+
+    # --- setup ------------------------------------------------------------------------------------
+    def _resume_state(self) -> dict | None:
+        exists = (self.run_dir / "config.json").exists()
+        resume = self.options.resume
+        if resume == "auto":  # requeued jobs: continue if there is a checkpoint, else start
+            resume = "latest" if (self.checkpoints / "latest").is_file() else None
+        if not resume:
+            if exists:
+                raise RunError(f"run folder {self.run_dir} already holds a run: pass --resume latest to "
+                               f"continue it, or another --name")
+            return None
+        try:
+            path = resolve_checkpoint(resume, self.checkpoints)
+        except FileNotFoundError as error:
+            raise RunError(str(error)) from None
+        state = towers.read_checkpoint(path)
+        saved = state.get("experiment", {})
+        differences = experiment_differences(saved, experiment_dict(self.experiment))
+        if differences:
+            raise RunError(f"--resume {path}: checkpoint was trained with a different experiment: "
+                           + "; ".join(differences))
+        towers.load_weights(self.model, state["state_dict"], str(path))
+        self.resumed_from = str(path)
+        return state
+
+    def _init_from(self, spec: str) -> None:
+        state = towers.read_checkpoint(spec)
+        towers.load_weights(self.model, state.get("state_dict", state), spec)
+
+    def _restore(self, state: dict) -> None:
+        self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+        if state.get("scaler") is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        if len(rng) != self.accelerator.num_processes:
+            raise RunError(f"--resume: checkpoint holds RNG states of {len(rng)} processes, this run has "
+                           f"{self.accelerator.num_processes}")
+        restore_rng_state(rng[self.accelerator.process_index])
+
+    def write_config(self) -> None:
+        with torch.device("meta"):
+            cost = towers.profile(towers.build_model(**self.experiment.model_kwargs()))
+        world = self.accelerator.num_processes
+        write_json(self.run_dir / "config.json", {
+            "name": self.run_dir.name, "model_name": self.model.model_name,
+            "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe.sha256(),
+            "run_options": dataclasses.asdict(self.options), "command": command_line(),
+            "git_commit": git_commit(), "versions": library_versions(), "world_size": world,
+            "global_batch_size": self.recipe.batch_size * world * self.recipe.accum,
+            "device": str(self.accelerator.device),
+            "params": {k: cost[k] for k in ("image_params", "text_params", "total_params")},
+            "flops_per_sample": {"image_gflops": cost["image_gflops"], "text_gflops": cost["text_gflops"],
+                                 # forward + backward = 3x forward, the usual estimate
+                                 "train_gflops": 3 * (cost["image_gflops"] + cost["text_gflops"])},
+            "resumed_from": getattr(self, "resumed_from", None),
+        })
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        rng = gather_object([capture_rng_state()])  # every process's RNG, in rank order
+        if self.main:
+            scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
+            save_checkpoint(self.checkpoints, self.step, {
+                "model_config": self.model.model_config, "state_dict": self.model.state_dict(),
+                "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe.sha256(),
+                "step": self.step, "samples_seen": self.samples_seen,
+                "optimizer": self.optimizer.state_dict(), "scaler": scaler, "rng": rng,
+            })
+        self.accelerator.wait_for_everyone()
+
+    def evaluate(self) -> dict:
+        result = {}
+        if self.main:
+            encoder = ModelEncoder(self.model, self.accelerator.device)
+            scores = zero_shot_eval(encoder, dataset="toy", limit=self.options.eval_samples, progress=False)
+            result = {f"eval/toy_{k}": v for k, v in scores.items()
+                      if k in ("top1", "top5", "mean_per_class_recall", "colour_acc", "shape_acc", "n")}
+            result["eval/toy_top1_ci95"] = scores.get("top1_ci95")
+            self.log.log({"step": self.step, "samples_seen": self.samples_seen, **result})
+            tqdm.write(f"step {self.step}: toy zero-shot top-1 {scores['top1']:.1f}% "
+                       f"(colour {scores.get('colour_acc', float('nan')):.1f}%, "
+                       f"shape {scores.get('shape_acc', float('nan')):.1f}%)")
+        self.accelerator.wait_for_everyone()
+        return result
+
+    def skipped_samples(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for counts in gather_object([self.loader.skipped()]):
+            for kind, n in counts.items():
+                total[kind] = total.get(kind, 0) + n
+        return total
+
+    def train(self) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self.log = MetricsLog(self.run_dir) if self.main else None
+        if self.main:
+            self.write_config()
+        recipe, options = self.recipe, self.options
+        global_batch = recipe.batch_size * self.accelerator.num_processes * recipe.accum
+        timer = {"data_wait": 0.0}
+        stream = micro_batch_stream(self.loader, recipe.accum, self.accelerator.device, timer)
+        bar = tqdm(total=recipe.steps, initial=self.step, disable=not self.main, unit="step",
+                   desc=self.run_dir.name, dynamic_ncols=True)
+        interval_start, interval_samples = time.perf_counter(), 0
+        self.ddp_model.train()
+        while self.step < recipe.steps:
+            info = self.step_fn(next(stream), self.step)
+            self.step += 1
+            self.samples_seen += global_batch
+            interval_samples += global_batch
+            bar.update(1)
+            bar.set_postfix(loss=f"{info['loss']:.3f}")
+            last = self.step == recipe.steps
+            if self.step % options.log_every == 0 or last or info["skipped_step"]:
+                skipped = self.skipped_samples()
+                if self.main:
+                    elapsed = time.perf_counter() - interval_start
+                    self.log.log({
+                        "step": self.step, "samples_seen": self.samples_seen, "loss": info["loss"],
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "logit_scale": self.model.logit_scale.exp().item(),
+                        "samples_per_s": interval_samples / elapsed,
+                        "data_wait_frac": timer["data_wait"] / elapsed,
+                        "grad_norm": info.get("grad_norm"), "skipped": skipped,
+                        "nonfinite_steps": self.step_fn.nonfinite_total})
+                interval_start, interval_samples, timer["data_wait"] = time.perf_counter(), 0, 0.0
+            healthy = self.step_fn.nonfinite_in_a_row == 0  # never checkpoint inside a non-finite streak
+            if options.save_every and self.step % options.save_every == 0 and not last and healthy:
+                self.checkpoint()
+            if options.eval_every and self.step % options.eval_every == 0 and not last:
+                self.evaluate()
+        bar.close()
+        if self.step_fn.nonfinite_in_a_row == 0:
+            self.checkpoint()
+        final = self.evaluate()
+        if self.main:
+            write_json(self.run_dir / "final_eval.json", {"step": self.step, **final})
+            self.log.close()
+        return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    experiment, options = parse_experiment(argv)
+    accelerator = Accelerator(mixed_precision=MIXED_PRECISION[experiment.recipe.precision])
+    try:
+        TrainingRun(experiment, options, accelerator).train()
+    except (RunError, ValueError, FileNotFoundError) as error:  # bad input: towers.CheckpointError, data spec
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
