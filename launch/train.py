@@ -28,6 +28,7 @@ from tqdm import tqdm
 import towers
 from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import zero_shot_eval
+from benchmarks.webdata import ShardSpecError
 from launch.checkpointing import (
     capture_rng_state,
     resolve_checkpoint,
@@ -72,7 +73,8 @@ class TrainingRun:
         self.step_fn = ContrastiveStep(accelerator, self.ddp_model, self.optimizer, self.recipe)
         self.loader = get_train_loader(
             self.recipe.train_data, image_size=self.model.image_size, batch_size=self.recipe.batch_size,
-            num_samples=self.recipe.train_num_samples, workers=options.workers, seed=self.recipe.seed,
+            num_samples=self.recipe.train_num_samples or self.recipe.steps * self.recipe.batch_size
+            * accelerator.num_processes * self.recipe.accum, workers=options.workers, seed=self.recipe.seed,
             rank=accelerator.process_index, world_size=accelerator.num_processes,
             start_batch=self.step * self.recipe.accum, context_length=self.recipe.context_length)
 
@@ -168,53 +170,59 @@ class TrainingRun:
                 total[kind] = total.get(kind, 0) + n
         return total
 
+    def _log_step(self, info: dict, interval: dict) -> None:
+        skipped = self.skipped_samples()  # a collective: every process takes part
+        if self.main:
+            elapsed = time.perf_counter() - interval["start"]
+            self.log.log({
+                "step": self.step, "samples_seen": self.samples_seen, "loss": info["loss"],
+                "lr": self.optimizer.param_groups[0]["lr"], "logit_scale": self.model.temperature().item(),
+                "samples_per_s": interval["samples"] / elapsed,
+                "data_wait_frac": interval["data_wait"] / elapsed,
+                "grad_norm": info.get("grad_norm"), "skipped": skipped,
+                "nonfinite_steps": self.step_fn.nonfinite_total})
+        interval.update(start=time.perf_counter(), samples=0, data_wait=0.0)
+
+    def _loop(self, bar: tqdm) -> None:
+        recipe, options = self.recipe, self.options
+        global_batch = recipe.batch_size * self.accelerator.num_processes * recipe.accum
+        interval = {"start": time.perf_counter(), "samples": 0, "data_wait": 0.0}
+        stream = micro_batch_stream(self.loader, recipe.accum, self.accelerator.device, interval)
+        self.ddp_model.train()
+        while self.step < recipe.steps:
+            info = self.step_fn(next(stream), self.step)
+            self.step += 1
+            self.samples_seen += global_batch
+            interval["samples"] += global_batch
+            bar.update(1)
+            bar.set_postfix(loss=f"{info['loss']:.3f}")
+            last = self.step == recipe.steps
+            if self.step % options.log_every == 0 or last or info["skipped_step"]:
+                self._log_step(info, interval)
+            healthy = self.step_fn.nonfinite_in_a_row == 0  # never checkpoint inside a non-finite streak
+            if options.save_every and self.step % options.save_every == 0 and not last and healthy:
+                self.checkpoint()
+            if options.eval_every and self.step % options.eval_every == 0 and not last:
+                self.evaluate()
+
     def train(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
         self.log = MetricsLog(self.run_dir) if self.main else None
         if self.main:
             self.write_config()
-        recipe, options = self.recipe, self.options
-        global_batch = recipe.batch_size * self.accelerator.num_processes * recipe.accum
-        timer = {"data_wait": 0.0}
-        stream = micro_batch_stream(self.loader, recipe.accum, self.accelerator.device, timer)
-        bar = tqdm(total=recipe.steps, initial=self.step, disable=not self.main, unit="step",
+        bar = tqdm(total=self.recipe.steps, initial=self.step, disable=not self.main, unit="step",
                    desc=self.run_dir.name, dynamic_ncols=True)
-        interval_start, interval_samples = time.perf_counter(), 0
-        self.ddp_model.train()
-        while self.step < recipe.steps:
-            info = self.step_fn(next(stream), self.step)
-            self.step += 1
-            self.samples_seen += global_batch
-            interval_samples += global_batch
-            bar.update(1)
-            bar.set_postfix(loss=f"{info['loss']:.3f}")
-            last = self.step == recipe.steps
-            if self.step % options.log_every == 0 or last or info["skipped_step"]:
-                skipped = self.skipped_samples()
-                if self.main:
-                    elapsed = time.perf_counter() - interval_start
-                    self.log.log({
-                        "step": self.step, "samples_seen": self.samples_seen, "loss": info["loss"],
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "logit_scale": self.model.logit_scale.exp().item(),
-                        "samples_per_s": interval_samples / elapsed,
-                        "data_wait_frac": timer["data_wait"] / elapsed,
-                        "grad_norm": info.get("grad_norm"), "skipped": skipped,
-                        "nonfinite_steps": self.step_fn.nonfinite_total})
-                interval_start, interval_samples, timer["data_wait"] = time.perf_counter(), 0, 0.0
-            healthy = self.step_fn.nonfinite_in_a_row == 0  # never checkpoint inside a non-finite streak
-            if options.save_every and self.step % options.save_every == 0 and not last and healthy:
-                self.checkpoint()
-            if options.eval_every and self.step % options.eval_every == 0 and not last:
-                self.evaluate()
-        bar.close()
-        if self.step_fn.nonfinite_in_a_row == 0:
+        try:
+            with bar:
+                self._loop(bar)
             self.checkpoint()
-        final = self.evaluate()
-        if self.main:
-            write_json(self.run_dir / "final_eval.json", {"step": self.step, **final})
-            self.log.close()
+            final = self.evaluate()
+            if self.main:
+                write_json(self.run_dir / "final_eval.json", {"step": self.step, **final})
+        finally:
+            if self.main:
+                self.log.close()
         return final
 
 
@@ -223,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = Accelerator(mixed_precision=MIXED_PRECISION[experiment.recipe.precision])
     try:
         TrainingRun(experiment, options, accelerator).train()
-    except (RunError, ValueError, FileNotFoundError) as error:  # bad input: towers.CheckpointError, data spec
+    except (RunError, towers.CheckpointError, ShardSpecError) as error:  # bad input
         print(f"error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:

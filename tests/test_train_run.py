@@ -1,0 +1,173 @@
+"""The training script end to end: run record, exact resume after kill -9, refusals, NaN handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from open_clip.loss import ClipLoss
+
+from launch import train
+from launch.config import parse_experiment
+from launch.trainer import build_optimizer
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--batch-size", "16", "--eval-samples", "64", "--workers", "1", "--log-every", "2"]
+
+
+def _args(runs: Path, name: str, *extra: str) -> list[str]:
+    return ["--tower", "mixer", "--steps", "10", "--warmup-steps", "2", *FAST, "--runs-dir", str(runs),
+            "--name", name, *extra]
+
+
+def _weights(run_dir: Path, step: int) -> dict:
+    return torch.load(run_dir / "checkpoints" / f"step_{step:08d}.pt", weights_only=True)["state_dict"]
+
+
+def test_recipe_is_blind_to_the_tower():
+    common = ["--steps", "100", "--lr", "3e-4", "--batch-size", "64"]
+    mixer, _ = parse_experiment(["--tower", "mixer", *common])
+    transformer, _ = parse_experiment(["--tower", "transformer", *common])
+    assert mixer.recipe == transformer.recipe
+    assert mixer.recipe.sha256() == transformer.recipe.sha256()
+    longer, _ = parse_experiment(["--tower", "mixer", "--steps", "101"])
+    assert mixer.recipe.sha256() != longer.recipe.sha256()
+    import towers
+
+    groups = [build_optimizer(towers.build_model(**e.model_kwargs()), e.recipe).param_groups
+              for e in (mixer, transformer)]
+    hyper = [[{k: v for k, v in g.items() if k != "params"} for g in gs] for gs in groups]
+    assert hyper[0] == hyper[1]
+    assert hyper[0][0]["betas"] == (0.9, 0.98) and hyper[0][0]["eps"] == 1e-6
+    assert [g["weight_decay"] for g in groups[0]] == [0.2, 0.0]
+    for gs in groups:  # decay exactly on >= 2-d tensors; logit_scale, biases, gains never
+        assert all(p.ndim >= 2 for p in gs[0]["params"]) and all(p.ndim < 2 for p in gs[1]["params"])
+
+
+def test_config_file_with_flag_overrides(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("tower: transformer\nlr: 0.0005\nbatch-size: 32\nbetas: [0.9, 0.95]\n")
+    experiment, _ = parse_experiment(["--config", str(config), "--batch-size", "48"])
+    assert experiment.image_tower == experiment.text_tower == "transformer"
+    recipe = experiment.recipe
+    assert (recipe.lr, recipe.batch_size, recipe.betas) == (5e-4, 48, (0.9, 0.95))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tower", "lstm"], "argument --tower: invalid choice: 'lstm'"),
+    (["--steps", "0"], "--steps must be > 0"),
+    (["--batch-size", "many"], "argument --batch-size: invalid int value: 'many'"),
+    (["--variant", "H/14"], "unknown variant 'H/14'"),
+])
+def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_experiment(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_missing_data_path_exits_2_naming_the_pattern(tmp_path, capsys):
+    code = train.main(_args(tmp_path, "nodata", "--train-data", str(tmp_path / "gone/{00000..00003}.tar")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "gone/{00000..00003}.tar" in err[0], err
+
+
+def test_run_writes_its_record_and_refuses_another_tower_on_resume(tmp_path, capsys):
+    assert train.main(_args(tmp_path, "run", "--steps", "4", "--save-every", "2")) == 0
+    run_dir = tmp_path / "run"
+    config = json.loads((run_dir / "config.json").read_text())
+    expected, _ = parse_experiment(_args(tmp_path, "x", "--steps", "4"))
+    assert config["recipe_sha256"] == expected.recipe.sha256()
+    assert config["params"]["total_params"] == 7_523_125 and config["world_size"] == 1
+    assert torch.__version__.startswith(config["versions"]["torch"]) and config["git_commit"]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [line for line in lines if "loss" in line]
+    assert [line["step"] for line in steps] == [2, 4]
+    fields = {"samples_seen", "lr", "logit_scale", "samples_per_s", "data_wait_frac", "skipped"}
+    assert fields <= set(steps[0])
+    assert steps[-1]["samples_seen"] == 64
+    assert "eval/toy_top1" in lines[-1] and lines[-1]["eval/toy_n"] == 64
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000004.pt"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == \
+        ["latest", "step_00000002.pt", "step_00000004.pt"]
+    assert list((run_dir / "tensorboard").iterdir())
+    capsys.readouterr()
+    # the same run name again without --resume is refused (never overwrites a run)
+    assert train.main(_args(tmp_path, "run", "--steps", "4")) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    # resuming it with the other tower is refused, naming the difference
+    other_tower = _args(tmp_path, "run", "--steps", "4", "--resume", "latest") + ["--tower", "transformer"]
+    code = train.main(other_tower)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "image_tower ('mixer' vs 'transformer')" in err[0] and "text_tower" in err[0]
+    code = train.main(_args(tmp_path, "run", "--steps", "4", "--resume", "latest", "--lr", "0.1"))
+    assert code == 2 and "recipe.lr (0.002 vs 0.1)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_kill_9_after_step_5_then_resume_equals_uninterrupted(tmp_path):
+    script = [sys.executable, str(REPO / "launch" / "train.py")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full = subprocess.run(script + _args(tmp_path, "full", "--save-every", "5"), env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(script + _args(tmp_path, "killed", "--save-every", "5"), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed_dir / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not (latest.exists() and latest.read_text().strip() == "step_00000005.pt"):
+        assert process.poll() is None and time.time() < deadline, "run ended before its step-5 checkpoint"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (killed_dir / "checkpoints" / "step_00000010.pt").exists(), "killed too late to test resume"
+
+    resumed = subprocess.run(script + _args(tmp_path, "killed", "--save-every", "5", "--resume", "latest"),
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _weights(tmp_path / "full", 10), _weights(killed_dir, 10)
+    max_diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert max_diff <= 1e-6, max_diff
+    assert max((a[k] - _weights(killed_dir, 5)[k]).abs().max().item() for k in a) > 1e-3  # it trained on
+
+
+def _nan_at(calls):
+    """A ClipLoss.forward that returns NaN on the given calls (0-based), as a diverging run would."""
+    calls, original, count = set(calls), ClipLoss.forward, [0]
+
+    def forward(loss_self, *args, **kwargs):
+        loss = original(loss_self, *args, **kwargs)
+        count[0] += 1
+        return loss * float("nan") if count[0] - 1 in calls else loss
+
+    return forward
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
+    monkeypatch.setattr(ClipLoss, "forward", _nan_at({2, 3}))
+    assert train.main(_args(tmp_path, "nan", "--steps", "6", "--save-every", "3")) == 0
+    lines = [json.loads(line) for line in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert max(line.get("nonfinite_steps", 0) for line in lines) == 2
+    state = _weights(tmp_path / "nan", 6)
+    assert all(torch.isfinite(v).all() for v in state.values())
+    # step 3 ended inside the NaN streak: no checkpoint was written for it
+    assert not (tmp_path / "nan" / "checkpoints" / "step_00000003.pt").exists()
+
+
+def test_ten_nonfinite_steps_in_a_row_stop_without_a_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ClipLoss, "forward", _nan_at(range(2, 100)))
+    code = train.main(_args(tmp_path, "diverged", "--steps", "20", "--save-every", "1"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and "10 steps in a row" in err[-1]
+    saved = sorted(p.name for p in (tmp_path / "diverged" / "checkpoints").glob("step_*.pt"))
+    assert saved == ["step_00000001.pt", "step_00000002.pt"]
