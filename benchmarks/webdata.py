@@ -1,0 +1,360 @@
+"""Reading WebDataset shards in the LAION / img2dataset layout, skipping and counting bad samples.
+
+A shard is a tar of samples `KEY.jpg|jpeg|png|webp` (image) + `KEY.txt` (caption) [+ `KEY.json`,
+`KEY.cls` (class index, for zero-shot sets)]. Shards are opened with webdataset's `gopen`, so local
+paths, `pipe:...` and http(s) URLs all work. This module is the reading core shared by the benchmarks
+(zero-shot on `.cls` shards and on the toy val split) and by `launch.data` (training pipeline).
+
+Public API (stable):
+
+    expand_shards(spec) -> list[str]
+        spec: a brace pattern "shards/{00000..01023}.tar", several specs joined by "::", a
+        directory (its *.tar files, sorted), a glob, or a list of those. Raises ShardSpecError (a
+        ValueError with a one-line message naming the spec) when no shard file exists.
+    SKIP_KINDS, SkipCounts
+        Bad samples are skipped, never fatal, and counted by kind (a Counter over SKIP_KINDS):
+        missing_shard      a shard file that does not exist / cannot be opened (once per opening)
+        truncated_tar      a shard that breaks off or has a corrupt header (once per shard); the
+                           samples before the break are kept, except the last, possibly incomplete one
+        unreadable_member  a sample with a member that is not a regular file (link, device, ...) or
+                           that occurs twice
+        missing_image      no .jpg/.jpeg/.png/.webp member
+        corrupt_image      image bytes PIL cannot decode (corrupt, truncated, unknown format)
+        missing_caption    no .txt member
+        empty_caption      a caption that is empty or only whitespace
+        caption_not_utf8   caption bytes that are not UTF-8
+        missing_class      (only with with_class=True) no .cls member, or one that is not an integer
+        Each dropped sample counts once, under the first of these that applies. Grayscale, CMYK,
+        RGBA, palette (and other) images are converted to RGB, not skipped; long captions are left to
+        the tokenizer to truncate.
+    Sample(key, image, caption, cls)                      image: PIL RGB, cls: int | None
+    iter_samples(urls, counts, with_class=False) -> Iterator[Sample]
+    eval_dataset(spec, transform, batch_size=256, with_class=False) -> EvalDataset
+        An ordered, finite IterableDataset (no resampling, no shuffling): shards in spec order;
+        inside a DataLoader with N workers, worker w reads shards w, w+N, ... (disjoint).
+    eval_loader(spec, transform, batch_size=256, workers=0, with_class=False) -> EvalLoader
+        for images, captions, classes, keys in eval_loader(...):
+            images: FloatTensor (B, 3, H, W) (a list of PIL images when transform is None)
+            captions: list[str], classes: LongTensor (B,) or None, keys: list[str]
+        loader.skipped() -> {kind: count} over all workers, complete once the loop has ended.
+        With several workers, batches arrive round-robin from the workers (deterministic); each
+        worker's batches are in shard order.
+
+    python -c "from benchmarks.webdata import eval_loader; ..."   (no CLI; see launch.data --bench)
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import io
+import os
+import tarfile
+import warnings
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import braceexpand
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+from webdataset.tariterators import base_plus_ext
+
+SKIP_KINDS = (
+    "missing_shard",
+    "truncated_tar",
+    "unreadable_member",
+    "missing_image",
+    "corrupt_image",
+    "missing_caption",
+    "empty_caption",
+    "caption_not_utf8",
+    "missing_class",
+)
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+SPEC_HELP = "a brace pattern like shards/{00000..00099}.tar, a '::'-joined list, or a directory of .tar files"
+
+
+class ShardSpecError(ValueError):
+    """No shard file matches a data spec; the message is one line naming the spec."""
+
+
+class SkipCounts(collections.Counter):
+    """Skipped samples by kind (a Counter; kinds are SKIP_KINDS)."""
+
+    def add(self, kind: str, n: int = 1) -> None:
+        if kind not in SKIP_KINDS:
+            raise ValueError(f"unknown skip kind {kind!r}")
+        self[kind] += n
+
+    def as_dict(self) -> dict[str, int]:
+        """Every kind, zeros included, in SKIP_KINDS order."""
+        return {kind: int(self[kind]) for kind in SKIP_KINDS}
+
+
+class WorkerCounts:
+    """Merges the cumulative SkipCounts that each DataLoader worker attaches to what it yields
+    (counting happens in the worker processes; the latest snapshot per worker is the truth)."""
+
+    def __init__(self) -> None:
+        self._latest: dict[int, dict[str, int]] = {}
+
+    def update(self, worker: int, counts: dict[str, int]) -> None:
+        self._latest[worker] = counts
+
+    def merged(self) -> dict[str, int]:
+        total = SkipCounts()
+        for counts in self._latest.values():
+            total.update(counts)
+        return total.as_dict()
+
+
+class Sample(NamedTuple):
+    key: str
+    image: Image.Image
+    caption: str
+    cls: int | None
+
+
+# ---------------------------------------------------------------- shard specs
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
+
+
+def expand_shards(spec: str | Sequence[str]) -> list[str]:
+    """Shard URLs of a data spec (see the module docstring)."""
+    parts = spec.split("::") if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        if _is_remote(part):
+            urls.extend(braceexpand.braceexpand(part))
+            continue
+        for item in braceexpand.braceexpand(os.path.expanduser(os.path.expandvars(part))):
+            if os.path.isdir(item):
+                urls.extend(sorted(glob.glob(os.path.join(glob.escape(item), "*.tar"))))
+            elif any(c in item for c in "*?["):
+                urls.extend(sorted(glob.glob(item)))
+            else:
+                urls.append(item)  # kept even if missing: reading counts it as missing_shard
+    if not any(_is_remote(u) or os.path.isfile(u) for u in urls):
+        shown = spec if isinstance(spec, str) else "::".join(spec)
+        raise ShardSpecError(f"no shard file matches {shown!r} (expected {SPEC_HELP})")
+    return urls
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _recording_tarinfo() -> tuple[type[tarfile.TarInfo], dict[str, bool]]:
+    """A TarInfo class that records whether the last header block tarfile read was the all-zero
+    end-of-archive block. tarfile silently stops at a truncated or garbage header; this tells a
+    complete shard from a broken one."""
+    state = {"end_marker": False}
+
+    class RecordingTarInfo(tarfile.TarInfo):
+        @classmethod
+        def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+            state["end_marker"] = len(buf) == tarfile.BLOCKSIZE and buf.count(0) == tarfile.BLOCKSIZE
+            return super().frombuf(buf, encoding, errors)
+
+    return RecordingTarInfo, state
+
+
+class _TruncatedTar(Exception):
+    pass
+
+
+def iter_shard(url: str, counts: SkipCounts) -> Iterator[dict[str, Any]]:
+    """Raw samples of one shard: dicts {"__key__", "__url__", ext: bytes, ...}, extensions lower-case.
+    A sample with an unreadable member carries "__unreadable__": True."""
+    try:
+        stream = wds.gopen(url, "rb")
+    except OSError:
+        counts.add("missing_shard")
+        return
+    tarinfo_class, state = _recording_tarinfo()
+    sample: dict[str, Any] | None = None
+    try:
+        with stream, tarfile.open(fileobj=stream, mode="r|*", tarinfo=tarinfo_class) as tar:
+            for member in tar:
+                tar.members = []  # stream mode would otherwise keep every header of the shard
+                key, ext = base_plus_ext(member.name)
+                if key is None or (key.startswith("__") and key.endswith("__")):
+                    continue  # stray names without an extension, webdataset metadata
+                ext = ext.lower()
+                if sample is None or key != sample["__key__"]:
+                    if sample is not None:
+                        yield sample
+                    sample = {"__key__": key, "__url__": url}
+                if not member.isreg() or ext in sample:
+                    sample["__unreadable__"] = True
+                    continue
+                sample[ext] = tar.extractfile(member).read()
+            if not state["end_marker"]:
+                raise _TruncatedTar()
+        if sample is not None:
+            yield sample
+    except (_TruncatedTar, tarfile.TarError, EOFError, OSError, zlib.error):
+        # The last sample read may be incomplete: it goes with the shard's count.
+        counts.add("truncated_tar")
+
+
+def load_rgb(data: bytes) -> Image.Image:
+    """Decode image bytes fully (truncation raises) and convert any mode to RGB."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # the direct P->RGB conversion warns about transparency
+    if image.mode.startswith("I;16"):
+        # 16-bit grayscale: keep the top 8 bits (a plain convert would clip everything above 255).
+        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def decode_sample(raw: dict[str, Any], counts: SkipCounts, with_class: bool = False) -> Sample | None:
+    """A decoded Sample, or None after counting why it was skipped (cheap checks first)."""
+    if raw.get("__unreadable__"):
+        counts.add("unreadable_member")
+        return None
+    image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in raw), None)
+    if image_ext is None:
+        counts.add("missing_image")
+        return None
+    if "txt" not in raw:
+        counts.add("missing_caption")
+        return None
+    try:
+        caption = raw["txt"].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        counts.add("caption_not_utf8")
+        return None
+    if not caption:
+        counts.add("empty_caption")
+        return None
+    cls = None
+    if with_class:
+        try:
+            cls = int(raw["cls"].decode("ascii").strip())
+        except (KeyError, ValueError, UnicodeDecodeError):
+            counts.add("missing_class")
+            return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF/ICC and similar warnings of odd but usable files
+            image = load_rgb(raw[image_ext])
+    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
+        counts.add("corrupt_image")
+        return None
+    return Sample(raw["__key__"], image, caption, cls)
+
+
+def iter_samples(urls: Iterable[str], counts: SkipCounts, with_class: bool = False) -> Iterator[Sample]:
+    """Good samples of the shards, in order, counting the bad ones into `counts`."""
+    for url in urls:
+        for raw in iter_shard(url, counts):
+            sample = decode_sample(raw, counts, with_class)
+            if sample is not None:
+                yield sample
+
+
+# ---------------------------------------------------------------- evaluation pipeline
+
+
+def worker_info() -> tuple[int, int]:
+    """(worker id, number of workers) of the calling DataLoader worker; (0, 1) outside one."""
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def transform_images(transform: Callable, images: list[Image.Image]) -> torch.Tensor:
+    """Stacked transformed images, computed with one torch thread as in a DataLoader worker: per-image
+    ops are too small to gain from intra-op threads, and on busy cores (workers=0 next to other jobs)
+    several threads made a 224 px transform 15x slower in our measurements."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        return torch.stack([transform(image) for image in images])
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+class EvalDataset(IterableDataset):
+    """Ordered, finite batches; yields (images, captions, classes, keys, worker, counts) tuples, and
+    a last (None, ..., worker, counts) tuple per worker so that no count is lost."""
+
+    def __init__(self, urls: list[str], transform: Callable | None, batch_size: int, with_class: bool,
+                 rank: int = 0, world_size: int = 1) -> None:
+        super().__init__()
+        self.urls, self.transform, self.batch_size = urls, transform, batch_size
+        self.with_class, self.rank, self.world_size = with_class, rank, world_size
+
+    def _collate(self, batch: list[Sample]) -> tuple:
+        images: Any = [s.image for s in batch]
+        if self.transform is not None:
+            images = transform_images(self.transform, images)
+        classes = torch.tensor([s.cls for s in batch], dtype=torch.long) if self.with_class else None
+        return images, [s.caption for s in batch], classes, [s.key for s in batch]
+
+    def __iter__(self) -> Iterator[tuple]:
+        worker, _ = worker_info()
+        # Disjoint shards per node, then per worker (webdataset's split, by DataLoader worker id).
+        urls = list(wds.split_by_worker(self.urls[self.rank::self.world_size]))
+        counts = SkipCounts()
+        batch: list[Sample] = []
+        for sample in iter_samples(urls, counts, self.with_class):
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield (*self._collate(batch), worker, counts.as_dict())
+                batch = []
+        if batch:
+            yield (*self._collate(batch), worker, counts.as_dict())
+        yield None, None, None, None, worker, counts.as_dict()
+
+
+def _no_collate(item: Any) -> Any:
+    return item
+
+
+def eval_dataset(spec: str | Sequence[str], transform: Callable | None, batch_size: int = 256,
+                 with_class: bool = False, rank: int = 0, world_size: int = 1) -> EvalDataset:
+    """The ordered finite dataset of a spec (see the module docstring); rank/world_size split the
+    shards between nodes."""
+    return EvalDataset(expand_shards(spec), transform, batch_size, with_class, rank, world_size)
+
+
+class EvalLoader:
+    """Iterable over (images, captions, classes, keys) batches; `.skipped()` gives counts by kind."""
+
+    def __init__(self, dataset: EvalDataset, workers: int) -> None:
+        self.dataset, self.workers = dataset, workers
+        self.num_shards = len(dataset.urls)
+        self._counts = WorkerCounts()
+
+    def __iter__(self) -> Iterator[tuple]:
+        self._counts = WorkerCounts()
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.workers, collate_fn=_no_collate,
+                            generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
+        for images, captions, classes, keys, worker, counts in loader:
+            self._counts.update(worker, counts)
+            if images is not None:
+                yield images, captions, classes, keys
+
+    def skipped(self) -> dict[str, int]:
+        return self._counts.merged()
+
+
+def eval_loader(spec: str | Sequence[str], transform: Callable | None, batch_size: int = 256,
+                workers: int = 0, with_class: bool = False) -> EvalLoader:
+    """Batches (images, captions, classes | None, keys) of a spec, in order, each sample once."""
+    return EvalLoader(eval_dataset(spec, transform, batch_size, with_class), workers)

@@ -1,0 +1,282 @@
+"""The report's matplotlib figures (Agg backend, PNG): training curves, zero-shot accuracy against samples
+seen and against training compute, STS per set, and cost (throughput, parameters, FLOPs per sample).
+
+Each arm (seed replicates of one tower pair) is one colour in every figure: its mean over seeds as a
+line, with a band from the lowest to the highest seed (or each seed's bars as dots). Every function
+returns the PNG it wrote, or raises :class:`FigureSkipped` saying which data is absent.
+Used by ``python -m results.report``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from results.runs import Arm  # noqa: E402
+from results.scores import Score, arm_throughput, own_row, run_score  # noqa: E402
+
+DPI = 110
+REFERENCE_GREYS = ("#555555", "#8c8c8c", "#b5b5b5", "#d0d0d0")
+plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
+                     "axes.grid": True, "grid.alpha": 0.3})
+
+
+class FigureSkipped(Exception):
+    """The figure's data is absent; the message says what is missing."""
+
+
+def arm_colours(arms: list[Arm]) -> dict[str, str]:
+    palette = plt.get_cmap("tab10").colors
+    return {arm.label: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, arm in enumerate(arms)}
+
+
+def _count(value: float, _position: object = None) -> str:
+    """25k, 1.2M: axis ticks for sample counts."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def _flop_unit(max_flops: float) -> tuple[float, str]:
+    for exponent, name in ((18, "EFLOP"), (15, "PFLOP"), (12, "TFLOP"), (9, "GFLOP")):
+        if max_flops >= 10.0 ** exponent:
+            return 10.0 ** exponent, f"{name} = 10^{exponent} FLOPs"
+    return 1.0, "FLOPs"
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def seed_curves(arm: Arm, frame_of: str, column: str) -> pd.DataFrame:
+    """Samples seen x runs: ``column`` of each seed (``frame_of``: "train" or "evals"), NaN where a seed
+    did not log that point."""
+    series = {}
+    for run in arm.runs:
+        frame = getattr(run, frame_of)
+        if column in frame.columns and not frame[column].dropna().empty:
+            data = frame.dropna(subset=[column])
+            series[run.label] = pd.Series(data[column].to_numpy(float), index=data["samples_seen"].to_numpy(float))
+    return pd.DataFrame(series).sort_index()
+
+
+def _draw_arm(ax: plt.Axes, curves: pd.DataFrame, colour: str, label: str, x_scale: float = 1.0,
+              marker: str | None = None) -> None:
+    """Mean line with a min-max band where every seed has a point; each seed thinly if they never align."""
+    complete = curves.dropna()
+    if len(curves.columns) > 1 and len(complete) >= 2:
+        x = complete.index.to_numpy() * x_scale
+        ax.plot(x, complete.mean(axis=1), color=colour, lw=2, marker=marker, ms=4,
+                label=f"{label} (mean of {len(curves.columns)} seeds)")
+        ax.fill_between(x, complete.min(axis=1), complete.max(axis=1), color=colour, alpha=0.2, lw=0)
+    else:
+        for i, column in enumerate(curves.columns):
+            seed = curves[column].dropna()
+            name = label if len(curves.columns) == 1 else f"{label} (each seed)"
+            ax.plot(seed.index.to_numpy() * x_scale, seed.to_numpy(), color=colour, lw=1.5, marker=marker,
+                    ms=4, label=name if i == 0 else None)
+
+
+def loss_figure(arms: list[Arm], colours: dict[str, str], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for arm in arms:
+        _draw_arm(ax, seed_curves(arm, "train", "loss"), colours[arm.label], arm.label)
+    batches = {run.config.get("global_batch_size") for arm in arms for run in arm.runs}
+    if len(batches) == 1 and isinstance(next(iter(batches)), int):
+        batch = next(iter(batches))  # an untrained model's contrastive loss: ln(batch size)
+        ax.axhline(np.log(batch), color="black", ls="--", lw=1, label=f"chance: ln({batch}) = {np.log(batch):.2f}")
+    ax.set_xlabel("samples seen")
+    ax.set_ylabel("contrastive training loss (nats)")
+    ax.set_title("Training loss (line: mean over seeds; band: min-max)")
+    ax.xaxis.set_major_formatter(FuncFormatter(_count))
+    ax.legend()
+    return _save(fig, path)
+
+
+def _eval_arms(arms: list[Arm], column: str) -> list[Arm]:
+    return [arm for arm in arms if any(column in run.evals.columns for run in arm.runs)]
+
+
+def top1_figure(arms: list[Arm], colours: dict[str, str], path: Path, against: str) -> Path:
+    """Toy zero-shot top-1 of the in-training evaluations against samples seen or training FLOPs."""
+    with_evals = _eval_arms(arms, "toy_top1")
+    if not with_evals:
+        raise FigureSkipped("no evaluation lines (eval/toy_top1) in any metrics.jsonl: train with --eval-every")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if against == "flops":
+        max_flops = max(arm.first.train_gflops * 1e9 * run.evals["samples_seen"].max()
+                        for arm in with_evals for run in arm.runs if not run.evals.empty)
+        scale, unit = _flop_unit(max_flops)
+    for arm in with_evals:
+        curves = seed_curves(arm, "evals", "toy_top1")
+        x_scale = arm.first.train_gflops * 1e9 / scale if against == "flops" else 1.0
+        _draw_arm(ax, curves, colours[arm.label], arm.label, x_scale=x_scale, marker="o")
+    if against == "flops":
+        ax.set_xlabel(f"training compute ({unit}; 3 x forward FLOPs per sample)")
+        ax.set_title("Toy zero-shot top-1 vs training compute")
+    else:
+        ax.set_xlabel("samples seen")
+        ax.xaxis.set_major_formatter(FuncFormatter(_count))
+        ax.set_title("Toy zero-shot top-1 vs samples seen")
+    ax.set_ylabel("toy zero-shot top-1 accuracy (%)")
+    ax.set_ylim(bottom=0)
+    ax.legend(title="line: mean over seeds; band: min-max", title_fontsize=9)
+    return _save(fig, path)
+
+
+def attributes_figure(arms: list[Arm], colours: dict[str, str], path: Path) -> Path:
+    """Colour and shape accuracy of the toy evaluations: which attribute the model has learned."""
+    with_evals = _eval_arms(arms, "toy_shape_acc")
+    if not with_evals:
+        raise FigureSkipped("no per-attribute evaluations (eval/toy_colour_acc, eval/toy_shape_acc)")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, column, name in ((axes[0], "toy_colour_acc", "colour"), (axes[1], "toy_shape_acc", "shape")):
+        for arm in with_evals:
+            _draw_arm(ax, seed_curves(arm, "evals", column), colours[arm.label], arm.label, marker="o")
+        ax.axhline(12.5, color="black", ls="--", lw=1, label="chance (1 of 8): 12.5%")
+        ax.set_title(f"predicted class has the right {name}")
+        ax.set_xlabel("samples seen")
+        ax.xaxis.set_major_formatter(FuncFormatter(_count))
+        ax.set_ylim(0, 100)
+    axes[0].set_ylabel("toy attribute accuracy (%)")
+    axes[1].legend(fontsize=9)
+    return _save(fig, path)
+
+
+def sts_figure(arms: list[Arm], colours: dict[str, str], scores: list[Score], path: Path) -> Path:
+    """Grouped bars: STS sets and the two averages; arms (mean, std whisker, each seed a dot), references."""
+    series: list[tuple[str, str, list[dict]]] = []  # (label, colour, per-seed metrics)
+    for arm in arms:
+        per_seed = [score.metrics for run in arm.runs if (score := run_score(scores, run, "sts")) is not None]
+        if per_seed:
+            series.append((arm.label, colours[arm.label], per_seed))
+    references = [score for score in scores if score.benchmark == "sts" and score.status == "reference"]
+    for i, score in enumerate(references):
+        series.append((f"{score.model_id} (reference)", REFERENCE_GREYS[i % len(REFERENCE_GREYS)], [score.metrics]))
+    if not series:
+        raise FigureSkipped("no STS scores (run python -m benchmarks.sts --model RUN_DIR)")
+    sets = list(dict.fromkeys(name for _, _, seeds in series for m in seeds for name in m.get("sets", {})))
+    groups = sets + ["avg (7 sets)", "avg (6, seed paper)"]
+
+    def value(metrics: dict, group: str) -> float:
+        if group == "avg (7 sets)":
+            return metrics.get("avg_7")
+        if group == "avg (6, seed paper)":
+            return metrics.get("avg_6_seed")
+        return (metrics.get("sets", {}).get(group) or {}).get("cosine_spearman")
+
+    fig, ax = plt.subplots(figsize=(12, 5.5))
+    width = 0.8 / len(series)
+    x = np.arange(len(groups))
+    lowest, highest = 0.0, 0.0
+    for i, (label, colour, seeds) in enumerate(series):
+        values = np.array([[np.nan if value(m, g) is None else value(m, g) for g in groups] for m in seeds],
+                          dtype=float)
+        offset = x - 0.4 + width * (i + 0.5)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a set no seed has: an all-NaN column
+            mean = np.nanmean(values, axis=0)
+            std = np.nanstd(values, axis=0, ddof=1) if len(seeds) > 1 else None
+        suffix = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
+        ax.bar(offset, mean, width, color=colour, label=label + suffix, yerr=std, capsize=2)
+        if len(seeds) > 1:
+            for row in values:
+                ax.plot(offset, row, "o", color="black", ms=2.5, alpha=0.7)
+        if np.isfinite(values).any():
+            lowest, highest = min(lowest, np.nanmin(values)), max(highest, np.nanmax(values))
+    ax.axvline(len(sets) - 0.5, color="black", lw=1)
+    ax.set_xticks(x, groups, rotation=20, ha="right")
+    ax.set_ylabel("Spearman of cosine similarity (x100)")
+    ax.set_title("STS per set (MTEB main score); whisker: std over seeds, dots: each seed")
+    ax.axhline(0, color="black", lw=0.8)
+    span = highest - lowest or 1.0
+    ax.set_ylim(lowest - 0.05 * span if lowest < 0 else 0, highest + 0.3 * span)  # room for the legend
+    ax.legend(fontsize=9, loc="upper left", ncol=min(3, len(series)))
+    return _save(fig, path)
+
+
+def _cost_entries(arms: list[Arm], colours: dict[str, str], scores: list[Score]) -> tuple[list[dict], str]:
+    """Bars of the cost figure: each arm (from its config and latest throughput score), then the open_clip
+    reference row(s) the throughput benchmark timed alongside."""
+    entries, references, settings = [], {}, set()
+    for arm in arms:
+        params, flops = arm.first.params, arm.first.flops_per_sample
+        entry = {"label": arm.label, "colour": colours[arm.label],
+                 "image_params": params.get("image_params"), "text_params": params.get("text_params"),
+                 "image_gflops": flops.get("image_gflops"), "text_gflops": flops.get("text_gflops")}
+        timed = sorted(arm_throughput(scores, arm), key=lambda score: score.date or "")
+        if timed:
+            row = own_row(timed[-1]) or {}
+            entry.update(train=row.get("train_samples_per_s"), infer=row.get("infer_samples_per_s"))
+            metrics = timed[-1].metrics
+            settings.add(f"batch {metrics.get('batch_size')}, {metrics.get('device_name')}, "
+                         f"{metrics.get('precision')}")
+            for other in metrics.get("rows") or []:
+                if other is not row and other.get("model") not in references:
+                    references[other.get("model")] = other
+        entries.append(entry)
+    for i, (name, row) in enumerate(references.items()):
+        entries.append({"label": f"{name} (reference)", "colour": REFERENCE_GREYS[i % len(REFERENCE_GREYS)],
+                        "train": row.get("train_samples_per_s"), "infer": row.get("infer_samples_per_s"),
+                        **{key: row.get(key) for key in ("image_params", "text_params", "image_gflops",
+                                                         "text_gflops")}})
+    return entries, "; ".join(sorted(settings))
+
+
+def _grouped_bars(ax: plt.Axes, entries: list[dict], keys: tuple[str, ...], names: tuple[str, ...],
+                  scale: float, hatches: tuple[str, ...] = ("", "//")) -> None:
+    """One group per entry (its colour), one bar per key (its hatching), each bar labelled with its value;
+    a log axis when the values span more than 30x."""
+    values = np.array([[np.nan if e.get(k) is None else e[k] / scale for k in keys] for e in entries],
+                      dtype=float)
+    x = np.arange(len(entries))
+    width = 0.8 / len(keys)
+    for j, hatch in enumerate(hatches[:len(keys)]):
+        bars = ax.bar(x - 0.4 + width * (j + 0.5), values[:, j], width, color=[e["colour"] for e in entries],
+                      hatch=hatch, edgecolor="black", linewidth=0.6)
+        ax.bar_label(bars, labels=[f"{v:.3g}" if np.isfinite(v) else "" for v in values[:, j]], fontsize=8,
+                     padding=1)
+    finite = values[np.isfinite(values) & (values > 0)]
+    if finite.size and finite.max() / finite.min() > 30:
+        ax.set_yscale("log")
+    ax.set_xticks(x, [e["label"] for e in entries], rotation=15, ha="right")
+    ax.set_xlim(-0.6, max(len(entries), 2.5) - 0.4)  # one or two models: keep bars from filling the panel
+    # colour = model, hatching = which part: the legend shows the hatching only
+    ax.legend(handles=[Patch(facecolor="white", edgecolor="black", hatch=hatch, label=name)
+                       for name, hatch in zip(names, hatches[:len(keys)], strict=True)], fontsize=9)
+
+
+def cost_figure(arms: list[Arm], colours: dict[str, str], scores: list[Score], path: Path) -> Path:
+    """Three panels: throughput (train / inference samples/s), parameters (M) and forward GFLOPs/sample,
+    each split by tower (image solid, text hatched)."""
+    entries, settings = _cost_entries(arms, colours, scores)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 5.5))
+    if any(entry.get("train") is not None for entry in entries):
+        _grouped_bars(axes[0], entries, ("train", "infer"), ("training step", "inference"), 1.0)
+        axes[0].set_title(f"Throughput (benchmark: {settings})", fontsize=10)
+    else:  # no throughput benchmark: what the training logs measured, under the trainer's own load
+        for entry, arm in zip(entries, arms, strict=False):
+            entry["train"] = float(np.mean([run.train["samples_per_s"].median() for run in arm.runs]))
+        _grouped_bars(axes[0], entries[:len(arms)], ("train",), ("training, median of logs",), 1.0)
+        axes[0].set_title("Throughput during training (no throughput scores)", fontsize=10)
+    axes[0].set_ylabel("samples per second")
+    _grouped_bars(axes[1], entries, ("image_params", "text_params"), ("image tower", "text tower"), 1e6)
+    axes[1].set_ylabel("parameters (millions)")
+    axes[1].set_title("Parameters per tower (+ projections)")
+    _grouped_bars(axes[2], entries, ("image_gflops", "text_gflops"), ("image tower", "text tower"), 1.0)
+    axes[2].set_ylabel("forward GFLOPs per sample (training = 3x)")
+    axes[2].set_title("Compute per sample (forward)")
+    return _save(fig, path)

@@ -1,0 +1,302 @@
+"""Reading training run folders (``runs/<name>/``) for the report, and checking that they are comparable.
+
+A run folder holds ``config.json`` (the resolved experiment, ``recipe_sha256``, git commit, parameter
+counts, FLOPs per sample), ``metrics.jsonl`` (training lines and evaluation lines) and, at the end,
+``final_eval.json``. Runs that differ only in ``recipe.seed`` are seed replicates of one *arm* (image
+tower + text tower + variant + token mixing). Any other recipe difference makes runs incomparable:
+:func:`recipe_differences` names the fields and :func:`refusal_message` words the one-line refusal.
+
+Reads files only (json, pandas); no model code. Used by ``python -m results.report``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+EVAL_PREFIX = "eval/"
+TRAIN_COLUMNS = ("step", "samples_seen", "loss", "lr", "logit_scale", "samples_per_s", "data_wait_frac",
+                 "grad_norm", "nonfinite_steps")
+
+
+class ReportInputError(ValueError):
+    """Bad input a user can fix (missing run folder, malformed file, ...); the message is one line."""
+
+
+@dataclass
+class Run:
+    """One training run as the report needs it."""
+
+    label: str  # the run folder as the user gave it (used in messages and tables)
+    path: Path  # resolved run folder
+    name: str
+    config: dict[str, Any]
+    arm_key: tuple[str, str, str, str]  # (image tower, text tower, variant, token mixing)
+    model_name: str
+    recipe: dict[str, Any]
+    recipe_sha256: str
+    git_commit: str
+    train: pd.DataFrame  # one row per logged training step (deduplicated after resumes)
+    evals: pd.DataFrame  # one row per evaluation: step, samples_seen, toy_top1, ..., toy_top1_ci_lo/hi
+    final_eval: dict[str, Any]  # final_eval.json, else the last evaluation line, else {}
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seed(self) -> Any:
+        return self.recipe.get("seed")
+
+    @property
+    def train_gflops(self) -> float:
+        return float(self.config["flops_per_sample"]["train_gflops"])
+
+    @property
+    def params(self) -> dict[str, float]:
+        return self.config.get("params") or {}
+
+    @property
+    def flops_per_sample(self) -> dict[str, float]:
+        return self.config.get("flops_per_sample") or {}
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReportInputError(f"{path}: missing; expected the {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReportInputError(f"{path}: not valid JSON ({exc}); expected the {what}") from None
+
+
+def _require(config: dict[str, Any], dotted: str, path: Path) -> Any:
+    value: Any = config
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise ReportInputError(f"{path}: missing key '{dotted}'; expected a trainer config.json "
+                                   "(launch/train.py writes it)")
+        value = value[key]
+    return value
+
+
+def model_name_of(experiment: dict[str, Any]) -> str:
+    """The towers model name (``mixer-tiny``, ``transformer+mixer-B-32``) of an experiment dict."""
+    image, text = experiment["image_tower"], experiment["text_tower"]
+    families = image if image == text else f"{image}+{text}"
+    return f"{families}-{str(experiment['variant']).replace('/', '-')}"
+
+
+def read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training lines, evaluation lines) of a ``metrics.jsonl``, one row per step each.
+
+    A resumed run appends to the file and re-logs the steps after its checkpoint, so a later line for
+    the same step replaces the earlier one.
+    """
+    train: dict[int, dict[str, Any]] = {}
+    evals: dict[int, dict[str, Any]] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise ReportInputError(f"{path}: missing; expected the run's metrics.jsonl (one JSON object per "
+                               "line)") from None
+    except UnicodeDecodeError as exc:
+        raise ReportInputError(f"{path}: not UTF-8 text ({exc})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ReportInputError(f"{path}:{number}: malformed line ({exc.msg}); expected one JSON "
+                                   "object per line") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ReportInputError(f"{path}:{number}: expected a JSON object with an integer 'step'")
+        if any(key.startswith(EVAL_PREFIX) for key in record):
+            row = {"step": record["step"], "samples_seen": record.get("samples_seen")}
+            for key, value in record.items():
+                if not key.startswith(EVAL_PREFIX):
+                    continue
+                name = key[len(EVAL_PREFIX):]
+                if isinstance(value, (list, tuple)) and len(value) == 2 and name.endswith("_ci95"):
+                    row[f"{name[:-5]}_ci_lo"], row[f"{name[:-5]}_ci_hi"] = value
+                elif isinstance(value, (int, float)) or value is None:
+                    row[name] = value
+            evals[record["step"]] = row
+        elif "loss" in record:
+            row = {key: record.get(key) for key in TRAIN_COLUMNS}
+            skipped = record.get("skipped") or {}
+            row["skipped_total"] = sum(v for v in skipped.values() if isinstance(v, (int, float)))
+            train[record["step"]] = row
+        else:
+            raise ReportInputError(f"{path}:{number}: neither a training line (with 'loss') nor an "
+                                   f"evaluation line (with '{EVAL_PREFIX}...' keys)")
+    if not train:
+        raise ReportInputError(f"{path}: no training lines (with 'step' and 'loss'); is the run empty?")
+    train_frame = pd.DataFrame(sorted(train.values(), key=lambda r: r["step"])).astype(
+        {"loss": float, "samples_seen": float})
+    eval_frame = pd.DataFrame(sorted(evals.values(), key=lambda r: r["step"]))
+    if not eval_frame.empty and eval_frame["samples_seen"].isna().any():
+        raise ReportInputError(f"{path}: an evaluation line has no 'samples_seen'")
+    return train_frame, eval_frame
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read one run folder; raises :class:`ReportInputError` (one line) on anything missing or malformed."""
+    label = str(run_dir)
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ReportInputError(f"{label}: no such run folder; expected runs/<name>/ with config.json and "
+                               "metrics.jsonl")
+    config_path = path / "config.json"
+    config = _load_json(config_path, "run's config.json (written by launch/train.py)")
+    if not isinstance(config, dict):
+        raise ReportInputError(f"{config_path}: expected a JSON object")
+    experiment = _require(config, "experiment", config_path)
+    for key in ("image_tower", "text_tower", "variant", "recipe"):
+        _require(config, f"experiment.{key}", config_path)
+    recipe = experiment["recipe"]
+    if not isinstance(recipe, dict):
+        raise ReportInputError(f"{config_path}: 'experiment.recipe' must be an object")
+    sha = _require(config, "recipe_sha256", config_path)
+    gflops = _require(config, "flops_per_sample.train_gflops", config_path)
+    if not isinstance(gflops, (int, float)) or not math.isfinite(gflops):
+        raise ReportInputError(f"{config_path}: 'flops_per_sample.train_gflops' must be a number")
+    train, evals = read_metrics(path / "metrics.jsonl")
+    final_path = path / "final_eval.json"
+    final: dict[str, Any] = {}
+    if final_path.is_file():
+        final = {key[len(EVAL_PREFIX):] if key.startswith(EVAL_PREFIX) else key: value
+                 for key, value in _load_json(final_path, "run's final evaluation").items()}
+        if isinstance(final.get("toy_top1_ci95"), list) and len(final["toy_top1_ci95"]) == 2:
+            final["toy_top1_ci_lo"], final["toy_top1_ci_hi"] = final.pop("toy_top1_ci95")
+    elif not evals.empty:
+        final = evals.iloc[-1].dropna().to_dict()
+    arm_key = (str(experiment["image_tower"]), str(experiment["text_tower"]), str(experiment["variant"]),
+               str(experiment.get("token_mixing")))
+    return Run(label=label, path=path.resolve(), name=str(config.get("name") or path.resolve().name),
+               config=config, arm_key=arm_key, model_name=str(config.get("model_name") or
+                                                              model_name_of(experiment)),
+               recipe=recipe, recipe_sha256=str(sha), git_commit=str(config.get("git_commit") or "unknown"),
+               train=train, evals=evals, final_eval=final)
+
+
+def load_runs(run_dirs: list[str | Path]) -> list[Run]:
+    seen: dict[Path, str] = {}
+    runs = []
+    for run_dir in run_dirs:
+        run = load_run(run_dir)
+        if run.path in seen:
+            raise ReportInputError(f"{run.label}: the same run folder is given twice (also as {seen[run.path]})")
+        seen[run.path] = run.label
+        runs.append(run)
+    return runs
+
+
+# --- comparability -----------------------------------------------------------------------------------
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def recipe_differences(runs: list[Run], ignore: tuple[str, ...] = ("seed",)) -> dict[str, list[tuple[Any, str]]]:
+    """{field: [(value, first run having it), ...]} for every recipe field (except ``ignore``) on which
+    the runs disagree; ``recipe_sha256`` too when runs of one seed share a recipe but not its hash."""
+    missing = object()
+    fields = sorted({key for run in runs for key in run.recipe} - set(ignore))
+    differences: dict[str, list[tuple[Any, str]]] = {}
+    for name in fields:
+        values: list[tuple[Any, str]] = []
+        for run in runs:
+            value = run.recipe.get(name, missing)
+            shown = "<missing>" if value is missing else value
+            if all(json.dumps(shown) != json.dumps(v) for v, _ in values):
+                values.append((shown, run.label))
+        if len(values) > 1:
+            differences[name] = values
+    if not differences:  # same recipe up to the seed: within a seed the hashes must agree too
+        by_seed: dict[str, list[tuple[Any, str]]] = {}
+        for run in runs:
+            hashes = by_seed.setdefault(json.dumps(run.seed), [])
+            if all(sha != run.recipe_sha256 for sha, _ in hashes):
+                hashes.append((run.recipe_sha256, run.label))
+        for hashes in by_seed.values():
+            if len(hashes) > 1:
+                differences["recipe_sha256"] = hashes
+                break
+    return differences
+
+
+def describe_differences(differences: dict[str, list[tuple[Any, str]]]) -> str:
+    """``lr (0.002 in runs/a vs 0.001 in runs/b), steps (...)``."""
+    return ", ".join(f"{name} (" + " vs ".join(f"{_show(value)} in {label}" for value, label in values) + ")"
+                     for name, values in differences.items())
+
+
+def refusal_message(differences: dict[str, list[tuple[Any, str]]]) -> str:
+    return (f"runs trained with different recipes: {describe_differences(differences)}; "
+            "compare runs of one recipe (only the seed may differ), or pass --allow-mixed")
+
+
+# --- arms -----------------------------------------------------------------------------------------
+
+@dataclass
+class Arm:
+    """Seed replicates of one tower pair (and, with --allow-mixed, of one set of differing recipe fields)."""
+
+    label: str
+    runs: list[Run]
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [run.seed for run in self.runs]
+
+    @property
+    def first(self) -> Run:
+        return self.runs[0]
+
+
+def group_arms(runs: list[Run], differing_fields: list[str] | tuple[str, ...] = ()) -> list[Arm]:
+    """Group runs into arms, in the order the arms first appear; runs within an arm sorted by seed.
+
+    ``differing_fields`` (recipe fields that vary, under --allow-mixed) split arms further, so runs
+    trained differently are never averaged together.
+    """
+    model_names: dict[str, set[str]] = {}
+    for run in runs:
+        model_names.setdefault(run.model_name, set()).add(run.arm_key[3])
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        extra = tuple(json.dumps(run.recipe.get(name)) for name in differing_fields)
+        groups.setdefault((run.arm_key, extra), []).append(run)
+    arms = []
+    for (arm_key, _), members in groups.items():
+        first = members[0]
+        label = first.model_name
+        if len(model_names[first.model_name]) > 1:  # same towers, different token mixing
+            label += f" ({arm_key[3]} token mixing)"
+        if differing_fields:
+            label += " [" + ", ".join(f"{name}={_show(first.recipe.get(name))}" for name in differing_fields) + "]"
+        arms.append(Arm(label, sorted(members, key=_seed_order)))
+    return arms
+
+
+def _seed_order(run: Run) -> tuple:
+    seed = run.seed
+    return (0, seed, "") if isinstance(seed, (int, float)) else (1, 0, str(seed))
+
+
+def duplicate_seed_notes(arms: list[Arm]) -> list[str]:
+    notes = []
+    for arm in arms:
+        seeds = [json.dumps(seed) for seed in arm.seeds]
+        for seed in sorted(set(seeds)):
+            if seeds.count(seed) > 1:
+                labels = [run.label for run in arm.runs if json.dumps(run.seed) == seed]
+                notes.append(f"{arm.label}: runs {', '.join(labels)} share seed {seed}; they count as separate "
+                             "replicates, which understates the seed-to-seed spread")
+    return notes

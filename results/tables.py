@@ -1,0 +1,254 @@
+"""The report's tables as pandas DataFrames: the headline (mean +- std over seeds per arm), every run,
+every score with its CI, the shared recipe and the provenance of each number; plus a Markdown renderer.
+
+Standard deviations are sample standard deviations over seeds (ddof=1), so one seed has none.
+Used by ``python -m results.report``; reads nothing itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from results.runs import Arm, Run
+from results.scores import Score, arm_throughput, metric_rows, own_row, run_score, score_note
+
+MISSING = "–"
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    per_run: Callable[[Run, list[Score]], float | None] | None = None  # averaged over seeds
+    per_arm: Callable[[Arm, list[Score]], float | None] | None = None  # one value per arm (cost)
+    decimals: int = 2
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _final(key: str) -> Callable[[Run, list[Score]], float | None]:
+    return lambda run, scores: _number(run.final_eval.get(key))
+
+
+def _score(benchmark: str, *path: str) -> Callable[[Run, list[Score]], float | None]:
+    def get(run: Run, scores: list[Score]) -> float | None:
+        score = run_score(scores, run, benchmark)
+        value: Any = score.metrics if score is not None else None
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return _number(value)
+    return get
+
+
+def headline_throughput(arm: Arm, scores: list[Score], mode: str) -> float | None:
+    """The arm's benchmark samples/s from its most recent throughput score (see :func:`throughput_notes`)."""
+    candidates = sorted(arm_throughput(scores, arm), key=lambda score: score.date or "")
+    row = own_row(candidates[-1]) if candidates else None
+    return _number(row.get(f"{mode}_samples_per_s")) if row else None
+
+
+HEADLINE = (
+    Metric("params_m", "params (M)",
+           per_arm=lambda arm, scores: _number(arm.first.params.get("total_params", math.nan) / 1e6)),
+    Metric("train_gflops", "train GFLOPs/sample", per_arm=lambda arm, scores: arm.first.train_gflops),
+    Metric("final_loss", "final train loss (last log)",
+           per_run=lambda run, scores: _number(run.train["loss"].iloc[-1]), decimals=3),
+    Metric("toy_top1", "toy zero-shot top-1 (%)", per_run=_final("toy_top1"), decimals=1),
+    Metric("toy_top5", "toy top-5 (%)", per_run=_final("toy_top5"), decimals=1),
+    Metric("toy_colour_acc", "toy colour acc (%)", per_run=_final("toy_colour_acc"), decimals=1),
+    Metric("toy_shape_acc", "toy shape acc (%)", per_run=_final("toy_shape_acc"), decimals=1),
+    Metric("imagenet_top1", "ImageNet zero-shot top-1 (%)", per_run=_score("imagenet_zeroshot", "top1")),
+    Metric("sts_avg_7", "STS avg, 7 sets (Spearman x100)", per_run=_score("sts", "avg_7")),
+    Metric("sts_avg_6_seed", "STS avg, 6 sets (seed paper)", per_run=_score("sts", "avg_6_seed")),
+    Metric("retrieval_i2t_r1", "retrieval image->text R@1 (%)", per_run=_score("retrieval", "i2t_R@1")),
+    Metric("retrieval_t2i_r1", "retrieval text->image R@1 (%)", per_run=_score("retrieval", "t2i_R@1")),
+    Metric("train_samples_per_s", "train samples/s (benchmark)",
+           per_arm=lambda arm, scores: headline_throughput(arm, scores, "train"), decimals=1),
+    Metric("infer_samples_per_s", "inference samples/s (benchmark)",
+           per_arm=lambda arm, scores: headline_throughput(arm, scores, "infer"), decimals=1),
+    Metric("in_training_samples_per_s", "samples/s during training (median of logs)",
+           per_run=lambda run, scores: _number(run.train["samples_per_s"].median()), decimals=1),
+)
+
+
+def headline_frame(arms: list[Arm], scores: list[Score]) -> pd.DataFrame:
+    """Numbers per arm: ``seeds`` plus ``<key>_mean``, ``<key>_std``, ``<key>_n`` for every metric that has
+    data (per-arm cost metrics: the value as mean, std NaN, n 1). Index: arm label."""
+    rows = []
+    for arm in arms:
+        row: dict[str, Any] = {"arm": arm.label, "seeds": len(arm.runs)}
+        for metric in HEADLINE:
+            if metric.per_run is not None:
+                values = [v for v in (metric.per_run(run, scores) for run in arm.runs) if v is not None]
+            else:
+                value = metric.per_arm(arm, scores)
+                values = [] if value is None else [value]
+            series = pd.Series(values, dtype=float)
+            row[f"{metric.key}_mean"] = series.mean() if values else math.nan
+            row[f"{metric.key}_std"] = series.std(ddof=1) if len(values) > 1 else math.nan
+            row[f"{metric.key}_n"] = len(values)
+        rows.append(row)
+    frame = pd.DataFrame(rows).set_index("arm")
+    empty = [metric.key for metric in HEADLINE if (frame[f"{metric.key}_n"] == 0).all()]
+    return frame.drop(columns=[f"{key}_{stat}" for key in empty for stat in ("mean", "std", "n")])
+
+
+def _mean_std(mean: float, std: float, n: int, seeds: int, decimals: int, per_arm: bool) -> str:
+    if n == 0 or math.isnan(mean):
+        return MISSING
+    text = f"{mean:.{decimals}f}"
+    if not per_arm:
+        text += f" ± {std:.{decimals}f}" if n > 1 else ""
+        if n != seeds:
+            text += f" (n={n})"
+    return text
+
+
+def headline_display(frame: pd.DataFrame, arms: list[Arm]) -> pd.DataFrame:
+    """The headline as text: ``mean ± std`` per cell, ``(n=k)`` where fewer seeds than the arm has."""
+    seeds = {arm.label: arm for arm in arms}
+    rows = []
+    for label, numbers in frame.iterrows():
+        arm = seeds[label]
+        row = {"arm": label, "seeds": f"{len(arm.runs)} ({', '.join(str(s) for s in arm.seeds)})"}
+        for metric in HEADLINE:
+            if f"{metric.key}_mean" in frame.columns:
+                row[metric.label] = _mean_std(numbers[f"{metric.key}_mean"], numbers[f"{metric.key}_std"],
+                                              int(numbers[f"{metric.key}_n"]), len(arm.runs),
+                                              metric.decimals, metric.per_run is None)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(value: Any, decimals: int = 2) -> str:
+    number = _number(value)
+    if number is None:
+        return MISSING if value is None or isinstance(value, float) else str(value)
+    return f"{number:.{decimals}f}"
+
+
+def _ci(low: Any, high: Any, decimals: int = 1) -> str:
+    if _number(low) is None or _number(high) is None:
+        return MISSING
+    return f"[{low:.{decimals}f}, {high:.{decimals}f}]"
+
+
+def runs_frame(arms: list[Arm]) -> pd.DataFrame:
+    """One row per run: final numbers and the health of its training (data wait, skips, non-finite steps)."""
+    rows = []
+    for arm in arms:
+        for run in arm.runs:
+            last = run.train.iloc[-1]
+            final = run.final_eval
+            rows.append({
+                "run": run.label, "arm": arm.label, "seed": run.seed, "steps": int(last["step"]),
+                "samples seen": int(last["samples_seen"]), "final loss": _fmt(last["loss"], 3),
+                "toy top-1 (%)": _fmt(final.get("toy_top1"), 1),
+                "top-1 95% CI": _ci(final.get("toy_top1_ci_lo"), final.get("toy_top1_ci_hi")),
+                "top-5 (%)": _fmt(final.get("toy_top5"), 1),
+                "colour / shape acc (%)": f"{_fmt(final.get('toy_colour_acc'), 1)} / "
+                                          f"{_fmt(final.get('toy_shape_acc'), 1)}",
+                "eval images": _fmt(final.get("toy_n"), 0),
+                "samples/s (median)": _fmt(run.train["samples_per_s"].median(), 1),
+                "data wait (median)": _fmt(run.train["data_wait_frac"].median(), 3),
+                "skipped samples": _fmt(last.get("skipped_total"), 0),
+                "non-finite steps": _fmt(last.get("nonfinite_steps"), 0),
+            })
+    return pd.DataFrame(rows)
+
+
+def scores_frame(runs: list[Run], scores: list[Score]) -> pd.DataFrame:
+    """Every number: the runs' final in-training evaluations, then every score file's metrics."""
+    rows = []
+    for run in runs:
+        final = run.final_eval
+        source = "final_eval.json" if (run.path / "final_eval.json").is_file() else "metrics.jsonl"
+        for key, label in (("toy_top1", "top-1 (%)"), ("toy_top5", "top-5 (%)"),
+                           ("toy_mean_per_class_recall", "mean per-class recall (%)"),
+                           ("toy_colour_acc", "colour accuracy (%)"), ("toy_shape_acc", "shape accuracy (%)")):
+            if key in final:
+                ci = (final.get("toy_top1_ci_lo"), final.get("toy_top1_ci_hi")) if key == "toy_top1" else (None,) * 2
+                rows.append({"benchmark": "toy (in training)", "model": run.name, "belongs to": run.label,
+                             "metric": label, "value": _fmt(final[key]), "95% CI": _ci(*ci, decimals=2),
+                             "n": _fmt(final.get("toy_n"), 0), "note": f"step {final.get('step', '?')}",
+                             "file": f"{run.label}/{source}"})
+    for score in scores:
+        note = score_note(score)
+        for row in metric_rows(score):
+            rows.append({"benchmark": score.benchmark, "model": row["subject"] or score.model_id,
+                         "belongs to": score.owner, "metric": row["metric"], "value": _fmt(row["value"]),
+                         "95% CI": _ci(row["ci95_low"], row["ci95_high"], decimals=2),
+                         "n": _fmt(row["n"], 0), "note": note, "file": str(score.path)})
+    return pd.DataFrame(rows)
+
+
+def recipe_frame(runs: list[Run], differing: list[str]) -> pd.DataFrame:
+    """The recipe every run shares (seed: the list of seeds; differing fields, under --allow-mixed: per run)."""
+    rows = []
+    for key in sorted({key for run in runs for key in run.recipe}):
+        if key == "seed":
+            value = ", ".join(sorted({str(run.seed) for run in runs}, key=lambda s: (len(s), s)))
+        elif key in differing:
+            value = "DIFFERS: " + "; ".join(f"{run.label}: {run.recipe.get(key)}" for run in runs)
+        else:
+            value = str(runs[0].recipe.get(key))
+        rows.append({"recipe field": key, "value": value})
+    world = sorted({str(run.config.get("world_size")) for run in runs})
+    global_batch = sorted({str(run.config.get("global_batch_size")) for run in runs})
+    rows.append({"recipe field": "(world size)", "value": ", ".join(world)})
+    rows.append({"recipe field": "(global batch size)", "value": ", ".join(global_batch)})
+    return pd.DataFrame(rows)
+
+
+def provenance_frames(runs: list[Run], scores: list[Score]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs: run, recipe_sha256, git commit, config file; score files: file, owner, recipe_sha256, ...)."""
+    run_rows = [{"run": run.label, "name": run.name, "model": run.model_name, "seed": run.seed,
+                 "recipe_sha256": run.recipe_sha256, "git commit": run.git_commit,
+                 "world size": run.config.get("world_size"), "file": f"{run.label}/config.json"}
+                for run in runs]
+    score_rows = [{"score file": str(score.path), "benchmark": score.benchmark, "model_id": score.model_id,
+                   "belongs to": score.owner, "used": "yes" if score.used else f"no ({score.status})",
+                   "recipe_sha256": score.recipe_sha256 or MISSING,
+                   "checkpoint_sha256": (score.model.get("checkpoint_sha256") or MISSING)[:16],
+                   "git commit": score.git_commit or MISSING, "date": score.date or MISSING}
+                  for score in scores]
+    return pd.DataFrame(run_rows), pd.DataFrame(score_rows)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no tabulate dependency); ``|`` in cells is escaped."""
+    if frame.empty:
+        return "_(none)_"
+
+    def cell(value: Any) -> str:
+        text = MISSING if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def throughput_notes(arms: list[Arm], scores: list[Score]) -> list[str]:
+    """Warn when the arms' headline throughput numbers were timed under different settings."""
+    settings = {}
+    for arm in arms:
+        candidates = sorted(arm_throughput(scores, arm), key=lambda score: score.date or "")
+        if candidates:
+            metrics = candidates[-1].metrics
+            settings[arm.label] = (metrics.get("batch_size"), metrics.get("device_name"), metrics.get("precision"))
+    if len(set(settings.values())) > 1:
+        shown = "; ".join(f"{label}: batch {b}, {d}, {p}" for label, (b, d, p) in settings.items())
+        return [f"throughput was timed under different settings per arm ({shown}); its samples/s are not "
+                "directly comparable"]
+    return []

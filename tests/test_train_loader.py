@@ -1,0 +1,171 @@
+"""launch.data: the resampled training stream is endless and deterministic, resumes exactly from any
+batch, differs per rank, never lets a bad sample through, exposes the skip counts of its workers;
+a bad --train-data is a one-line error naming the pattern."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_webdata import good, image_bytes, write_tar, write_torture_set
+
+import towers
+from benchmarks import toy_data
+from benchmarks.webdata import SKIP_KINDS, ShardSpecError
+from launch import data as launch_data
+from launch.data import get_train_loader
+
+REPO = Path(__file__).resolve().parents[1]
+EOT = 49407
+
+
+def write_dataset(folder: Path, shards: int = 4, per_shard: int = 12) -> tuple[str, list[str]]:
+    """Shards of distinct, coloured 16 px images whose captions name their sample."""
+    folder.mkdir(parents=True, exist_ok=True)
+    captions = []
+    for s in range(shards):
+        members = []
+        for i in range(per_shard):
+            caption = f"sample {s} {i}"
+            captions.append(caption)
+            members += good(f"{s:05d}{i:04d}", caption,
+                            data=image_bytes(colour=(20 * s, 20 * i, 128), size=24))
+        write_tar(folder / f"{s:05d}.tar", members)
+    return str(folder / f"{{00000..{shards - 1:05d}}}.tar"), captions
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("shards"))
+
+
+def caption_ids(tokens: torch.Tensor, captions: list[str]) -> list[int]:
+    """Which caption each token row is (by comparing with the tokenizer's own output)."""
+    table = {tuple(row.tolist()): i for i, row in enumerate(towers.tokenize(captions))}
+    return [table[tuple(row.tolist())] for row in tokens]
+
+
+def take(loader, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def loader_for(spec: str, **kw):
+    args = {"image_size": 16, "batch_size": 8, "num_samples": 1000, "workers": 0, "seed": 0,
+            "shuffle_buffer": 20, **kw}
+    return get_train_loader(spec, **args)
+
+
+def test_resampled_stream_is_endless_and_shaped(dataset):
+    spec, captions = dataset
+    loader = loader_for(spec, num_samples=100, world_size=2)
+    assert loader.batches_per_epoch == 100 // (8 * 2)
+    batches = take(loader, 20)  # 160 samples from a 48-sample set: it keeps going
+    images, tokens = batches[0]
+    assert images.shape == (8, 3, 16, 16) and images.dtype == torch.float32
+    assert tokens.shape == (8, 77) and tokens.dtype == torch.long
+    seen = [i for _, t in batches for i in caption_ids(t, captions)]
+    assert len(set(seen)) > 40  # the shuffle and resampling reach (nearly) the whole set
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_same_arguments_same_batches(dataset, workers):
+    spec, _ = dataset
+    a, b = take(loader_for(spec, workers=workers), 6), take(loader_for(spec, workers=workers), 6)
+    for (ia, ta), (ib, tb) in zip(a, b, strict=True):
+        assert torch.equal(ia, ib) and torch.equal(ta, tb)
+
+
+@pytest.mark.parametrize(("workers", "start"), [(0, 5), (1, 3), (2, 4), (2, 7)])
+def test_start_batch_resumes_exactly(dataset, workers, start):
+    spec, _ = dataset
+    full = take(loader_for(spec, workers=workers), start + 4)
+    resumed = take(loader_for(spec, workers=workers, start_batch=start), 4)
+    for (ia, ta), (ib, tb) in zip(full[start:], resumed, strict=True):
+        assert torch.equal(ta, tb)
+        assert torch.equal(ia, ib)  # the random crops too
+
+
+def test_ranks_and_seeds_draw_different_streams(dataset):
+    spec, captions = dataset
+    def order(**kw):
+        return [i for _, t in take(loader_for(spec, world_size=2, **kw), 3) for i in caption_ids(t, captions)]
+
+    assert order(rank=0) != order(rank=1)
+    assert order(rank=0, seed=1) != order(rank=0)
+    assert order(rank=1) == order(rank=1)
+
+
+def test_random_crops_differ_between_batches(tmp_path):
+    """One image repeated: every batch holds the same samples, so only the crops can differ."""
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(48 * 48 * 3, dtype=np.uint8).reshape(48, 48, 3)).save(buf, format="PNG")
+    write_tar(tmp_path / "a.tar", [m for i in range(8) for m in good(f"k{i}", "same", "png", buf.getvalue())])
+    batches = take(loader_for(str(tmp_path / "a.tar"), batch_size=8), 3)
+    assert not torch.equal(batches[0][0], batches[1][0]) and not torch.equal(batches[1][0], batches[2][0])
+    assert not torch.equal(batches[0][0][0], batches[0][0][1])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_main_process_rng_is_left_alone(dataset, workers):
+    spec, _ = dataset
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    take(loader_for(spec, workers=workers), 3)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_no_bad_sample_gets_through_and_worker_counts_are_merged(tmp_path):
+    spec, keys, expected = write_torture_set(tmp_path / "torture")
+    loader = loader_for(spec, workers=2, batch_size=4)
+    good_captions = [f"good sample {k}" for k in keys if k not in ("t0_long", "t0_upper")]
+    good_captions += [" ".join(["word"] * 3000), "upper-case extension"]
+    seen = set()
+    for _, tokens in take(loader, 40):
+        seen.update(caption_ids(tokens, good_captions))  # KeyError if a bad caption came through
+    assert len(seen) == len(good_captions)
+    skipped = loader.skipped()
+    assert set(skipped) == set(SKIP_KINDS)
+    for kind, n in expected.items():  # resampling reads shards several times: each kind keeps coming
+        assert (skipped[kind] >= n) if n else (skipped[kind] == 0), kind
+    long_row = towers.tokenize([" ".join(["word"] * 3000)])[0]
+    assert long_row[-1] == EOT and (long_row != 0).all()  # truncated by the tokenizer, EOT kept
+
+
+def test_all_bad_data_stops_with_an_error_instead_of_hanging(tmp_path):
+    (tmp_path / "empty.tar").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="in a row gave no sample"):
+        take(loader_for(str(tmp_path / "empty.tar")), 1)
+
+
+def test_default_is_the_toy_train_split(tmp_path, monkeypatch):
+    small = toy_data.ensure_toy(tmp_path, num_train=64, num_val=64, shard_size=32, progress=False)
+    monkeypatch.setattr(launch_data, "ensure_toy", lambda **kw: small)
+    images, tokens = take(loader_for(None, image_size=64), 1)[0]
+    assert images.shape == (8, 3, 64, 64)
+    texts = [open_clip_decode(row) for row in tokens]
+    assert all(any(name in text for name in toy_data.CLASS_NAMES) for text in texts)
+    batch = next(iter(launch_data.get_eval_loader(None, image_size=32, batch_size=16)))
+    assert batch[0].shape == (16, 3, 32, 32) and batch[2].shape == (16,)
+
+
+def open_clip_decode(row: torch.Tensor) -> str:
+    from open_clip.tokenizer import _tokenizer
+
+    return _tokenizer.decode([t for t in row.tolist() if t not in (0, EOT, EOT - 1)])
+
+
+def test_no_matching_shard_raises_and_the_cli_says_one_line():
+    with pytest.raises(ShardSpecError, match=r"nope/\{00000\.\.00009\}\.tar"):
+        loader_for("nope/{00000..00009}.tar")
+    command = [sys.executable, "-m", "launch.data", "--bench", "--data", "nope/{00000..00009}.tar"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --data") and "nope/{00000..00009}.tar" in lines[0]
