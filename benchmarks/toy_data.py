@@ -54,7 +54,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 # Bump whenever the generator's output changes: the cache folder name carries it.
-VERSION = 2
+VERSION = 3
 DEFAULT_NUM_TRAIN = 20_000
 DEFAULT_NUM_VAL = 2_000
 DEFAULT_SHARD_SIZE = 1_000
@@ -100,30 +100,18 @@ TOY_TEMPLATES = (
 # position phrase ("in the top left"), {at} its short form ("top left"); {bg} the background colour;
 # {d} the distractor "<colour> <shape>". About 1 in 8 mentions the distractor, always second.
 CAPTION_TEMPLATES = (
-    "a {t}",
-    "a {size} {t}",
-    "a {t} on a {bg} background",
-    "a {size} {t} on a {bg} background",
-    "{t}, {at}",
-    "a {t} {pos}",
-    "a picture of a {t}",
-    "a drawing of a {t}",
-    "an image of a {size} {t}",
-    "a {t} next to a little {d}",
-    "a picture of a {t} and a tiny {d}",
-    "{t} on {bg}",
-    "a simple {t} shape",
-    "there is a {t} {pos}",
-    "a {t} {pos}, on a {bg} background",
-    "the {t}",
-    "{t}",
-    "a {t}; a small {d} sits nearby",
-    "clip art of a {size} {t}",
-    "a rotated {t}",
-    "a {bg} background with a {t}",
-    "one {t}",
-    "a flat {t} icon",
-    "{size} {t}, {bg} background",
+    # plain
+    "a {t}", "{t}", "the {t}", "one {t}", "a picture of a {t}", "a drawing of a {t}", "a simple {t} shape",
+    "a rotated {t}", "a flat {t} icon",
+    # size
+    "a {size} {t}", "an image of a {size} {t}", "clip art of a {size} {t}",
+    # background
+    "a {t} on a {bg} background", "a {size} {t} on a {bg} background", "{t} on {bg}",
+    "a {bg} background with a {t}", "{size} {t}, {bg} background",
+    # position
+    "{t}, {at}", "a {t} {pos}", "there is a {t} {pos}", "a {t} {pos}, on a {bg} background",
+    # distractor, always second and small
+    "a {t} next to a little {d}", "a picture of a {t} and a tiny {d}", "a {t}; a small {d} sits nearby",
 )
 
 # Radii as a fraction of the image side: the target spans 50% to 80% of the image; the distractor 14% to

@@ -29,6 +29,10 @@ Public API (stable):
         the tokenizer to truncate.
     Sample(key, image, caption, cls)                      image: PIL RGB, cls: int | None
     iter_samples(urls, counts, with_class=False) -> Iterator[Sample]
+        built from iter_shard(url, counts) (raw member bytes per sample) and
+        decode_sample(raw, counts, with_class) (Sample or None, counted); load_rgb(bytes) -> PIL RGB
+    WorkerCounts: merges the cumulative counts each DataLoader worker attaches to its batches
+    transform_images(transform, images) -> FloatTensor, transformed with one torch thread
     eval_dataset(spec, transform, batch_size=256, with_class=False) -> EvalDataset
         An ordered, finite IterableDataset (no resampling, no shuffling): shards in spec order;
         inside a DataLoader with N workers, worker w reads shards w, w+N, ... (disjoint).
@@ -60,7 +64,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, default_collate
 from webdataset.tariterators import base_plus_ext
 
 SKIP_KINDS = (
@@ -283,7 +287,9 @@ def transform_images(transform: Callable, images: list[Image.Image]) -> torch.Te
     if threads > 1:
         torch.set_num_threads(1)
     try:
-        return torch.stack([transform(image) for image in images])
+        # default_collate stacks straight into shared memory inside a DataLoader worker, which saves
+        # a copy of the whole batch when it is sent to the main process.
+        return default_collate([transform(image) for image in images])
     finally:
         if threads > 1:
             torch.set_num_threads(threads)

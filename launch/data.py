@@ -16,7 +16,9 @@ with towers.tokenize, a batch at a time inside the worker.
 Exact resume: the batch stream depends only on (seed, rank, world_size, workers); batch i comes from
 worker i % workers (the DataLoader's round-robin), and the random crop of each batch is seeded by its
 position. `start_batch=k` gives exactly the batches an uninterrupted loader gives from batch k on: each
-worker replays its stream up to k, reading and decoding but not transforming the skipped samples.
+worker replays its stream up to k, reading and decoding but not transforming the skipped samples (so
+a resume costs about the decode time of k batches, spread over the workers), and `skipped()` counts
+the bad samples met during that replay too. The global torch RNG is never touched.
 
     python -m launch.data --bench [--data SPEC] [--workers N]   # loader samples/s vs pure decode
 """
