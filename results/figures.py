@@ -54,8 +54,8 @@ def _flop_unit(max_flops: float) -> tuple[float, str]:
     return 1.0, "FLOPs"
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: plt.Figure, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -69,7 +69,8 @@ def seed_curves(arm: Arm, frame_of: str, column: str) -> pd.DataFrame:
         frame = getattr(run, frame_of)
         if column in frame.columns and not frame[column].dropna().empty:
             data = frame.dropna(subset=[column])
-            series[run.label] = pd.Series(data[column].to_numpy(float), index=data["samples_seen"].to_numpy(float))
+            series[run.label] = pd.Series(data[column].to_numpy(float),
+                                          index=data["samples_seen"].to_numpy(float))
     return pd.DataFrame(series).sort_index()
 
 
@@ -97,7 +98,8 @@ def loss_figure(arms: list[Arm], colours: dict[str, str], path: Path) -> Path:
     batches = {run.config.get("global_batch_size") for arm in arms for run in arm.runs}
     if len(batches) == 1 and isinstance(next(iter(batches)), int):
         batch = next(iter(batches))  # an untrained model's contrastive loss: ln(batch size)
-        ax.axhline(np.log(batch), color="black", ls="--", lw=1, label=f"chance: ln({batch}) = {np.log(batch):.2f}")
+        ax.axhline(np.log(batch), color="black", ls="--", lw=1,
+                   label=f"chance: ln({batch}) = {np.log(batch):.2f}")
     ax.set_xlabel("samples seen")
     ax.set_ylabel("contrastive training loss (nats)")
     ax.set_title("Training loss (line: mean over seeds; band: min-max)")
@@ -114,7 +116,8 @@ def top1_figure(arms: list[Arm], colours: dict[str, str], path: Path, against: s
     """Toy zero-shot top-1 of the in-training evaluations against samples seen or training FLOPs."""
     with_evals = _eval_arms(arms, "toy_top1")
     if not with_evals:
-        raise FigureSkipped("no evaluation lines (eval/toy_top1) in any metrics.jsonl: train with --eval-every")
+        raise FigureSkipped("no evaluation lines (eval/toy_top1) in any metrics.jsonl: "
+                            "train with --eval-every")
     fig, ax = plt.subplots(figsize=(8, 5))
     if against == "flops":
         max_flops = max(arm.first.train_gflops * 1e9 * run.evals["samples_seen"].max()
@@ -165,7 +168,8 @@ def sts_figure(arms: list[Arm], colours: dict[str, str], scores: list[Score], pa
             series.append((arm.label, colours[arm.label], per_seed))
     references = [score for score in scores if score.benchmark == "sts" and score.status == "reference"]
     for i, score in enumerate(references):
-        series.append((f"{score.model_id} (reference)", REFERENCE_GREYS[i % len(REFERENCE_GREYS)], [score.metrics]))
+        grey = REFERENCE_GREYS[i % len(REFERENCE_GREYS)]
+        series.append((f"{score.model_id} (reference)", grey, [score.metrics]))
     if not series:
         raise FigureSkipped("no STS scores (run python -m benchmarks.sts --model RUN_DIR)")
     sets = list(dict.fromkeys(name for _, _, seeds in series for m in seeds for name in m.get("sets", {})))
@@ -178,7 +182,7 @@ def sts_figure(arms: list[Arm], colours: dict[str, str], scores: list[Score], pa
             return metrics.get("avg_6_seed")
         return (metrics.get("sets", {}).get(group) or {}).get("cosine_spearman")
 
-    fig, ax = plt.subplots(figsize=(12, 5.5))
+    fig, ax = plt.subplots(figsize=(12, 6))
     width = 0.8 / len(series)
     x = np.arange(len(groups))
     lowest, highest = 0.0, 0.0
@@ -202,10 +206,12 @@ def sts_figure(arms: list[Arm], colours: dict[str, str], scores: list[Score], pa
     ax.set_ylabel("Spearman of cosine similarity (x100)")
     ax.set_title("STS per set (MTEB main score); whisker: std over seeds, dots: each seed")
     ax.axhline(0, color="black", lw=0.8)
-    span = highest - lowest or 1.0
-    ax.set_ylim(lowest - 0.05 * span if lowest < 0 else 0, highest + 0.3 * span)  # room for the legend
-    ax.legend(fontsize=9, loc="upper left", ncol=min(3, len(series)))
-    return _save(fig, path)
+    ax.set_ylim(min(0.0, lowest - 5), max(10.0, highest + 5))
+    # the legend goes under the axes: above them it would hide the tallest bars
+    rows = -(-len(series) // 3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=min(3, len(series)), fontsize=10,
+               frameon=False)
+    return _save(fig, path, rect=(0, 0.055 * rows, 1, 1))
 
 
 def _cost_entries(arms: list[Arm], colours: dict[str, str], scores: list[Score]) -> tuple[list[dict], str]:

@@ -96,15 +96,17 @@ class Document:
                 parts.append(content.to_html(index=False, border=0, na_rep=tables.MISSING, escape=True))
             elif kind == "figure":
                 name, caption = (html.escape(part) for part in content)
-                parts.append(f'<figure><img src="{name}" alt="{caption}"><figcaption>{caption}</figcaption></figure>')
+                parts.append(f'<figure><img src="{name}" alt="{caption}">'
+                             f"<figcaption>{caption}</figcaption></figure>")
         style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;line-height:1.4}"
                  "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
                  "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f2f2f2}"
                  "img{max-width:100%}figcaption{font-style:italic;color:#444}"
                  ".warning{background:#fff3cd;border:2px solid #d39e00;padding:0.8em;margin:1em 0}"
                  "pre{background:#f6f6f6;padding:0.6em;overflow-x:auto}")
-        return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-                f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+        return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+                f"<title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
+                + "\n".join(parts) + "\n</body></html>\n")
 
 
 def _figures(arms: list, scores: list, out: Path) -> tuple[dict[str, Path], dict[str, str]]:
@@ -128,7 +130,8 @@ def _figures(arms: list, scores: list, out: Path) -> tuple[dict[str, Path], dict
     return written, skipped
 
 
-def command_for(run_dirs: list[str], scores_dir: str | Path | None, out_dir: str | Path, allow_mixed: bool) -> str:
+def command_for(run_dirs: list[str], scores_dir: str | Path | None, out_dir: str | Path,
+                allow_mixed: bool) -> str:
     argv = ["python", "-m", "results.report", *run_dirs]
     if scores_dir is not None:
         argv += ["--scores", str(scores_dir)]
@@ -153,8 +156,9 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     if differences:
         if not allow_mixed:
             raise ReportInputError(refusal_message(differences))
-        warnings.append(f"these runs were trained with different recipes; differing fields: {describe(differences)}. "
-                        "Differences between arms may come from the recipe, not the towers.")
+        warnings.append("these runs were trained with different recipes; differing fields: "
+                        f"{describe(differences)}. Differences between arms may come from the recipe, "
+                        "not the towers.")
     differing = [name for name in differences if name != "recipe_sha256"]
     arms = group_arms(runs, differing)
     scores = load_scores(scores_dir, required=scores_required)
@@ -181,6 +185,9 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
                  "fewer seeds have. Params, FLOPs and benchmark throughput describe the architecture, one "
                  "value per arm.")
     doc.add("table", headline_table)
+    cautions = tables.subset_notes(scores)
+    for caution in cautions:
+        doc.add("p", f"Caution: {caution}.")
     doc.add("h2", "Recipe")
     doc.add("p", "Every run was trained with this recipe; only the seed differs between replicates."
             if not differences else "The recipe; fields marked DIFFERS are not shared (--allow-mixed).")
@@ -212,17 +219,17 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     report_html.write_text(doc.html(title), encoding="utf-8")
     return {"report_md": report_md, "report_html": report_html, "headline_csv": out / "headline.csv",
             "figures": written, "skipped_figures": skipped, "headline": headline,
-            "headline_table": headline_table, "warnings": warnings + notes}
+            "headline_table": headline_table, "warnings": warnings + cautions + notes}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m results.report", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m results.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training run folders (runs/<name>/)")
     parser.add_argument("--scores", type=Path, default=None,
-                        help=f"benchmark score folder, <dir>/<benchmark>/<model-id>.json (default: {DEFAULT_SCORES} "
-                             "if it exists)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for report.md, report.html and the PNGs")
+                        help="benchmark score folder, <dir>/<benchmark>/<model-id>.json "
+                             f"(default: {DEFAULT_SCORES} if it exists)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for report.md, report.html, headline.csv and the PNGs")
     parser.add_argument("--allow-mixed", action="store_true",
                         help="compare runs trained with different recipes anyway (adds a warning banner)")
     return parser
@@ -241,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"warning: {warning}", file=sys.stderr)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(result["headline_table"].to_string(index=False))
-    print(f"wrote {result['report_md']}, {result['report_html']} and {len(result['figures'])} figures to {args.out}")
+    print(f"wrote {result['report_md']}, {result['report_html']} and {len(result['figures'])} figures "
+          f"to {args.out}")
     return result
 
 

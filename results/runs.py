@@ -135,9 +135,11 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                                    f"evaluation line (with '{EVAL_PREFIX}...' keys)")
     if not train:
         raise ReportInputError(f"{path}: no training lines (with 'step' and 'loss'); is the run empty?")
-    train_frame = pd.DataFrame(sorted(train.values(), key=lambda r: r["step"])).astype(
-        {"loss": float, "samples_seen": float})
-    eval_frame = pd.DataFrame(sorted(evals.values(), key=lambda r: r["step"]))
+    # numbers only: a value the trainer could not compute (null, "NaN") becomes NaN, never an object column
+    train_frame = pd.DataFrame(sorted(train.values(), key=lambda r: r["step"])).apply(pd.to_numeric,
+                                                                                     errors="coerce")
+    eval_frame = pd.DataFrame(sorted(evals.values(), key=lambda r: r["step"])).apply(pd.to_numeric,
+                                                                                    errors="coerce")
     if not eval_frame.empty and eval_frame["samples_seen"].isna().any():
         raise ReportInputError(f"{path}: an evaluation line has no 'samples_seen'")
     return train_frame, eval_frame
@@ -189,7 +191,8 @@ def load_runs(run_dirs: list[str | Path]) -> list[Run]:
     for run_dir in run_dirs:
         run = load_run(run_dir)
         if run.path in seen:
-            raise ReportInputError(f"{run.label}: the same run folder is given twice (also as {seen[run.path]})")
+            raise ReportInputError(f"{run.label}: the same run folder is given twice "
+                                   f"(also as {seen[run.path]})")
         seen[run.path] = run.label
         runs.append(run)
     return runs
@@ -203,7 +206,8 @@ def _show(value: Any) -> str:
     return json.dumps(value)
 
 
-def recipe_differences(runs: list[Run], ignore: tuple[str, ...] = ("seed",)) -> dict[str, list[tuple[Any, str]]]:
+def recipe_differences(runs: list[Run], ignore: tuple[str, ...] = ("seed",)
+                       ) -> dict[str, list[tuple[Any, str]]]:
     """{field: [(value, first run having it), ...]} for every recipe field (except ``ignore``) on which
     the runs disagree; ``recipe_sha256`` too when runs of one seed share a recipe but not its hash."""
     missing = object()
@@ -280,7 +284,8 @@ def group_arms(runs: list[Run], differing_fields: list[str] | tuple[str, ...] = 
         if len(model_names[first.model_name]) > 1:  # same towers, different token mixing
             label += f" ({arm_key[3]} token mixing)"
         if differing_fields:
-            label += " [" + ", ".join(f"{name}={_show(first.recipe.get(name))}" for name in differing_fields) + "]"
+            shown = ", ".join(f"{name}={_show(first.recipe.get(name))}" for name in differing_fields)
+            label += f" [{shown}]"
         arms.append(Arm(label, sorted(members, key=_seed_order)))
     return arms
 
@@ -297,6 +302,6 @@ def duplicate_seed_notes(arms: list[Arm]) -> list[str]:
         for seed in sorted(set(seeds)):
             if seeds.count(seed) > 1:
                 labels = [run.label for run in arm.runs if json.dumps(run.seed) == seed]
-                notes.append(f"{arm.label}: runs {', '.join(labels)} share seed {seed}; they count as separate "
-                             "replicates, which understates the seed-to-seed spread")
+                notes.append(f"{arm.label}: runs {', '.join(labels)} share seed {seed}; they count as "
+                             "separate replicates, which understates the seed-to-seed spread")
     return notes

@@ -153,7 +153,8 @@ def assign(scores: list[Score], runs: list[Run], arms: list[Arm]) -> list[str]:
             latest[key] = score
     for score in scores:
         if score.status == "superseded":
-            notes.append(f"{score.path}: a later score of {score.run.label} on {score.benchmark} is used instead")
+            notes.append(f"{score.path}: a later score of {score.run.label} on {score.benchmark} "
+                         "is used instead")
     return notes
 
 
@@ -185,7 +186,8 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _row(metric: str, value: Any, ci: Any = None, n: Any = None, subject: str | None = None) -> dict[str, Any]:
+def _row(metric: str, value: Any, ci: Any = None, n: Any = None,
+         subject: str | None = None) -> dict[str, Any]:
     low, high = (ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None))
     return {"metric": metric, "value": _number(value), "ci95_low": _number(low), "ci95_high": _number(high),
             "n": n, "subject": subject}

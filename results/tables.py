@@ -66,6 +66,8 @@ HEADLINE = (
     Metric("toy_top5", "toy top-5 (%)", per_run=_final("toy_top5"), decimals=1),
     Metric("toy_colour_acc", "toy colour acc (%)", per_run=_final("toy_colour_acc"), decimals=1),
     Metric("toy_shape_acc", "toy shape acc (%)", per_run=_final("toy_shape_acc"), decimals=1),
+    Metric("toy_benchmark_top1", "toy top-1, benchmark (%)", per_run=_score("toy_zeroshot", "top1"),
+           decimals=1),
     Metric("imagenet_top1", "ImageNet zero-shot top-1 (%)", per_run=_score("imagenet_zeroshot", "top1")),
     Metric("sts_avg_7", "STS avg, 7 sets (Spearman x100)", per_run=_score("sts", "avg_7")),
     Metric("sts_avg_6_seed", "STS avg, 6 sets (seed paper)", per_run=_score("sts", "avg_6_seed")),
@@ -174,9 +176,11 @@ def scores_frame(runs: list[Run], scores: list[Score]) -> pd.DataFrame:
         source = "final_eval.json" if (run.path / "final_eval.json").is_file() else "metrics.jsonl"
         for key, label in (("toy_top1", "top-1 (%)"), ("toy_top5", "top-5 (%)"),
                            ("toy_mean_per_class_recall", "mean per-class recall (%)"),
-                           ("toy_colour_acc", "colour accuracy (%)"), ("toy_shape_acc", "shape accuracy (%)")):
+                           ("toy_colour_acc", "colour accuracy (%)"),
+                           ("toy_shape_acc", "shape accuracy (%)")):
             if key in final:
-                ci = (final.get("toy_top1_ci_lo"), final.get("toy_top1_ci_hi")) if key == "toy_top1" else (None,) * 2
+                ci = ((final.get("toy_top1_ci_lo"), final.get("toy_top1_ci_hi")) if key == "toy_top1"
+                      else (None, None))
                 rows.append({"benchmark": "toy (in training)", "model": run.name, "belongs to": run.label,
                              "metric": label, "value": _fmt(final[key]), "95% CI": _ci(*ci, decimals=2),
                              "n": _fmt(final.get("toy_n"), 0), "note": f"step {final.get('step', '?')}",
@@ -192,7 +196,8 @@ def scores_frame(runs: list[Run], scores: list[Score]) -> pd.DataFrame:
 
 
 def recipe_frame(runs: list[Run], differing: list[str]) -> pd.DataFrame:
-    """The recipe every run shares (seed: the list of seeds; differing fields, under --allow-mixed: per run)."""
+    """The recipe every run shares (seed: the list of seeds; fields that differ, under --allow-mixed:
+    per run)."""
     rows = []
     for key in sorted({key for run in runs for key in run.recipe}):
         if key == "seed":
@@ -246,9 +251,21 @@ def throughput_notes(arms: list[Arm], scores: list[Score]) -> list[str]:
         candidates = sorted(arm_throughput(scores, arm), key=lambda score: score.date or "")
         if candidates:
             metrics = candidates[-1].metrics
-            settings[arm.label] = (metrics.get("batch_size"), metrics.get("device_name"), metrics.get("precision"))
+            settings[arm.label] = (metrics.get("batch_size"), metrics.get("device_name"),
+                                   metrics.get("precision"))
     if len(set(settings.values())) > 1:
         shown = "; ".join(f"{label}: batch {b}, {d}, {p}" for label, (b, d, p) in settings.items())
         return [f"throughput was timed under different settings per arm ({shown}); its samples/s are not "
                 "directly comparable"]
     return []
+
+
+def subset_notes(scores: list[Score]) -> list[str]:
+    """Used scores computed on part of their data (``--limit``): not comparable with full-set numbers."""
+    by_setting: dict[tuple[str, Any], list[str]] = {}
+    for score in scores:
+        if score.used and score.benchmark != "throughput" and score.settings.get("limit") is not None:
+            by_setting.setdefault((score.benchmark, score.settings["limit"]), []).append(score.model_id)
+    return [f"{benchmark} scores of {', '.join(models)} were computed with --limit {limit} (a subset of the "
+            "data, for quick checks): not comparable with full-set numbers"
+            for (benchmark, limit), models in by_setting.items()]

@@ -28,8 +28,8 @@ ARMS = {  # tower -> (params, GFLOPs image/text, final toy top-1 per seed, STS a
                     {0: 20.0, 1: 26.0}, {0: 50.0, 1: 51.0}),
 }
 STS_SETS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R")
-FIGURE_FILES = ("loss_vs_samples.png", "top1_vs_samples.png", "top1_vs_flops.png", "attributes_vs_samples.png",
-                "sts_per_set.png", "cost.png")
+FIGURE_FILES = ("loss_vs_samples.png", "top1_vs_samples.png", "top1_vs_flops.png",
+                "attributes_vs_samples.png", "sts_per_set.png", "cost.png")
 
 
 def recipe_sha(recipe: dict) -> str:
@@ -55,15 +55,16 @@ def make_run(root: Path, tower: str, seed: int, **recipe_changes) -> Path:
     lines, slope = [], 1.2 if tower == "mixer" else 1.0
     for step in range(5, recipe["steps"] + 1, 5):
         samples = step * recipe["batch_size"]
-        lines.append({"step": step, "samples_seen": samples, "loss": 3.5 - slope * step / 40 - 0.1 * seed, "lr": 1e-3,
-                      "logit_scale": 14.0, "samples_per_s": 10.0 + seed, "data_wait_frac": 0.01,
+        lines.append({"step": step, "samples_seen": samples, "loss": 3.5 - slope * step / 40 - 0.1 * seed,
+                      "lr": 1e-3, "logit_scale": 14.0, "samples_per_s": 10.0 + seed, "data_wait_frac": 0.01,
                       "grad_norm": 1.0, "skipped": {"corrupt_image": 0}, "nonfinite_steps": 0})
         if step % 10 == 0:
             value = top1[seed] * step / recipe["steps"]
             lines.append({"step": step, "samples_seen": samples, "eval/toy_top1": value,
                           "eval/toy_top5": min(100.0, 2 * value), "eval/toy_colour_acc": 50.0 + value,
                           "eval/toy_shape_acc": 12.5 + value / 2, "eval/toy_n": 256,
-                          "eval/toy_top1_ci95": [value - 5, value + 5], "eval/toy_mean_per_class_recall": value})
+                          "eval/toy_top1_ci95": [value - 5, value + 5],
+                          "eval/toy_mean_per_class_recall": value})
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     final = {key: value for key, value in lines[-1].items() if key != "samples_seen"}
     (run / "final_eval.json").write_text(json.dumps(final))
@@ -194,10 +195,10 @@ def test_mixed_recipes_refused_naming_fields(tmp_path):
     assert "seed" not in message.split(":", 1)[1].split(";")[0]
     assert not (tmp_path / "out" / "report.md").exists()
 
-    cli = subprocess.run([sys.executable, "-m", "results.report", *map(str, runs), "--out", str(tmp_path / "o")],
-                         cwd=REPO, capture_output=True, text=True)
+    cli = run_cli(*map(str, runs), "--out", str(tmp_path / "o"))
     assert cli.returncode == 2
-    assert cli.stderr.count("\n") == 1 and cli.stderr.startswith("error: runs trained with different recipes: lr")
+    assert cli.stderr.count("\n") == 1
+    assert cli.stderr.startswith("error: runs trained with different recipes: lr")
 
 
 def test_seed_replicates_with_equal_recipes_are_not_refused_but_a_hash_mismatch_is(tmp_path):
@@ -236,7 +237,8 @@ def test_score_with_another_recipe_is_left_out(study, tmp_path):
 def test_resumed_run_keeps_the_last_line_per_step(tmp_path):
     run = make_run(tmp_path, "mixer", 0)
     with open(run / "metrics.jsonl", "a") as handle:  # a resume re-logs step 40 with a new loss
-        handle.write(json.dumps({"step": 40, "samples_seen": 1280, "loss": 1.25, "samples_per_s": 9.0}) + "\n")
+        line = {"step": 40, "samples_seen": 1280, "loss": 1.25, "samples_per_s": 9.0}
+        handle.write(json.dumps(line) + "\n")
     loaded = load_run(run)
     assert loaded.train["step"].is_unique and loaded.train["loss"].iloc[-1] == 1.25
 
