@@ -87,6 +87,8 @@ def zero_shot_classifier(encoder: Encoder, classnames: Sequence[str], templates:
     model that has a ``cache_key()``, the weights are read from / written to the on-disk cache.
     """
     model_key = encoder.cache_key() if cache else None
+    if model_key and getattr(encoder, "precision", "fp32") != "fp32":
+        model_key += f"-{encoder.precision}"  # a bf16 classifier differs in the last bits
     path = classifier_cache_path(model_key, classnames, templates) if model_key else None
     if path is not None and path.is_file():
         stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -221,7 +223,8 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
     ``TOY_TEMPLATES``; adds ``colour_acc`` and ``shape_acc``: % of images whose predicted class has the
     true colour / shape (chance 12.5% each).
 
-    Returns (percent): ``top1``, ``top5``, ``mean_per_class_recall``, ``top1_ci95`` ([low, high],
+    Returns (percent): ``top1``, ``top5``, ``mean_per_class_recall`` (over the classes present in the
+    data), ``top1_ci95`` ([low, high],
     bootstrap of top-1, ``BOOTSTRAP_RESAMPLES`` resamples, ``seed``), ``n``, ``classes_present``,
     ``num_classes``, ``templates``. ``limit`` evaluates at most that many images (ImageFolder: evenly
     spaced; shards: the first). ``cache`` (default: on for ImageNet, off for toy whose classifier is cheap
@@ -288,21 +291,24 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.imagenet_zeroshot",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     description=__doc__.split("\n\n")[0])
     add_model_arguments(parser, text_only_ok=False)
     parser.add_argument("--dataset", choices=("imagenet", "toy"), default="imagenet",
-                        help="ImageNet-1k classes, or the embedded toy data set's val split")
+                        help="ImageNet-1k classes, or the embedded toy data set's val split "
+                             "(default: %(default)s)")
     parser.add_argument("--data", default=None,
                         help=f"imagenet: {IMAGEFOLDER_LAYOUT}, or WebDataset shards with .cls "
-                             "(e.g. 'val/{00000..00063}.tar'); toy: cache root (default: the toy cache)")
+                             "(e.g. 'val/{00000..00063}.tar'); toy: cache root or val shards "
+                             "(default: the toy cache)")
     parser.add_argument("--templates", choices=sorted(TEMPLATE_SETS), default="openai",
-                        help="open_clip's template set for ImageNet (openai: 80, simple: 7)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+                        help="open_clip's template set for ImageNet (openai: 80, simple: 7) "
+                             "(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="data loader worker processes (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most N images (quick checks)")
     parser.add_argument("--no-cache", action="store_true", help="rebuild the classifier, do not cache it")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     add_output_arguments(parser)
     return parser
 

@@ -68,7 +68,8 @@ def fail(message: str) -> NoReturn:
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, text_only_ok: bool = True) -> None:
     """The model-selection flags shared by every runner (exactly one model source is required)."""
-    group = parser.add_argument_group("model (exactly one of --model, --open-clip, --sentence-transformers)")
+    flags = "--model, --open-clip" + (", --sentence-transformers" if text_only_ok else "")
+    group = parser.add_argument_group(f"model (exactly one of {flags})")
     source = group.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", metavar="RUN|CKPT|NAME",
                         help="our run dir (uses checkpoints/latest), a checkpoint file (ours, open_clip or "
@@ -85,7 +86,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, text_only_ok: bool =
     group.add_argument("--model-id", help="name for the result file (default: derived from the model)")
     group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                       help="bf16 runs the towers under autocast (CUDA); features are returned as fp32")
+                       help="bf16 runs the towers under autocast; features are returned as fp32 "
+                            "(default: fp32)")
 
 
 def encoder_from_args(args: argparse.Namespace) -> Encoder:

@@ -170,7 +170,7 @@ def query_grid(encoder: Encoder, data: CaptionedImages, image_features: torch.Te
         axis.imshow(data.open_image(i))
         axis.set_title(f"#{rank}  cos {scores[i]:.3f}\n{textwrap.shorten(data.image_ids[i], 34)}", fontsize=9)
     figure.suptitle(f"{encoder.model_id}: top {len(order)} images for {query!r}", fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.97))  # keep the row titles clear of the suptitle
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)
     plt.close(figure)
@@ -179,8 +179,7 @@ def query_grid(encoder: Encoder, data: CaptionedImages, image_features: torch.Te
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.retrieval",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     description=__doc__.split("\n\n")[0])
     add_model_arguments(parser, text_only_ok=False)
     parser.add_argument("--data", default=None,
                         help=f"'toy' for the toy val split, or {CAPTIONS_LAYOUT} "
@@ -188,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--toy-root", default=None,
                         help="with --data toy: toy cache root or val shard pattern (default: the toy cache)")
     parser.add_argument("--limit", type=int, default=None, help="toy: first N val images (quick checks)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images/captions per encoder call")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="images/captions per encoder call (default: %(default)s)")
     parser.add_argument("--query", default=None, help="also save a grid of the top-9 images for this text")
     parser.add_argument("--grid-out", type=Path, default=None,
                         help="PNG path for --query (default: RESULTS_DIR/retrieval/<model-id>_<query>.png)")

@@ -192,18 +192,19 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.sts", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sts", description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--sets", nargs="+", choices=list(STS_FILES), default=list(STS_FILES),
                         help="which STS sets to score")
     parser.add_argument("--source", choices=("local", "hf"), default="local",
-                        help="local TSVs from the shared data, or MTEB's HF datasets (online)")
+                        help="local TSVs from the shared data, or MTEB's HF datasets (online) "
+                             "(default: %(default)s)")
     parser.add_argument("--data", type=Path, default=None,
                         help="shared data folder holding sts/*.tsv (default: $MIXCLIP_SHARED_DATA or "
                              "<repo>/../shared/data)")
     parser.add_argument("--limit", type=int, default=None, help="first N pairs per set (quick checks only)")
-    parser.add_argument("--batch-size", type=int, default=256, help="sentences per encoder call")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="sentences per encoder call (default: %(default)s)")
     add_output_arguments(parser)
     return parser
 

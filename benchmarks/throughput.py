@@ -132,21 +132,26 @@ def summarise(contender: Contender, batch_size: int, modes: tuple[str, ...]) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-tower", required=True, help="image tower family (e.g. mixer, transformer)")
     parser.add_argument("--text-tower", required=True, help="text tower family (e.g. mixer, transformer)")
-    parser.add_argument("--variant", default="B/32", help="size variant (tiny, S/32, B/32, B/16, ...)")
-    parser.add_argument("--batch-size", type=int, default=32, help="samples per step, same for both models")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per mode (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per mode first")
+    parser.add_argument("--variant", default="B/32",
+                        help="size variant (tiny, S/32, B/32, B/16, ...) (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="samples per step, same for both models (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="timed steps per mode (median reported) (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed steps per mode first (default: %(default)s)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to time")
     parser.add_argument("--reference", default="ViT-B-32",
-                        help="open_clip architecture timed alongside (random weights), or 'none'")
+                        help="open_clip architecture timed alongside (random weights), or 'none' "
+                             "(default: %(default)s)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+                        help="auto: bf16 autocast on CUDA, fp32 on CPU (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for weights and inputs (default: %(default)s)")
     add_output_arguments(parser)
     return parser
 
