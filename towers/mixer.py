@@ -38,7 +38,7 @@ VARIANTS: dict[str, dict] = {
     "tiny": {
         "embed_dim": 128,
         "image": dict(image_size=64, patch_size=8, width=128, layers=4, mlp_ratio=(0.5, 4.0)),
-        "text": dict(width=128, layers=4, token_hidden=64, channel_hidden=512),
+        "text": dict(width=128, layers=4, token_hidden=256, channel_hidden=512),
     },
     # timm mixer_s32_224 trunk; text sized like open_clip ViT-S-32's text tower.
     "S/32": {

@@ -1,0 +1,89 @@
+"""Regenerate the committed reference comparison: Transformer vs Mixer towers on `toy`, 3 seeds each.
+
+Every run uses the default recipe and the default variant; only `--tower` and `--seed` differ. Then
+the benchmarks score every run (STS on the 7 local sets; zero-shot on the toy val split comes from the
+run's own final evaluation), throughput is timed for both tower pairs, and `results.report` writes the
+report. Commands run as subprocesses: `results` imports no model code.
+
+    python -m results.reference                      # all of it, ~60 minutes on a 2-core CPU
+    python -m results.reference --seeds 0 --towers mixer transformer --out /tmp/ref
+
+Writes into `--out` (default `results/reference/`): `runs/<tower>-seed<k>/` (config.json,
+metrics.jsonl, final_eval.json; checkpoints are deleted afterwards unless --keep-checkpoints, they are
+large and reproducible), `scores/`, `report/` (report.md, report.html, figures) and `timings.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from results.report import write_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(command: list[str], log: Path) -> float:
+    """Run one command from the repo root, its output appended to `log`; returns its wall time."""
+    print("+", " ".join(command), flush=True)
+    started = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as out:
+        result = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        sys.exit(f"error: `{' '.join(command)}` failed with exit status {result.returncode}; see {log}")
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m results.reference", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("results/reference"), help="output folder")
+    parser.add_argument("--towers", nargs="+", default=["transformer", "mixer"], help="tower families")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="recipe seeds")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep the runs' checkpoints")
+    parser.add_argument("--skip-training", action="store_true", help="reuse the runs already in --out")
+    args = parser.parse_args(argv)
+    out = args.out
+    runs_dir, scores_dir = out / "runs", out / "scores"
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "commands.log"
+    python = sys.executable
+    timings: dict[str, float] = {}
+    run_dirs = []
+    for seed in args.seeds:
+        for tower in args.towers:
+            name = f"{tower}-seed{seed}"
+            run_dirs.append(runs_dir / name)
+            if args.skip_training:
+                continue
+            if (runs_dir / name).exists():
+                shutil.rmtree(runs_dir / name)
+            timings[f"train {name}"] = _run(
+                [python, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                 "launch/train.py", "--tower", tower, "--seed", str(seed),
+                 "--runs-dir", str(runs_dir), "--name", name, "--eval-every", "100"], log)
+    for run_dir in run_dirs:
+        timings[f"sts {run_dir.name}"] = _run(
+            [python, "-m", "benchmarks.sts", "--model", str(run_dir), "--results-dir", str(scores_dir)], log)
+    for tower in args.towers:
+        timings[f"throughput {tower}"] = _run(
+            [python, "-m", "benchmarks.throughput", "--image-tower", tower, "--text-tower", tower,
+             "--variant", "tiny", "--batch-size", "128", "--results-dir", str(scores_dir)], log)
+    if not args.keep_checkpoints:
+        for run_dir in run_dirs:
+            for checkpoint in (run_dir / "checkpoints").glob("*.pt"):
+                checkpoint.unlink()
+    result = write_report(run_dirs, scores_dir, out / "report")
+    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print(result["headline_table"])
+    print(f"wrote {result['report_md']}")
+
+
+if __name__ == "__main__":
+    main()
