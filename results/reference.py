@@ -46,21 +46,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--towers", nargs="+", default=["transformer", "mixer"], help="tower families")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="recipe seeds")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep the runs' checkpoints")
-    parser.add_argument("--skip-training", action="store_true", help="reuse the runs already in --out")
+    parser.add_argument("--skip-training", action="store_true",
+                        help="reuse the runs (and STS scores) already in --out; runs that finished are "
+                        "always reused, delete their folder to retrain them")
     args = parser.parse_args(argv)
     out = args.out
     runs_dir, scores_dir = out / "runs", out / "scores"
     out.mkdir(parents=True, exist_ok=True)
     log = out / "commands.log"
     python = sys.executable
-    timings: dict[str, float] = {}
+    timings_file = out / "timings.json"  # wall seconds per command, kept across resumed regenerations
+    timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     run_dirs = []
     for seed in args.seeds:
         for tower in args.towers:
             name = f"{tower}-seed{seed}"
             run_dirs.append(runs_dir / name)
-            if args.skip_training:
-                continue
+            if args.skip_training or (runs_dir / name / "final_eval.json").is_file():
+                continue  # finished runs are kept: the command resumes an interrupted regeneration
             if (runs_dir / name).exists():
                 shutil.rmtree(runs_dir / name)
             timings[f"train {name}"] = _run(
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
                  "launch/train.py", "--tower", tower, "--seed", str(seed),
                  "--runs-dir", str(runs_dir), "--name", name, "--eval-every", "100"], log)
     for run_dir in run_dirs:
+        if (scores_dir / "sts" / f"{run_dir.name}.json").is_file() and args.skip_training:
+            continue
         timings[f"sts {run_dir.name}"] = _run(
             [python, "-m", "benchmarks.sts", "--model", str(run_dir), "--results-dir", str(scores_dir)], log)
     for tower in args.towers:
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             for checkpoint in (run_dir / "checkpoints").glob("*.pt"):
                 checkpoint.unlink()
     result = write_report(run_dirs, scores_dir, out / "report")
-    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    timings_file.write_text(json.dumps(timings, indent=2) + "\n")
     print(result["headline_table"])
     print(f"wrote {result['report_md']}")
 
