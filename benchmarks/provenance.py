@@ -40,7 +40,7 @@ BENCHMARK_VERSIONS = {
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _VERSIONED_PACKAGES = (
     "mixclip-bench", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "scipy",
-    "sentence-transformers", "transformers", "mteb", "webdataset",
+    "sentence-transformers", "transformers", "mteb", "webdataset", "accelerate",
 )
 
 

@@ -8,38 +8,10 @@ size, parameter counts and FLOPs per sample, so every number of the run can be t
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
-
-LIBRARIES = ("torch", "torchvision", "timm", "open_clip_torch", "webdataset", "accelerate", "numpy")
-REPO = Path(__file__).resolve().parents[1]
-
-
-def git_commit(repo: Path = REPO) -> str:
-    """The checkout's commit (with `-dirty` when it has uncommitted changes), or `unknown`."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def write_json(path: Path, data: dict) -> None:

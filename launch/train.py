@@ -28,6 +28,7 @@ from tqdm import tqdm
 import towers
 from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import zero_shot_eval
+from benchmarks.provenance import git_commit, library_versions  # one provenance for runs and scores
 from benchmarks.webdata import ShardSpecError
 from launch.checkpointing import (
     capture_rng_state,
@@ -37,7 +38,7 @@ from launch.checkpointing import (
 )
 from launch.config import Experiment, RunOptions, experiment_dict, experiment_differences, parse_experiment
 from launch.data import get_train_loader
-from launch.run_record import MetricsLog, command_line, git_commit, library_versions, write_json
+from launch.run_record import MetricsLog, command_line, write_json
 from launch.trainer import ContrastiveStep, NonFiniteLossError, build_optimizer, micro_batch_stream
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}

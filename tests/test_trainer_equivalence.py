@@ -39,8 +39,10 @@ def single(tmp_path_factory):
 def test_two_gloo_processes_equal_one_process(single, tmp_path, local_loss):
     extra = ["--local-loss"] if local_loss else []
     two = _run(tmp_path, "two", 2, *extra)
-    assert max(abs(a - b) for a, b in zip(single["losses"], two["losses"], strict=True)) <= TOLERANCE
-    assert _max_param_diff(single["state_dict"], two["state_dict"]) <= TOLERANCE
+    loss_diff = max(abs(a - b) for a, b in zip(single["losses"], two["losses"], strict=True))
+    param_diff = _max_param_diff(single["state_dict"], two["state_dict"])
+    print(f"2x4 vs 1x8 (local_loss={local_loss}): loss diff {loss_diff:.2e}, param diff {param_diff:.2e}")
+    assert loss_diff <= TOLERANCE and param_diff <= TOLERANCE
     # and the run moved: equal weights after 0 steps would prove nothing
     assert single["losses"][0] != single["losses"][-1]
 
@@ -48,5 +50,7 @@ def test_two_gloo_processes_equal_one_process(single, tmp_path, local_loss):
 @pytest.mark.slow
 def test_accumulation_equals_the_whole_batch(single, tmp_path):
     accum = _run(tmp_path, "accum", 1, "--accum", "2")
-    assert max(abs(a - b) for a, b in zip(single["losses"], accum["losses"], strict=True)) <= TOLERANCE
-    assert _max_param_diff(single["state_dict"], accum["state_dict"]) <= TOLERANCE
+    loss_diff = max(abs(a - b) for a, b in zip(single["losses"], accum["losses"], strict=True))
+    param_diff = _max_param_diff(single["state_dict"], accum["state_dict"])
+    print(f"accum 2x4 vs 1x8: loss diff {loss_diff:.2e}, param diff {param_diff:.2e}")
+    assert loss_diff <= TOLERANCE and param_diff <= TOLERANCE
