@@ -36,7 +36,7 @@ class Recipe:
     steps: int = 750  # optimizer steps; the default run fits 10 minutes on a 2-core CPU
     batch_size: int = 128  # per process; global batch = batch_size x processes x accum
     accum: int = 1  # micro-batches per step; the contrastive loss still sees the whole batch
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup_steps: int = 40  # linear warmup, then cosine decay to 0 at `steps`
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6

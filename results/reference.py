@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-training", action="store_true",
                         help="reuse the runs (and STS scores) already in --out; runs that finished are "
                         "always reused, delete their folder to retrain them")
+    parser.add_argument("--skip-sts", action="store_true", help="do not score the runs on STS")
     args = parser.parse_args(argv)
     out = args.out
     runs_dir, scores_dir = out / "runs", out / "scores"
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                  "launch/train.py", "--tower", tower, "--seed", str(seed),
                  "--runs-dir", str(runs_dir), "--name", name, "--eval-every", "100"], log)
     for run_dir in run_dirs:
-        if (scores_dir / "sts" / f"{run_dir.name}.json").is_file() and args.skip_training:
+        if args.skip_sts or ((scores_dir / "sts" / f"{run_dir.name}.json").is_file() and args.skip_training):
             continue
         timings[f"sts {run_dir.name}"] = _run(
             [python, "-m", "benchmarks.sts", "--model", str(run_dir), "--results-dir", str(scores_dir)], log)

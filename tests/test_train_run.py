@@ -111,7 +111,7 @@ def test_run_writes_its_record_and_refuses_another_tower_on_resume(tmp_path, cap
     assert code == 2 and len(err) == 1
     assert "image_tower ('mixer' vs 'transformer')" in err[0] and "text_tower" in err[0]
     code = train.main(_args(tmp_path, "run", "--steps", "4", "--resume", "latest", "--lr", "0.1"))
-    assert code == 2 and "recipe.lr (0.002 vs 0.1)" in capsys.readouterr().err
+    assert code == 2 and "recipe.lr (0.001 vs 0.1)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
