@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import toy_data
+from benchmarks import toy_data, toy_drawing
 from benchmarks.webdata import SkipCounts, expand_shards, iter_samples, iter_shard
 
 SMALL = {"num_train": 150, "num_val": 128, "shard_size": 64}
@@ -97,7 +97,7 @@ def test_shapes_stay_distinct_under_rotation():
     of classes collapses under rotation (square vs diamond would give IoU 1)."""
     def mask(shape: str, rotation: float) -> np.ndarray:
         img = Image.new("RGB", (128, 128), (0, 0, 0))
-        toy_data._draw_object(img, shape, (255, 255, 255), 64, 64, 50, rotation)
+        toy_drawing.draw_object(img, shape, (255, 255, 255), 64, 64, 50, rotation)
         return np.asarray(img)[:, :, 0] > 127
 
     rotations = [2 * math.pi * k / 72 for k in range(72)]
