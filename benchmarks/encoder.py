@@ -235,11 +235,10 @@ def resolve_checkpoint(spec: str) -> tuple[Path | None, dict[str, Any]]:
 
     path = Path(spec)
     if path.is_dir():
-        pointer = path / "checkpoints" / "latest"
-        if not pointer.is_file():
+        checkpoint = towers.checkpoints.latest_checkpoint(path / "checkpoints")
+        if checkpoint is None:
             raise BenchmarkInputError(f"--model {spec}: run dir without checkpoints/latest "
                                       f"(expected RUN/checkpoints/latest naming a checkpoint file)")
-        checkpoint = path / "checkpoints" / pointer.read_text().strip()
         if not checkpoint.is_file():
             raise BenchmarkInputError(f"--model {spec}: checkpoints/latest names {checkpoint.name}, "
                                       "which does not exist")

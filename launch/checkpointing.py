@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-LATEST = "latest"
+from towers.checkpoints import LATEST_POINTER as LATEST
+from towers.checkpoints import latest_checkpoint
 
 
 def checkpoint_name(step: int) -> str:
@@ -59,10 +60,9 @@ def save_checkpoint(folder: Path, step: int, payload: dict) -> Path:
 def resolve_checkpoint(spec: str, folder: Path) -> Path:
     """`latest` -> the file the run's pointer names; anything else is a path."""
     if spec == LATEST:
-        pointer = folder / LATEST
-        if not pointer.is_file():
+        path = latest_checkpoint(folder)
+        if path is None:
             raise FileNotFoundError(f"--resume latest: no checkpoint in {folder} (no '{LATEST}' pointer)")
-        path = folder / pointer.read_text().strip()
     else:
         path = Path(spec)
     if not path.is_file():

@@ -31,6 +31,7 @@ from benchmarks.imagenet_zeroshot import zero_shot_eval
 from benchmarks.provenance import git_commit, library_versions  # one provenance for runs and scores
 from benchmarks.webdata import ShardSpecError
 from launch.checkpointing import (
+    LATEST,
     capture_rng_state,
     resolve_checkpoint,
     restore_rng_state,
@@ -40,6 +41,7 @@ from launch.config import Experiment, RunOptions, experiment_dict, experiment_di
 from launch.data import get_train_loader
 from launch.run_record import MetricsLog, command_line, write_json
 from launch.trainer import ContrastiveStep, NonFiniteLossError, build_optimizer, micro_batch_stream
+from towers.checkpoints import latest_checkpoint
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
@@ -84,7 +86,7 @@ class TrainingRun:
         exists = (self.run_dir / "config.json").exists()
         resume = self.options.resume
         if resume == "auto":  # requeued jobs: continue if there is a checkpoint, else start
-            resume = "latest" if (self.checkpoints / "latest").is_file() else None
+            resume = LATEST if latest_checkpoint(self.checkpoints) is not None else None
         if not resume:
             if exists:
                 raise RunError(f"run folder {self.run_dir} already holds a run: pass --resume latest to "

@@ -29,6 +29,7 @@ from towers.transformer import VARIANTS as TRANSFORMER_VARIANTS
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 OPEN_CLIP_TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")
 SHOWN_KEYS = 5
+LATEST_POINTER = "latest"  # a run's checkpoints/latest: a text file naming its newest checkpoint
 
 
 class CheckpointError(ValueError):
@@ -112,6 +113,13 @@ def _is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The checkpoint file `folder/latest` names, or None when there is no pointer. The named file may
+    be missing (callers say so in their own words)."""
+    pointer = Path(folder) / LATEST_POINTER
+    return Path(folder) / pointer.read_text().strip() if pointer.is_file() else None
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
