@@ -53,9 +53,7 @@ import collections
 import glob
 import io
 import os
-import tarfile
 import warnings
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -66,6 +64,8 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 from webdataset.tariterators import base_plus_ext
+
+from benchmarks.tar_stream import TarDamage, iter_members
 
 SKIP_KINDS = (
     "missing_shard",
@@ -156,25 +156,6 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------- reading
 
 
-def _recording_tarinfo() -> tuple[type[tarfile.TarInfo], dict[str, bool]]:
-    """A TarInfo class that records whether the last header block tarfile read was the all-zero
-    end-of-archive block. tarfile silently stops at a truncated or garbage header; this tells a
-    complete shard from a broken one."""
-    state = {"end_marker": False}
-
-    class RecordingTarInfo(tarfile.TarInfo):
-        @classmethod
-        def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
-            state["end_marker"] = len(buf) == tarfile.BLOCKSIZE and buf.count(0) == tarfile.BLOCKSIZE
-            return super().frombuf(buf, encoding, errors)
-
-    return RecordingTarInfo, state
-
-
-class _TruncatedTar(Exception):
-    pass
-
-
 def iter_shard(url: str, counts: SkipCounts) -> Iterator[dict[str, Any]]:
     """Raw samples of one shard: dicts {"__key__", "__url__", ext: bytes, ...}, extensions lower-case.
     A sample with an unreadable member carries "__unreadable__": True."""
@@ -183,13 +164,11 @@ def iter_shard(url: str, counts: SkipCounts) -> Iterator[dict[str, Any]]:
     except OSError:
         counts.add("missing_shard")
         return
-    tarinfo_class, state = _recording_tarinfo()
     sample: dict[str, Any] | None = None
     try:
-        with stream, tarfile.open(fileobj=stream, mode="r|*", tarinfo=tarinfo_class) as tar:
-            for member in tar:
-                tar.members = []  # stream mode would otherwise keep every header of the shard
-                key, ext = base_plus_ext(member.name)
+        with stream:
+            for name, data in iter_members(stream):
+                key, ext = base_plus_ext(name)
                 if key is None or (key.startswith("__") and key.endswith("__")):
                     continue  # stray names without an extension, webdataset metadata
                 ext = ext.lower()
@@ -197,17 +176,19 @@ def iter_shard(url: str, counts: SkipCounts) -> Iterator[dict[str, Any]]:
                     if sample is not None:
                         yield sample
                     sample = {"__key__": key, "__url__": url}
-                if not member.isreg() or ext in sample:
+                if data is None or ext in sample:
                     sample["__unreadable__"] = True
                     continue
-                sample[ext] = tar.extractfile(member).read()
-            if not state["end_marker"]:
-                raise _TruncatedTar()
+                sample[ext] = data
         if sample is not None:
             yield sample
-    except (_TruncatedTar, tarfile.TarError, EOFError, OSError, zlib.error):
-        # The last sample read may be incomplete: it goes with the shard's count.
+    except (TarDamage, OSError) as damage:
+        # The sample being read may be incomplete: it goes with the shard's count. When the break
+        # is in the data of a member whose header starts the next sample, the one before is whole.
         counts.add("truncated_tar")
+        member = getattr(damage, "member", None)
+        if sample is not None and member is not None and base_plus_ext(member)[0] != sample["__key__"]:
+            yield sample
 
 
 def load_rgb(data: bytes) -> Image.Image:
