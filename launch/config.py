@@ -27,6 +27,8 @@ import yaml
 from towers.registry import FAMILIES, canonical_variant, variant_table
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+TOY_CONTEXT_LENGTH = 16
+CLIP_CONTEXT_LENGTH = 77
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,15 @@ class Recipe:
     train_data: str | None = None  # shards (brace pattern, '::' list or directory); None: the toy set
     train_num_samples: int | None = None  # samples per epoch; None: the data set's size
     image_size: int | None = None  # None: the tower variant's size
-    # Toy captions are at most ~20 tokens: 32 positions cost both text towers 2.4x less than 77.
-    context_length: int = 32
+    # None: resolved on construction to TOY_CONTEXT_LENGTH on the toy set (its captions and zero-shot
+    # prompts are at most 15 tokens with SOT/EOT, so nothing is cut, and both text towers cost ~5x
+    # less than at 77), and to CLIP's 77 on shards, where a shorter context would cut real captions.
+    context_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.context_length is None:
+            resolved = TOY_CONTEXT_LENGTH if self.train_data is None else CLIP_CONTEXT_LENGTH
+            object.__setattr__(self, "context_length", resolved)
 
     def sha256(self) -> str:
         canonical = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
@@ -117,6 +126,9 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             kwargs["type"] = base
         if f.name == "precision":
             kwargs["choices"] = PRECISIONS
+        if f.name == "context_length":
+            kwargs["help"] = (f"(default: {TOY_CONTEXT_LENGTH} on the toy set, {CLIP_CONTEXT_LENGTH} with "
+                              "--train-data)")
         parser.add_argument(_flag(f.name), **kwargs)
 
 

@@ -7,6 +7,8 @@ report. Commands run as subprocesses: `results` imports no model code.
 
     python -m results.reference                      # all of it, ~60 minutes on a 2-core CPU
     python -m results.reference --seeds 0 --towers mixer transformer --out /tmp/ref
+    python -m results.reference --seeds 0 --out results/lr_sweep/lr5e-4 --train-flags "--lr 5e-4" \
+        --skip-sts --skip-throughput --no-report          # one point of the learning-rate sweep
 
 Writes into `--out` (default `results/reference/`): `runs/<tower>-seed<k>/` (config.json,
 metrics.jsonl, final_eval.json; checkpoints are deleted afterwards unless --keep-checkpoints, they are
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -50,6 +53,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="reuse the runs (and STS scores) already in --out; runs that finished are "
                         "always reused, delete their folder to retrain them")
     parser.add_argument("--skip-sts", action="store_true", help="do not score the runs on STS")
+    parser.add_argument("--skip-throughput", action="store_true", help="do not time the tower pairs")
+    parser.add_argument("--no-report", action="store_true", help="do not write the report")
+    parser.add_argument("--train-flags", default="",
+                        help="extra launch/train.py flags for every run, e.g. \"--lr 5e-4\" (for a sweep; "
+                        "the reference itself is the default recipe)")
     args = parser.parse_args(argv)
     out = args.out
     runs_dir, scores_dir = out / "runs", out / "scores"
@@ -71,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                 [python, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                  "launch/train.py", "--tower", tower, "--seed", str(seed),
-                 "--runs-dir", str(runs_dir), "--name", name, "--eval-every", "100"], log)
+                 "--runs-dir", str(runs_dir), "--name", name, "--eval-every", "150",
+                 *shlex.split(args.train_flags)], log)
     for run_dir in run_dirs:
         if args.skip_sts or ((scores_dir / "sts" / f"{run_dir.name}.json").is_file() and args.skip_training):
             continue
@@ -80,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         timings[f"sts {run_dir.name}"] = _run(
             [python, "-m", "benchmarks.sts", "--model", str(run_dir), "--results-dir", str(scores_dir)], log)
-    for tower in args.towers:
+    for tower in [] if args.skip_throughput else args.towers:
         timings[f"throughput {tower}"] = _run(
             [python, "-m", "benchmarks.throughput", "--image-tower", tower, "--text-tower", tower,
              "--variant", "tiny", "--batch-size", "128", "--steps", "10", "--warmup", "3",
@@ -90,10 +99,11 @@ def main(argv: list[str] | None = None) -> None:
         for run_dir in run_dirs:
             for checkpoint in (run_dir / "checkpoints").glob("*.pt"):
                 checkpoint.unlink()
-    result = write_report(run_dirs, scores_dir, out / "report")
     timings_file.write_text(json.dumps(timings, indent=2) + "\n")
-    print(result["headline_table"])
-    print(f"wrote {result['report_md']}")
+    if not args.no_report:
+        result = write_report(run_dirs, scores_dir, out / "report")
+        print(result["headline_table"])
+        print(f"wrote {result['report_md']}")
 
 
 if __name__ == "__main__":
