@@ -27,7 +27,7 @@ import yaml
 from towers.registry import FAMILIES, canonical_variant, variant_table
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-TOY_CONTEXT_LENGTH = 16
+TOY_CONTEXT_LENGTH = 32
 CLIP_CONTEXT_LENGTH = 77
 
 
@@ -51,8 +51,9 @@ class Recipe:
     train_num_samples: int | None = None  # samples per epoch; None: the data set's size
     image_size: int | None = None  # None: the tower variant's size
     # None: resolved on construction to TOY_CONTEXT_LENGTH on the toy set (its captions and zero-shot
-    # prompts are at most 15 tokens with SOT/EOT, so nothing is cut, and both text towers cost ~5x
-    # less than at 77), and to CLIP's 77 on shards, where a shorter context would cut real captions.
+    # prompts are at most 15 tokens with SOT/EOT: nothing is cut, and both text towers cost 2.4x less
+    # than at 77), and to CLIP's 77 on shards, where a shorter context would cut real captions. 16
+    # was tried: 50.7% / 43.4% toy top-1 at seed 0 (Transformer / Mixer) against 56.2% / 56.1% at 32.
     context_length: int | None = None
 
     def __post_init__(self) -> None:
