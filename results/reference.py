@@ -5,7 +5,7 @@ the benchmarks score every run (STS on the 7 local sets; zero-shot on the toy va
 run's own final evaluation), throughput is timed for both tower pairs, and `results.report` writes the
 report. Commands run as subprocesses: `results` imports no model code.
 
-    python -m results.reference                      # all of it, ~60 minutes on a 2-core CPU
+    python -m results.reference                      # all of it, ~65 minutes on a 2-core CPU
     python -m results.reference --seeds 0 --towers mixer transformer --out /tmp/ref
     python -m results.reference --seeds 0 --out results/lr_sweep/lr5e-4 --train-flags "--lr 5e-4" \
         --skip-sts --skip-throughput --no-report          # one point of the learning-rate sweep
