@@ -25,6 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+import towers
 from benchmarks.provenance import add_output_arguments, fail, finish
 
 MODES = ("train", "infer")
@@ -56,7 +57,7 @@ class Contender:
 
     def train_step(self) -> None:
         self.model.train()
-        with self.autocast:
+        with self.autocast, towers.attention_kernels(self.device):
             image_features = self.model.encode_image(self.images, normalize=True)
             text_features = self.model.encode_text(self.tokens, normalize=True)
             loss = self.loss(image_features, text_features, self.model.logit_scale.exp())
@@ -66,7 +67,7 @@ class Contender:
 
     def infer_step(self) -> None:
         self.model.eval()
-        with torch.no_grad(), self.autocast:
+        with torch.no_grad(), self.autocast, towers.attention_kernels(self.device):
             self.model.encode_image(self.images, normalize=True)
             self.model.encode_text(self.tokens, normalize=True)
 

@@ -44,7 +44,12 @@ class Recipe:
     eps: float = 1e-6
     weight_decay: float = 0.2  # on >= 2-d weights only (chosen by shape, never by name)
     grad_clip: float = 1.0  # max global grad norm; 0 disables
-    precision: str = "fp32"
+    # bf16 autocast (fp32 weights and optimizer state, fp32 loss), as CLIP is trained on GPUs. On this
+    # machine's CPU (AMD EPYC, avx512_bf16) it is also what makes the default run fit: a training step
+    # alone is 1.7x (Transformer) / 2.0x (Mixer) faster than in fp32, a whole default run 1.2x / 1.6x,
+    # for the same toy top-1 (seed 0: 55.9% / 55.7%; fp32: 56.2% / 55.6%). On a CPU without bf16
+    # instructions, pass --precision fp32.
+    precision: str = "bf16"
     local_loss: bool = False  # open_clip's local_loss: same gradients, less memory
     seed: int = 0
     train_data: str | None = None  # shards (brace pattern, '::' list or directory); None: the toy set

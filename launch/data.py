@@ -11,7 +11,9 @@ code as a LAION run. Per (rank, DataLoader worker): webdataset's ResampledShards
 replacement from a seed made of (seed, rank, worker), so every node and worker reads its own stream;
 samples go through a shuffle buffer (of undecoded bytes), are decoded by benchmarks.webdata (bad ones
 skipped and counted), transformed with towers.image_transform(image_size, train=True) and tokenised
-with towers.tokenize, a batch at a time inside the worker.
+with towers.tokenize, a batch at a time inside the worker. The worker stops the transform before its
+last two steps (ToTensor, Normalize) and sends uint8 images, 4x fewer bytes between processes; the
+main process finishes them (`float / 255`, then normalise: the same operations, bit for bit).
 
 Exact resume: the batch stream depends only on (seed, rank, world_size, workers); batch i comes from
 worker i % workers (the DataLoader's round-robin), and the random crop of each batch is seeded by its
@@ -34,6 +36,7 @@ from collections.abc import Callable, Iterator
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
+from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
 
 import towers
 from benchmarks.toy_data import ensure_toy
@@ -62,6 +65,31 @@ MAX_BAD_SAMPLES = 100_000
 def _seed(*parts: int) -> int:
     """A 63-bit seed from integers, stable across processes and Python runs."""
     return random.Random("/".join(map(str, parts))).getrandbits(63)
+
+
+class Uint8Images:
+    """A transform's last two steps, ToTensor then Normalize, applied to a uint8 batch in one go.
+
+    `split(transform)` turns `Compose([..., ToTensor(), Normalize(mean, std)])` (open_clip's train and
+    eval transforms) into (`Compose([..., PILToTensor()])`, Uint8Images): the first gives uint8 CHW
+    tensors; this gives from their stack what the whole transform would have, exactly: ToTensor is
+    `float / 255` and Normalize `(x - mean) / std`, elementwise, so a batch gets the same bits.
+    """
+
+    def __init__(self, normalize: Normalize) -> None:
+        self.mean = torch.as_tensor(normalize.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(normalize.std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().div_(255).sub_(self.mean).div_(self.std)
+
+    @staticmethod
+    def split(transform: Callable) -> tuple[Callable, Uint8Images | None]:
+        """(uint8 part, finisher); (transform, None) when it does not end in ToTensor, Normalize."""
+        steps = list(getattr(transform, "transforms", []))
+        if len(steps) >= 2 and isinstance(steps[-2], ToTensor) and isinstance(steps[-1], Normalize):
+            return Compose(steps[:-2] + [PILToTensor()]), Uint8Images(steps[-1])
+        return transform, None
 
 
 class TrainStream(IterableDataset):
@@ -135,8 +163,10 @@ class TrainLoader:
     (batch_size * world_size); `skipped()` = bad samples by kind, merged over the workers."""
 
     def __init__(self, stream: TrainStream, *, workers: int, batches_per_epoch: int, num_shards: int,
+                 finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  pin_memory: bool = False) -> None:
         self.stream, self.workers, self.pin_memory = stream, workers, pin_memory
+        self.finish = finish  # applied to each batch's images in this process (Uint8Images)
         self.batches_per_epoch, self.num_shards = batches_per_epoch, num_shards
         self.batch_size = stream.batch_size
         self._counts = WorkerCounts()
@@ -146,11 +176,13 @@ class TrainLoader:
         # Our own generator: the DataLoader draws its workers' base seed from it instead of from the
         # global RNG, which belongs to the trainer.
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.workers, collate_fn=_no_collate,
-                            pin_memory=self.pin_memory,
                             generator=torch.Generator().manual_seed(self.stream.seed))
         for images, tokens, role, counts in loader:
             self._counts.update(role, counts)
-            yield images, tokens
+            if self.finish:
+                images = self.finish(images)
+            # Pinned here, after finishing: the DataLoader would pin the uint8 batch, not the float one.
+            yield (images.pin_memory() if self.pin_memory else images), tokens
 
     def skipped(self) -> dict[str, int]:
         return self._counts.merged()
@@ -171,11 +203,12 @@ def get_train_loader(spec: str | None, *, image_size: int, batch_size: int, num_
         raise ValueError("get_train_loader: need batch_size >= 1, workers >= 0, start_batch >= 0, "
                          "0 <= rank < world_size")
     urls = expand_shards(resolve_spec(spec))
-    stream = TrainStream(urls, towers.image_transform(image_size, train=True), batch_size=batch_size,
+    uint8_transform, finish = Uint8Images.split(towers.image_transform(image_size, train=True))
+    stream = TrainStream(urls, uint8_transform, batch_size=batch_size,
                          seed=seed, rank=rank, start_batch=start_batch, context_length=context_length,
                          shuffle_buffer=max(1, shuffle_buffer))
     return TrainLoader(stream, workers=workers, batches_per_epoch=num_samples // (batch_size * world_size),
-                       num_shards=len(urls), pin_memory=pin_memory)
+                       num_shards=len(urls), finish=finish, pin_memory=pin_memory)
 
 
 def get_eval_loader(spec: str | None, *, image_size: int, batch_size: int, workers: int = 0,

@@ -25,6 +25,7 @@ import torch
 from accelerate import Accelerator
 from open_clip.loss import ClipLoss
 
+import towers
 from launch.config import Recipe
 
 MAX_NONFINITE_IN_A_ROW = 10
@@ -75,8 +76,11 @@ class ContrastiveStep:
         self.nonfinite_total = 0
 
     def _forward(self, images: torch.Tensor, tokens: torch.Tensor):
-        with self.accelerator.autocast():
-            return self.model(images, tokens)
+        with self.accelerator.autocast(), towers.attention_kernels(self.accelerator.device):
+            image_features, text_features, scale = self.model(images, tokens)
+        # The loss is taken in fp32 under every precision: bf16 logits carry 3 significant digits,
+        # too few for a softmax over the global batch.
+        return image_features.float(), text_features.float(), scale
 
     def __call__(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], step: int) -> dict:
         for group in self.optimizer.param_groups:

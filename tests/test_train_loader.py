@@ -161,6 +161,29 @@ def open_clip_decode(row: torch.Tensor) -> str:
     return _tokenizer.decode([t for t in row.tolist() if t not in (0, EOT, EOT - 1)])
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_uint8_batches_finish_to_the_whole_transforms_exact_bits(train):
+    # Workers send uint8 images and the main process finishes them: that must be invisible.
+    transform = towers.image_transform(32, train=train)
+    uint8_part, finish = launch_data.Uint8Images.split(transform)
+    assert finish is not None
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40 + 9 * i, 50, 3), dtype=np.uint8)) for i in range(6)]
+    torch.manual_seed(3)
+    expected = torch.stack([transform(image) for image in images])
+    torch.manual_seed(3)
+    halves = torch.stack([uint8_part(image) for image in images])
+    assert halves.dtype == torch.uint8
+    assert torch.equal(finish(halves), expected)
+    assert expected.min() < -1.5 and expected.max() > 1.5  # normalised, not just scaled to [0, 1]
+
+
+def test_a_transform_without_the_usual_ending_runs_whole_in_the_worker():
+    transform = towers.image_transform(32, train=True)
+    shortened = type(transform)(transform.transforms[:-1])  # no Normalize
+    assert launch_data.Uint8Images.split(shortened) == (shortened, None)
+
+
 def test_no_matching_shard_raises_and_the_cli_says_one_line():
     with pytest.raises(ShardSpecError, match=r"nope/\{00000\.\.00009\}\.tar"):
         loader_for("nope/{00000..00009}.tar")

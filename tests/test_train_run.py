@@ -174,3 +174,48 @@ def test_ten_nonfinite_steps_in_a_row_stop_without_a_checkpoint(tmp_path, monkey
     assert code == 1 and "10 steps in a row" in err[-1]
     saved = sorted(p.name for p in (tmp_path / "diverged" / "checkpoints").glob("step_*.pt"))
     assert saved == ["step_00000001.pt", "step_00000002.pt"]
+
+
+def test_bf16_step_takes_its_loss_in_fp32_and_tracks_the_fp32_step():
+    # The default precision is bf16 autocast: the towers run in bf16, the contrastive loss in fp32.
+    import contextlib
+    import types
+
+    from launch.config import Recipe
+    from launch.trainer import ContrastiveStep
+
+    torch.manual_seed(0)
+    model = towers.create_model("transformer+mixer-tiny", text_overrides={"context_length": 16})
+    images = torch.randn(16, 3, 64, 64)
+    tokens = towers.tokenize([f"a {c} shape number {i}" for i, c in enumerate(["red", "blue"] * 8)], 16)
+    losses = {}
+    for precision, autocast in (("fp32", contextlib.nullcontext),
+                                ("bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
+        accelerator = types.SimpleNamespace(autocast=autocast, device=torch.device("cpu"),
+                                            process_index=0, num_processes=1)
+        step = ContrastiveStep(accelerator, model, None, Recipe(precision=precision))
+        image_features, text_features, scale = step._forward(images, tokens)
+        assert image_features.dtype == text_features.dtype == torch.float32
+        losses[precision] = step.loss(image_features, text_features, scale).item()
+    assert losses["bf16"] != losses["fp32"]  # bf16 really ran
+    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=2e-2)
+
+
+def test_attention_runs_the_math_kernel_on_cpu_only():
+    flags = (torch.backends.cuda.flash_sdp_enabled, torch.backends.cuda.mem_efficient_sdp_enabled,
+             torch.backends.cuda.math_sdp_enabled)
+    before = [flag() for flag in flags]
+    with towers.attention_kernels("cpu"):
+        assert [flag() for flag in flags] == [False, False, True]
+    with towers.attention_kernels("cuda:0"):
+        assert [flag() for flag in flags] == before
+    assert [flag() for flag in flags] == before
+    # and the Transformer tower gives the same features through the math path (to float noise)
+    torch.manual_seed(0)
+    model = towers.create_model("transformer-tiny").train()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        default = model.encode_image(images)
+        with towers.attention_kernels("cpu"):
+            math = model.encode_image(images)
+    assert torch.allclose(default, math, atol=1e-5)
