@@ -8,7 +8,7 @@ TensorBoard events and atomic checkpoints (`--save-every`, `latest` pointer); `-
 continues exactly where the last checkpoint left off. Zero-shot accuracy on the toy val split is
 scored at the end (and every `--eval-every` steps) by `benchmarks.imagenet_zeroshot`.
 
-    accelerate launch launch/train.py --tower transformer                 # the default run (CPU: ~10 min)
+    accelerate launch launch/train.py --tower transformer                 # the default run (CPU: ~7 min)
     accelerate launch --config_file launch/accelerate/cpu.yaml launch/train.py --tower mixer --steps 20
     python launch/train.py --help
 """

@@ -5,7 +5,7 @@ the benchmarks score every run (STS on the 7 local sets; zero-shot on the toy va
 run's own final evaluation), throughput is timed for both tower pairs, and `results.report` writes the
 report. Commands run as subprocesses: `results` imports no model code.
 
-    python -m results.reference                      # all of it, ~65 minutes on a 2-core CPU
+    python -m results.reference                      # all of it, ~45 minutes on a 2-core CPU
     python -m results.reference --seeds 0 --towers mixer transformer --out /tmp/ref
     python -m results.reference --seeds 0 --out results/lr_sweep/lr5e-4 --train-flags "--lr 5e-4" \
         --skip-sts --skip-throughput --no-report          # one point of the learning-rate sweep
@@ -40,6 +40,16 @@ def _run(command: list[str], log: Path) -> float:
     if result.returncode != 0:
         sys.exit(f"error: `{' '.join(command)}` failed with exit status {result.returncode}; see {log}")
     return time.perf_counter() - started
+
+
+def _trained_precision(run_dirs: list[Path]) -> str:
+    """The precision the arms were trained in, from their run records (bf16 or fp32)."""
+    for run_dir in run_dirs:
+        config = run_dir / "config.json"
+        if config.is_file():
+            precision = json.loads(config.read_text())["experiment"]["recipe"]["precision"]
+            return "bf16" if precision in ("bf16", "fp16") else "fp32"
+    return "fp32"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         timings[f"throughput {tower}"] = _run(
             [python, "-m", "benchmarks.throughput", "--image-tower", tower, "--text-tower", tower,
              "--variant", "tiny", "--batch-size", "128", "--steps", "10", "--warmup", "3",
+             "--precision", _trained_precision(run_dirs),  # timed as the arms were trained
              # the two arms are each other's reference here; open_clip's ViT-B-32 would cost minutes
              "--reference", "none", "--results-dir", str(scores_dir)], log)
     if not args.keep_checkpoints:
