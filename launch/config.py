@@ -107,6 +107,10 @@ class RunOptions:
     init_from: str | None = None  # weights only (ours, open_clip's or OpenAI's)
     grad_checkpointing: bool = False
     compile: bool = False
+    # Torch threads per process on CPU; None: this node's cores / its processes. `accelerate launch`
+    # without --cpu or a config pins every process to 1 thread (OMP_NUM_THREADS=1, its GPU default),
+    # which on a CPU-only machine would leave all but one core idle.
+    cpu_threads: int | None = None
 
 
 def _flag(name: str) -> str:
@@ -219,6 +223,7 @@ def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOpti
         (0 <= recipe.warmup_steps, "--warmup-steps must be >= 0"),
         (recipe.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}"),
         (run.workers >= 0, "--workers must be >= 0"),
+        (run.cpu_threads is None or run.cpu_threads > 0, "--cpu-threads must be > 0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -16,6 +16,7 @@ scored at the end (and every `--eval-every` steps) by `benchmarks.imagenet_zeros
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -130,7 +131,7 @@ class TrainingRun:
             "run_options": dataclasses.asdict(self.options), "command": command_line(),
             "git_commit": git_commit(), "versions": library_versions(), "world_size": world,
             "global_batch_size": self.recipe.batch_size * world * self.recipe.accum,
-            "device": str(self.accelerator.device),
+            "device": str(self.accelerator.device), "torch_threads": torch.get_num_threads(),
             "params": {k: cost[k] for k in ("image_params", "text_params", "total_params")},
             "flops_per_sample": {"image_gflops": cost["image_gflops"], "text_gflops": cost["text_gflops"],
                                  # forward + backward = 3x forward, the usual estimate
@@ -229,9 +230,24 @@ class TrainingRun:
         return final
 
 
+def cpu_threads(requested: int | None, processes_on_node: int) -> int:
+    """Torch threads for one CPU training process: `requested`, else the cores this process may run
+    on shared by the processes on this node (as `accelerate launch --cpu` chooses)."""
+    if requested:
+        return requested
+    import psutil  # an Accelerate dependency
+
+    cores = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    return max(1, cores // max(1, processes_on_node))
+
+
 def main(argv: list[str] | None = None) -> int:
     experiment, options = parse_experiment(argv)
     accelerator = Accelerator(mixed_precision=MIXED_PRECISION[experiment.recipe.precision])
+    if accelerator.device.type == "cpu":
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        torch.set_num_threads(cpu_threads(options.cpu_threads, local_processes))
     try:
         TrainingRun(experiment, options, accelerator).train()
     except (RunError, towers.CheckpointError, ShardSpecError) as error:  # bad input

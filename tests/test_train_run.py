@@ -219,3 +219,23 @@ def test_attention_runs_the_math_kernel_on_cpu_only():
         with towers.attention_kernels("cpu"):
             math = model.encode_image(images)
     assert torch.allclose(default, math, atol=1e-5)
+
+
+def test_cpu_threads_default_to_the_node_cores_shared_by_its_processes():
+    cores = train.cpu_threads(None, 1)
+    assert cores == min(len(os.sched_getaffinity(0)), os.cpu_count())
+    assert train.cpu_threads(3, 1) == 3  # --cpu-threads wins
+    assert train.cpu_threads(None, cores) == 1 and train.cpu_threads(None, 10 * cores) == 1
+
+
+def test_plain_accelerate_launch_on_cpu_uses_every_core(tmp_path):
+    # `accelerate launch` without --cpu sets OMP_NUM_THREADS=1 on a machine without GPUs; the README's
+    # first command is exactly that, so the trainer must take the cores back.
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "launch/train.py",
+                           *_args(tmp_path, "plain", "--steps", "2")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert config["torch_threads"] == train.cpu_threads(None, 1)
+    assert "OMP_NUM_THREADS" not in env and config["device"] == "cpu"
