@@ -242,9 +242,17 @@ def cpu_threads(requested: int | None, processes_on_node: int) -> int:
     return max(1, cores // max(1, processes_on_node))
 
 
+def no_accelerator() -> bool:
+    """True on a machine without GPUs (or other torch accelerators): processes then run on CPU and,
+    when a launcher started several, join over gloo (accelerate only does so when told `cpu=True`)."""
+    has_accelerator = getattr(torch, "accelerator", None)
+    return not (has_accelerator.is_available() if has_accelerator else torch.cuda.is_available())
+
+
 def main(argv: list[str] | None = None) -> int:
     experiment, options = parse_experiment(argv)
-    accelerator = Accelerator(mixed_precision=MIXED_PRECISION[experiment.recipe.precision])
+    accelerator = Accelerator(mixed_precision=MIXED_PRECISION[experiment.recipe.precision],
+                              cpu=no_accelerator())
     if accelerator.device.type == "cpu":
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
         torch.set_num_threads(cpu_threads(options.cpu_threads, local_processes))

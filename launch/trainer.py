@@ -78,9 +78,10 @@ class ContrastiveStep:
     def _forward(self, images: torch.Tensor, tokens: torch.Tensor):
         with self.accelerator.autocast(), towers.attention_kernels(self.accelerator.device):
             image_features, text_features, scale = self.model(images, tokens)
-        # The loss is taken in fp32 under every precision: bf16 logits carry 3 significant digits,
-        # too few for a softmax over the global batch.
-        return image_features.float(), text_features.float(), scale
+        # The loss is taken in at least fp32 under every precision: bf16 logits carry 3 significant
+        # digits, too few for a softmax over the global batch (a float64 model stays float64).
+        dtype = torch.promote_types(image_features.dtype, torch.float32)
+        return image_features.to(dtype), text_features.to(dtype), scale
 
     def __call__(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], step: int) -> dict:
         for group in self.optimizer.param_groups:
@@ -102,8 +103,11 @@ class ContrastiveStep:
         cached_texts = [features for _, features in cached]
         for j, (images, tokens) in enumerate(micro_batches):
             last = j == len(micro_batches) - 1
-            # Gradients are synchronised across processes once, on the last micro-batch.
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+            # Gradients are synchronised across processes once, on the last micro-batch. DDP's own
+            # no_sync: Accelerate's is a no-op in a group of one process, whose DDP would then reduce
+            # after the first micro-batch, where the temperature took no gradient, and fail.
+            no_sync = getattr(self.model, "no_sync", contextlib.nullcontext)
+            sync = contextlib.nullcontext() if last else no_sync()
             with sync:
                 image_j, text_j, scale = self._forward(images, tokens)
                 all_images = torch.cat(cached_images[:j] + [image_j] + cached_images[j + 1:])
@@ -116,10 +120,12 @@ class ContrastiveStep:
         return loss
 
     def _finish(self, loss: torch.Tensor) -> dict:
-        finite = torch.isfinite(loss).float()
-        # Every process must take the same decision, or DDP would deadlock on the next step.
-        all_finite = bool(self.accelerator.reduce(finite.reshape(1), reduction="sum").item()
-                          == self.accelerator.num_processes)
+        # The loss of the global batch: with --local-loss each process holds the loss of its own rows
+        # only, and their mean is the global one (without it every process already holds the global
+        # loss). The mean is also the one decision every process must share, or DDP would deadlock
+        # on the next step: it is non-finite as soon as one process's loss is.
+        loss = self.accelerator.reduce(loss.reshape(1), reduction="mean")[0]
+        all_finite = bool(torch.isfinite(loss).item())
         if not all_finite:
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite_in_a_row += 1

@@ -49,7 +49,8 @@ def main() -> None:
                                         strict=True)]
         losses.append(step(micro, index)["loss"])
     if accelerator.is_main_process:
-        torch.save({"losses": losses, "state_dict": model.state_dict()}, args.out)
+        torch.save({"losses": losses, "state_dict": model.state_dict(), "world": world,
+                    "distributed_type": str(accelerator.distributed_type)}, args.out)
     accelerator.wait_for_everyone()
 
 

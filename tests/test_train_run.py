@@ -239,3 +239,18 @@ def test_plain_accelerate_launch_on_cpu_uses_every_core(tmp_path):
     config = json.loads((tmp_path / "plain" / "config.json").read_text())
     assert config["torch_threads"] == train.cpu_threads(None, 1)
     assert "OMP_NUM_THREADS" not in env and config["device"] == "cpu"
+
+
+def test_the_readme_two_process_cpu_command_runs_two_processes(tmp_path):
+    # launch/accelerate/cpu.yaml must start 2 processes that join one gloo group (accelerate starts
+    # only one for a MULTI_CPU config without mpirun, and would do so silently).
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(REPO / "launch" / "accelerate" / "cpu.yaml"), "--main_process_port", "29538",
+                           "launch/train.py", *_args(tmp_path, "two", "--steps", "2", "--batch-size", "8")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["world_size"] == 2 and config["global_batch_size"] == 16
+    assert config["torch_threads"] == train.cpu_threads(None, 2)
+    steps = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["samples_seen"] for line in steps if "loss" in line][-1] == 32

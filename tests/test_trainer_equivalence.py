@@ -22,7 +22,11 @@ def _run(tmp_path: Path, name: str, processes: int, *extra: str) -> dict:
     result = subprocess.run(launcher + [str(WORKER), "--out", str(out), *extra], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    return torch.load(out, weights_only=True)
+    written = torch.load(out, weights_only=True)
+    # the launcher really started `processes` processes that joined one group (else 2 x 4 == 1 x 8
+    # would hold trivially: accelerate starts one process for a MULTI_CPU config without mpirun)
+    assert written["world"] == processes, (written["world"], written["distributed_type"])
+    return written
 
 
 def _max_param_diff(a: dict, b: dict) -> float:
@@ -48,9 +52,10 @@ def test_two_gloo_processes_equal_one_process(single, tmp_path, local_loss):
 
 
 @pytest.mark.slow
-def test_accumulation_equals_the_whole_batch(single, tmp_path):
-    accum = _run(tmp_path, "accum", 1, "--accum", "2")
+@pytest.mark.parametrize("processes", [1, 2])
+def test_accumulation_equals_the_whole_batch(single, tmp_path, processes):
+    accum = _run(tmp_path, "accum", processes, "--accum", "2")
     loss_diff = max(abs(a - b) for a, b in zip(single["losses"], accum["losses"], strict=True))
     param_diff = _max_param_diff(single["state_dict"], accum["state_dict"])
-    print(f"accum 2x4 vs 1x8: loss diff {loss_diff:.2e}, param diff {param_diff:.2e}")
+    print(f"{processes} process(es), accum 2: loss diff {loss_diff:.2e}, param diff {param_diff:.2e}")
     assert loss_diff <= TOLERANCE and param_diff <= TOLERANCE
