@@ -101,12 +101,12 @@ class ContrastiveStep:
             cached = [self._forward(images, tokens)[:2] for images, tokens in micro_batches]
         cached_images = [features for features, _ in cached]
         cached_texts = [features for _, features in cached]
+        # Gradients are synchronised across processes once, on the last micro-batch. DDP's own
+        # no_sync: Accelerate's is a no-op in a group of one process, whose DDP would then reduce
+        # after the first micro-batch, where the temperature took no gradient, and fail.
+        no_sync = getattr(self.model, "no_sync", contextlib.nullcontext)
         for j, (images, tokens) in enumerate(micro_batches):
             last = j == len(micro_batches) - 1
-            # Gradients are synchronised across processes once, on the last micro-batch. DDP's own
-            # no_sync: Accelerate's is a no-op in a group of one process, whose DDP would then reduce
-            # after the first micro-batch, where the temperature took no gradient, and fail.
-            no_sync = getattr(self.model, "no_sync", contextlib.nullcontext)
             sync = contextlib.nullcontext() if last else no_sync()
             with sync:
                 image_j, text_j, scale = self._forward(images, tokens)
