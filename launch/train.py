@@ -27,10 +27,10 @@ from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 import towers
+from benchmarks.data.shards import ShardSpecError
 from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import zero_shot_eval
 from benchmarks.provenance import git_commit, library_versions  # one provenance for runs and scores
-from benchmarks.webdata import ShardSpecError
 from launch.checkpointing import (
     LATEST,
     capture_rng_state,

@@ -14,6 +14,7 @@ import torch
 
 import towers
 from benchmarks import provenance
+from benchmarks.data.files import InputError, file_sha256
 from benchmarks.encoder import (
     Encoder,
     FakeEncoder,
@@ -22,7 +23,6 @@ from benchmarks.encoder import (
     load_open_clip,
     weights_sha256,
 )
-from benchmarks.provenance import BenchmarkInputError
 
 TINY_OPEN_CLIP = {"embed_dim": 64,
                   "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16},
@@ -100,7 +100,7 @@ def test_bad_model_specs_are_one_line_errors(tmp_path):
                              ({"open_clip_arch": "ViT-Nope"}, "unknown architecture"),
                              (missing_weights, "no such file"),
                              ({"sentence_transformers": "not-a-package"}, "get_model_path")):
-        with pytest.raises(BenchmarkInputError, match=fragment) as error:
+        with pytest.raises(InputError, match=fragment) as error:
             load_encoder(**kwargs)
         assert "\n" not in str(error.value)
 
@@ -132,7 +132,7 @@ def test_sentence_transformers_adapter_matches_the_library(tmp_path):
         TEXTS, convert_to_tensor=True, normalize_embeddings=True)
     assert features.shape == (4, 384)
     torch.testing.assert_close(features, direct, atol=1e-5, rtol=0)
-    with pytest.raises(BenchmarkInputError, match="text-only"):
+    with pytest.raises(InputError, match="text-only"):
         encoder.encode_image(torch.zeros(1, 3, 8, 8))
 
 
@@ -170,4 +170,7 @@ def test_result_stamp_and_file(tmp_path):
 def test_file_sha256_matches_hashlib(tmp_path):
     blob = tmp_path / "blob.bin"
     blob.write_bytes(bytes(range(256)) * 40_000)
-    assert provenance.file_sha256(blob) == hashlib.sha256(blob.read_bytes()).hexdigest()
+    expected = hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert file_sha256(blob) == expected and file_sha256(blob, cached=True) == expected
+    blob.write_bytes(b"changed")  # another size: the memo never answers for a changed file
+    assert file_sha256(blob, cached=True) == hashlib.sha256(b"changed").hexdigest()

@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks import retrieval, toy_data
+from benchmarks import retrieval
+from benchmarks.data import captions
+from benchmarks.data import toy as toy_data
 from benchmarks.encoder import FakeEncoder
 
 
@@ -21,7 +23,7 @@ def pixel_key(image: torch.Tensor) -> str:
 
 def test_recall_at_k_by_hand():
     # 3 images, 2 captions each (captions 2i, 2i+1 belong to image i)
-    data = retrieval.CaptionedImages("hand", ["a", "b", "c"], [f"t{i}" for i in range(6)],
+    data = captions.CaptionedImages("hand", ["a", "b", "c"], [f"t{i}" for i in range(6)],
                                      [0, 0, 1, 1, 2, 2], lambda i: None)
     similarity = torch.tensor([
         [0.9, 0.1, 0.8, 0.0, 0.0, 0.0],  # image 0: own caption first -> hit at 1
@@ -39,13 +41,13 @@ def test_recall_at_k_by_hand():
 
 
 def test_identical_captions_count_every_image_carrying_them():
-    data = retrieval.CaptionedImages("dup", ["a", "b"], ["red circle", "red circle"], [0, 1], lambda i: None)
+    data = captions.CaptionedImages("dup", ["a", "b"], ["red circle", "red circle"], [0, 1], lambda i: None)
     truth = retrieval.positives(data)
     assert truth.tolist() == [[True, True], [True, True]]
 
 
 def test_perfect_encoder_on_shared_captions_scores_100(shared_data):
-    data = retrieval.load_caption_folder(shared_data / "captions")
+    data = captions.load_caption_folder(shared_data / "captions")
     assert len(data.image_ids) == 159 and len(data.captions) == 795
     n = len(data.image_ids)
     by_caption = dict(zip(data.captions, data.caption_image, strict=True))
@@ -67,7 +69,7 @@ def test_perfect_encoder_on_shared_captions_scores_100(shared_data):
 
 def test_toy_split_and_query_grid_png(tmp_path):
     toy = toy_data.ensure_toy(tmp_path / "toy", num_train=8, num_val=64, shard_size=64, progress=False)
-    data = retrieval.load_toy_split(toy.val, limit=40)
+    data = captions.load_toy_split(toy.val, limit=40)
     assert len(data.image_ids) == len(data.captions) == 40
     red = FakeEncoder(lambda text: [1.0, 0.0, 0.0] if "red" in text else [0.0, 1.0, 1.0],
                       lambda image: image.mean((1, 2)))  # mean RGB: red images point along the red axis

@@ -14,6 +14,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from benchmarks import sts
+from benchmarks.data import sts_sets
 from benchmarks.encoder import FakeEncoder
 
 README_ROWS = {"STS12": 3108, "STS13": 1500, "STS14": 3750, "STS15": 3000, "STS16": 1186,
@@ -26,7 +27,7 @@ def hashed_vector(text: str, dim: int = 24) -> np.ndarray:
     return np.frombuffer(digest, dtype=np.uint8)[:dim].astype(np.float32) - 127.5
 
 
-def angle_pairs(tmp_path, gold: np.ndarray, reverse: bool = False) -> tuple[sts.StsPairs, FakeEncoder]:
+def angle_pairs(tmp_path, gold: np.ndarray, reverse: bool = False) -> tuple[sts_sets.StsPairs, FakeEncoder]:
     """Unique sentences a<i>/b<i> whose cosine is a strictly monotone function of the gold score."""
     angles = (gold / 5.0 if reverse else (5.0 - gold) / 5.0) * (math.pi / 2)
     vectors = {f"a{i}": [1.0, 0.0] for i in range(len(gold))}
@@ -34,14 +35,14 @@ def angle_pairs(tmp_path, gold: np.ndarray, reverse: bool = False) -> tuple[sts.
     path = tmp_path / "pairs.tsv"
     rows = ["sentence1\tsentence2\tscore"] + [f"a{i}\tb{i}\t{g}" for i, g in enumerate(gold)]
     path.write_text("\n".join(rows) + "\n")
-    return sts.read_sts_tsv(path, "synthetic"), FakeEncoder(lambda text: vectors[text])
+    return sts_sets.read_sts_tsv(path, "synthetic"), FakeEncoder(lambda text: vectors[text])
 
 
-@pytest.mark.parametrize("name", list(sts.STS_FILES))
+@pytest.mark.parametrize("name", list(sts_sets.STS_FILES))
 def test_local_sets_have_mteb_row_counts_and_parse_like_pandas_quote_none(shared_data, name):
-    pairs = sts.load_sts_set(name, data_dir=shared_data)
+    pairs = sts_sets.load_sts_set(name, data_dir=shared_data)
     assert len(pairs) == README_ROWS[name]
-    frame = pd.read_csv(shared_data / "sts" / sts.STS_FILES[name], sep="\t", quoting=csv.QUOTE_NONE,
+    frame = pd.read_csv(shared_data / "sts" / sts_sets.STS_FILES[name], sep="\t", quoting=csv.QUOTE_NONE,
                         keep_default_na=False)
     assert pairs.sentence1 == frame["sentence1"].tolist()
     assert pairs.sentence2 == frame["sentence2"].tolist()
@@ -49,7 +50,7 @@ def test_local_sets_have_mteb_row_counts_and_parse_like_pandas_quote_none(shared
 
 
 def test_quotes_and_trailing_spaces_are_kept(shared_data):
-    pairs = sts.load_sts_set("STSBenchmark", data_dir=shared_data)
+    pairs = sts_sets.load_sts_set("STSBenchmark", data_dir=shared_data)
     assert any('"' in s for s in pairs.sentence1 + pairs.sentence2)
     assert any(s.endswith(" ") for s in pairs.sentence1 + pairs.sentence2)  # MTEB keeps them too
 
@@ -63,7 +64,7 @@ def test_cosine_spearman_equals_scipy_on_raw_embeddings():
 
 
 def test_perfect_encoder_scores_100_and_reversed_minus_100(tmp_path, shared_data):
-    gold = sts.load_sts_set("STS13", data_dir=shared_data).scores[:400]  # real scores, with ties
+    gold = sts_sets.load_sts_set("STS13", data_dir=shared_data).scores[:400]  # real scores, with ties
     pairs, perfect = angle_pairs(tmp_path, gold)
     assert sts.score_set(perfect, pairs)["cosine_spearman"] == pytest.approx(100.0, abs=1e-9)
     pairs, reversed_ = angle_pairs(tmp_path, gold, reverse=True)
@@ -71,13 +72,13 @@ def test_perfect_encoder_scores_100_and_reversed_minus_100(tmp_path, shared_data
 
 
 def test_constant_encoder_has_no_correlation(shared_data):
-    pairs = sts.load_sts_set("STS16", data_dir=shared_data).head(50)
+    pairs = sts_sets.load_sts_set("STS16", data_dir=shared_data).head(50)
     scores = sts.score_set(FakeEncoder(lambda text: [1.0, 2.0]), pairs)
     assert math.isnan(scores["cosine_spearman"]) and math.isnan(scores["cosine_pearson"])
 
 
 def test_each_distinct_sentence_is_encoded_once(shared_data):
-    pairs = sts.load_sts_set("SICK-R", data_dir=shared_data).head(500)
+    pairs = sts_sets.load_sts_set("SICK-R", data_dir=shared_data).head(500)
     seen: list[str] = []
     encoder = FakeEncoder(lambda text: seen.append(text) or hashed_vector(text))
     sts.encode_pairs(encoder, pairs, batch_size=64)
@@ -97,7 +98,7 @@ def test_equals_mteb_sts_evaluator_on_a_full_real_set(shared_data):
         def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
             return np.stack([hashed_vector(text) for batch in inputs for text in batch["text"]])
 
-    pairs = sts.load_sts_set("STS16", data_dir=shared_data)
+    pairs = sts_sets.load_sts_set("STS16", data_dir=shared_data)
     task = mteb.get_task("STS16")
     split = datasets.Dataset.from_dict({"sentence1": pairs.sentence1, "sentence2": pairs.sentence2,
                                         "score": pairs.scores.tolist()})
@@ -116,7 +117,7 @@ def test_equals_mteb_sts_evaluator_on_a_full_real_set(shared_data):
 def test_averages_cover_exactly_their_sets(shared_data):
     result = sts.sts_eval(FakeEncoder(hashed_vector), data_dir=shared_data, limit=40)
     main = result["main_score"]
-    assert set(main) == set(sts.STS_FILES)
+    assert set(main) == set(sts_sets.STS_FILES)
     assert result["avg_7"] == pytest.approx(np.mean(list(main.values())))
     assert result["avg_6_seed"] == pytest.approx(np.mean([main[s] for s in sts.SEED_PAPER_SETS]))
     assert result["avg_6_seed"] != pytest.approx(result["avg_7"])  # STSBenchmark is in one only

@@ -15,7 +15,8 @@ from PIL import Image
 
 import towers
 from benchmarks import imagenet_zeroshot as zs
-from benchmarks import toy_data
+from benchmarks.data import imagenet
+from benchmarks.data import toy as toy_data
 from benchmarks.encoder import FakeEncoder, ModelEncoder, load_open_clip
 
 TINY_OPEN_CLIP = {"embed_dim": 64,
@@ -187,7 +188,7 @@ def small_toy(tmp_path_factory):
 
 
 def toy_samples(toy):
-    from benchmarks.webdata import eval_loader
+    from benchmarks.data.shards import eval_loader
 
     return [(image, int(cls)) for images, _, classes, _ in eval_loader(toy.val, None, with_class=True)
             for image, cls in zip(images, classes, strict=True)]
@@ -297,12 +298,12 @@ def test_cli_writes_a_stamped_result(tmp_path, tiny_arch, shared_data, capsys):
 
 
 def test_text_only_model_is_refused():
-    with pytest.raises(zs.BenchmarkInputError, match="text-only"):
+    with pytest.raises(zs.InputError, match="text-only"):
         zs.zero_shot_eval(FakeEncoder(lambda text: [1.0]), "imagenet", "unused")
 
 
 def test_template_strings_and_shard_spec_detection(tmp_path):
     assert zs.template_strings(SIMPLE_IMAGENET_TEMPLATES)[0] == "itap of a {}."
-    assert zs.is_shard_spec("val/{00000..00009}.tar") and not zs.is_shard_spec(tmp_path)
+    assert imagenet.is_shard_spec("val/{00000..00009}.tar") and not imagenet.is_shard_spec(tmp_path)
     (tmp_path / "00000.tar").write_bytes(b"")
-    assert zs.is_shard_spec(tmp_path)  # a folder of shards
+    assert imagenet.is_shard_spec(tmp_path)  # a folder of shards

@@ -56,8 +56,8 @@ def test_real_captions_and_sts_sentences(shared_data):
 
 
 def test_toy_captions(tmp_path):
-    from benchmarks import toy_data
-    from benchmarks.webdata import SkipCounts, expand_shards, iter_shard
+    from benchmarks.data import toy as toy_data
+    from benchmarks.data.shards import SkipCounts, expand_shards, iter_shard
 
     toy = toy_data.ensure_toy(tmp_path, num_train=1000, num_val=64, shard_size=500, progress=False)
     captions = [raw["txt"].decode() for raw in iter_shard(expand_shards(toy.train)[0], SkipCounts())]

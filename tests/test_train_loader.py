@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_webdata import good, image_bytes, write_tar, write_torture_set
+from test_data_shards import good, image_bytes, write_tar, write_torture_set
 
 import towers
-from benchmarks import toy_data
-from benchmarks.webdata import SKIP_KINDS, ShardSpecError
+from benchmarks.data import toy as toy_data
+from benchmarks.data.shards import SKIP_KINDS, ShardSpecError
 from launch import data as launch_data
 from launch.data import get_train_loader
 

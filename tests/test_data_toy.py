@@ -1,4 +1,4 @@
-"""benchmarks.toy_data: deterministic generation (independent of the process count), cache reuse
+"""benchmarks.data.toy: deterministic generation (independent of the process count), cache reuse
 after the manifest check, regeneration of missing/corrupt/half-written sets, and the content
 (class-consistent captions and attributes, balanced val classes, distinct shapes under rotation)."""
 
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import toy_data, toy_drawing
-from benchmarks.webdata import SkipCounts, expand_shards, iter_samples, iter_shard
+from benchmarks.data import toy as toy_data
+from benchmarks.data import toy_drawing
+from benchmarks.data.shards import SkipCounts, expand_shards, iter_samples, iter_shard
 
 SMALL = {"num_train": 150, "num_val": 128, "shard_size": 64}
 

@@ -1,4 +1,4 @@
-"""benchmarks.webdata: shard specs, the torture shard set (every kind of bad sample among good ones,
+"""benchmarks.data.shards: shard specs, the torture shard set (every kind of bad sample among good ones,
 exact survivors and exact counts), colour-mode conversion, and the ordered finite eval pipeline."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.webdata import (
+from benchmarks.data.shards import (
     SKIP_KINDS,
     ShardSpecError,
     SkipCounts,

@@ -2,7 +2,7 @@
 
 A new user without LAION trains and evaluates through exactly the code path of a LAION run: the toy
 set is generated deterministically from a seed on first use into a cache folder and read back with
-`benchmarks.webdata` like any other WebDataset.
+`benchmarks.data.shards` like any other WebDataset.
 
 Content: one 64x64 px JPEG per sample with a *target* object (8 colours x 8 shapes = 64 classes; random
 size, position and rotation) on a background of another colour, plus one smaller *distractor* object
@@ -18,12 +18,12 @@ Layout under `$MIXCLIP_CACHE` (default `~/.cache/mixclip`) / `toy-<seed>-v<VERSI
     classes.tsv           index, name ("red circle"), colour, shape
     manifest.json         sizes, seed, version and the sha256 of every file above
 
-    from benchmarks.toy_data import ensure_toy
+    from benchmarks.data.toy import ensure_toy
     toy = ensure_toy()               # generates on first use (~20k train + 2k val), then reuses the cache
     toy.train, toy.val               # brace patterns for --train-data / eval
     toy.class_names, toy.class_attributes, TOY_TEMPLATES
 
-    python -m benchmarks.toy_data [--seed N] [--out DIR] [--num-train N] [--num-val N] [--force]
+    python -m benchmarks.data.toy [--seed N] [--out DIR] [--num-train N] [--num-val N] [--force]
 
 Every use checks the manifest (sha256 of every file) and regenerates a missing or corrupt set.
 Generation writes into a temporary folder renamed into place, so a killed run never leaves a half
@@ -53,7 +53,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from benchmarks.toy_drawing import draw_object
+from benchmarks.data import files as data_files
+from benchmarks.data.toy_drawing import draw_object
 
 # Bump whenever the generator's output changes: the cache folder name carries it.
 VERSION = 3
@@ -137,10 +138,6 @@ class ToyData:
     class_names: tuple[str, ...] = CLASS_NAMES
     class_attributes: tuple[dict[str, str], ...] = CLASS_ATTRIBUTES
     templates: tuple[str, ...] = TOY_TEMPLATES
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MIXCLIP_CACHE") or Path.home() / ".cache" / "mixclip")
 
 
 def _shard_counts(num: int, shard_size: int) -> list[int]:
@@ -252,15 +249,7 @@ def _write_shard(task: tuple[str, int, int, int, int, int, int]) -> tuple[str, s
             if split == "val":
                 sample["cls"] = str(class_index)
             sink.write(sample)
-    return rel, _sha256(path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return rel, data_files.file_sha256(path)
 
 
 # ---------------------------------------------------------------- cache
@@ -287,7 +276,7 @@ def _check(root: Path, header: dict) -> str | None:
         if {k: manifest.get(k) for k in header} != header or not manifest.get("files"):
             return None
         for rel, digest in manifest["files"].items():
-            if _sha256(root / rel) != digest:
+            if data_files.file_sha256(root / rel) != digest:
                 return None
     except (OSError, ValueError, AttributeError, TypeError):
         return None
@@ -313,7 +302,7 @@ def _generate(tmp: Path, seed: int, num_train: int, num_val: int, shard_size: in
     lines += [f"{i}\t{n}\t{a['colour']}\t{a['shape']}" for i, (n, a) in
               enumerate(zip(CLASS_NAMES, CLASS_ATTRIBUTES, strict=True))]
     (tmp / "classes.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    files["classes.tsv"] = _sha256(tmp / "classes.tsv")
+    files["classes.tsv"] = data_files.file_sha256(tmp / "classes.tsv")
     manifest = {**_expected_header(seed, num_train, num_val, shard_size),
                 "files": dict(sorted(files.items()))}
     # The manifest is written last: a folder without it never passes the check.
@@ -348,7 +337,7 @@ def ensure_toy(cache_dir: str | os.PathLike | None = None, seed: int = 0, *,
     or `force` is set. `cache_dir` defaults to `$MIXCLIP_CACHE` or `~/.cache/mixclip`."""
     if num_train < 1 or num_val < 1 or not 1 <= shard_size <= 10_000:
         raise ValueError("toy sizes: num_train and num_val must be >= 1, shard_size in 1..10000")
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else data_files.cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     name = _folder_name(seed, num_train, num_val, shard_size)
     root = cache / name
@@ -391,7 +380,7 @@ def _disk_size(root: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.toy_data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data.toy", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
     parser.add_argument("--out", default=None,
                         help="cache folder (default $MIXCLIP_CACHE or ~/.cache/mixclip)")

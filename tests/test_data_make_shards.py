@@ -1,4 +1,4 @@
-"""launch.make_shards: TSV + images -> img2dataset-layout shards that the loaders read back with the
+"""benchmarks.data.make_shards: TSV + images -> img2dataset-layout shards that the loaders read back with the
 same captions, bytes and classes; one-line errors naming the row for bad input."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_webdata import image_bytes
+from test_data_shards import image_bytes
 
-from benchmarks.webdata import SkipCounts, eval_loader, expand_shards, iter_shard
-from launch import make_shards
+from benchmarks.data import make_shards
+from benchmarks.data.shards import SkipCounts, eval_loader, expand_shards, iter_shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_bad_rows_are_one_line_errors_and_nothing_is_written(tmp_path, capsys, c
 def test_cli_refuses_an_output_folder_with_shards_and_runs_as_a_module(tmp_path):
     make_images(tmp_path / "img")
     (tmp_path / "c.tsv").write_text("a.jpg\tred\n", encoding="utf-8")
-    command = [sys.executable, "-m", "launch.make_shards", "--images", str(tmp_path / "img"),
+    command = [sys.executable, "-m", "benchmarks.data.make_shards", "--images", str(tmp_path / "img"),
                "--captions", str(tmp_path / "c.tsv"), "--out", str(tmp_path / "o")]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0 and (tmp_path / "o" / "00000.tar").is_file()

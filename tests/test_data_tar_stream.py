@@ -1,4 +1,4 @@
-"""benchmarks.tar_stream against Python's tarfile: the same members from every tar format and
+"""benchmarks.data.tar_stream against Python's tarfile: the same members from every tar format and
 compression, and a TarDamage (never a silent stop) for every cut and every corrupted header."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from benchmarks.tar_stream import TarDamage, iter_members
+from benchmarks.data.tar_stream import TarDamage, iter_members
 
 
 def build_tar(fmt: int, compression: str = "") -> bytes:

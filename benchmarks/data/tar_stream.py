@@ -7,7 +7,7 @@ and Python's tarfile) and costs a few us per member. It is also stricter than `t
 mode, which stops silently at a garbage or cut-off header: here every kind of damage raises
 `TarDamage`, and a shard is complete only if it ends with the all-zero end-of-archive block.
 
-    from benchmarks.tar_stream import iter_members, TarDamage
+    from benchmarks.data.tar_stream import iter_members, TarDamage
     with open("shard.tar", "rb") as f:
         for name, data in iter_members(f):   # data is None for a member that is not a regular file
             ...

@@ -44,7 +44,7 @@ Public API (stable):
         With several workers, batches arrive round-robin from the workers (deterministic); each
         worker's batches are in shard order.
 
-    python -c "from benchmarks.webdata import eval_loader; ..."   (no CLI; see launch.data --bench)
+    python -c "from benchmarks.data.shards import eval_loader; ..."   (no CLI; see launch.data --bench)
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 from webdataset.tariterators import base_plus_ext
 
-from benchmarks.tar_stream import TarDamage, iter_members
+from benchmarks.data.tar_stream import TarDamage, iter_members
 
 SKIP_KINDS = (
     "missing_shard",

@@ -1,7 +1,7 @@
 """Drawing the toy data set's shapes: outlines for the polygon shapes and masked, anti-aliasable
 drawing of one object (holes of rings and crescents show what lies below).
 
-Used by `benchmarks.toy_data`; every shape stays distinct from the others under any rotation.
+Used by `benchmarks.data.toy`; every shape stays distinct from the others under any rotation.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Write your own image/caption pairs as WebDataset shards in the img2dataset layout.
 
-    python -m launch.make_shards --images DIR --captions FILE.tsv --out DIR [--shard-size N]
+    python -m benchmarks.data.make_shards --images DIR --captions FILE.tsv --out DIR [--shard-size N]
 
 FILE.tsv has one sample per line: `image path<TAB>caption`, the path relative to --images (or
 absolute), optionally a third column `class` (an integer, written as KEY.cls for zero-shot shards).
@@ -100,7 +100,7 @@ def write_shards(rows: list[Row], out: Path, shard_size: int, progress: bool = T
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m launch.make_shards",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data.make_shards",
                                      description="Write image/caption pairs as img2dataset-layout shards.")
     parser.add_argument("--images", required=True, type=Path,
                         help="folder the TSV's image paths are relative to")
