@@ -34,6 +34,7 @@ BENCHMARK_VERSIONS = {
     "sts": "1.0",
     "retrieval": "1.0",
     "throughput": "1.0",
+    "gpu_check": "1.0",
 }
 
 _VERSIONED_PACKAGES = (

@@ -1,11 +1,13 @@
 """Training and inference throughput of any tower pair, against open_clip's own ViT-B-32 in the same run.
 
 Both models get the same batch (random images at each model's size, real tokenised captions), the same
-training step (forward, open_clip's ClipLoss, backward, AdamW step) and the same inference step
-(encode_image + encode_text without gradients). Steps alternate between the two models so a change in
-machine load hits both alike; each figure is the median of ``--steps`` timed steps after ``--warmup``.
-On CUDA the towers run under bf16 autocast (``--precision auto``) and every step ends in a synchronize.
-Prints samples/s, their ratio (ours / reference), parameters and GFLOPs per sample.
+training step (the model's forward, open_clip's ClipLoss, backward, fused AdamW step where torch has
+it, as the trainer) and the same inference step (encode_image + encode_text without gradients).
+Steps alternate between the two models so a change in machine load hits both alike; each figure is
+the median of ``--steps`` timed steps after ``--warmup``. On CUDA the towers run under bf16 autocast
+(``--precision auto``) and every step ends in a synchronize. Prints samples/s, their ratio (ours /
+reference), parameters and GFLOPs per sample. ``benchmarks.gpu_check`` times the same step on a GPU,
+compiled too, with MFU and peak memory.
 
     python -m benchmarks.throughput --image-tower mixer --text-tower mixer --variant B/32 --batch-size 32
     python -m benchmarks.throughput --image-tower mixer --text-tower transformer --variant tiny \\
@@ -50,17 +52,34 @@ class Contender:
         captions = [f"a photo of object number {i}, seen from the side" for i in range(batch_size)]
         self.tokens = tokenizer(captions).to(device)
         self.loss = open_clip.ClipLoss()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.1)
+        try:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.1, fused=True)
+        except RuntimeError:  # no fused kernel for this device
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.1)
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                          else contextlib.nullcontext())
+        self.forward: Callable = self.model  # (images, tokens) -> (image, text features, scale, ...)
         self.times: dict[str, list[float]] = {mode: [] for mode in MODES}
+        self.peak_step_bytes = 0  # CUDA: the most memory one training step added over what it started with
+
+    def compile(self, backend: str = "inductor") -> None:
+        """Time the torch.compile'd forward from now on (the first step compiles; keep it in warm-up)."""
+        self.forward = torch.compile(self.model, backend=backend)
+        self.times = {mode: [] for mode in MODES}
+        self.peak_step_bytes = 0
+
+    def state_bytes(self) -> int:
+        """Weights and optimizer state of this model (what it holds between steps)."""
+        tensors = list(self.model.parameters()) + [value for state in self.optimizer.state.values()
+                                                   for value in state.values() if torch.is_tensor(value)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def train_step(self) -> None:
         self.model.train()
         with self.autocast, towers.attention_kernels(self.device):
-            image_features = self.model.encode_image(self.images, normalize=True)
-            text_features = self.model.encode_text(self.tokens, normalize=True)
-            loss = self.loss(image_features, text_features, self.model.logit_scale.exp())
+            image_features, text_features, scale = self.forward(self.images, self.tokens)[:3]
+        # the loss in fp32, as the trainer takes it (bf16 logits are too coarse for the softmax)
+        loss = self.loss(image_features.float(), text_features.float(), scale)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -74,11 +93,18 @@ class Contender:
     def timed(self, mode: str, record: bool) -> None:
         step = self.train_step if mode == "train" else self.infer_step
         _sync(self.device)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
         start = time.perf_counter()
         step()
         _sync(self.device)
         if record:
             self.times[mode].append(time.perf_counter() - start)
+            if cuda and mode == "train":
+                added = torch.cuda.max_memory_allocated(self.device) - before
+                self.peak_step_bytes = max(self.peak_step_bytes, added)
 
 
 def _image_size(model: torch.nn.Module) -> int:

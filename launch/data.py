@@ -13,7 +13,9 @@ samples go through a shuffle buffer (of undecoded bytes), are decoded by benchma
 skipped and counted), transformed with towers.image_transform(image_size, train=True) and tokenised
 with towers.tokenize, a batch at a time inside the worker. The worker stops the transform before its
 last two steps (ToTensor, Normalize) and sends uint8 images, 4x fewer bytes between processes; the
-main process finishes them (`float / 255`, then normalise: the same operations, bit for bit).
+main process finishes them (`float / 255`, then normalise: the same operations, bit for bit), or,
+with `finish_images=False`, yields them as uint8 (pinned with `pin_memory`) and leaves
+`loader.finish` to the trainer, which applies it on the GPU after the copy.
 
 Exact resume: the batch stream depends only on (seed, rank, world_size, workers); batch i comes from
 worker i % workers (the DataLoader's round-robin), and the random crop of each batch is seeded by its
@@ -22,16 +24,18 @@ worker replays its stream up to k, reading and decoding but not transforming the
 a resume costs about the decode time of k batches, spread over the workers), and `skipped()` counts
 the bad samples met during that replay too. The global torch RNG is never touched.
 
-    python -m launch.data --bench [--data SPEC] [--workers N]   # loader samples/s vs pure decode
+    python -m launch.data --bench [--data SPEC] [--workers N] [--json OUT]   # loader vs pure decode
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 import webdataset as wds
@@ -82,6 +86,12 @@ class Uint8Images:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255).sub_(self.mean).div_(self.std)
+
+    def to(self, device: torch.device | str) -> Uint8Images:
+        """The same finisher with its constants on `device` (copied once, not per batch)."""
+        moved = Uint8Images.__new__(Uint8Images)
+        moved.mean, moved.std = self.mean.to(device), self.std.to(device)
+        return moved
 
     @staticmethod
     def split(transform: Callable) -> tuple[Callable, Uint8Images | None]:
@@ -164,9 +174,10 @@ class TrainLoader:
 
     def __init__(self, stream: TrainStream, *, workers: int, batches_per_epoch: int, num_shards: int,
                  finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, finish_images: bool = True) -> None:
         self.stream, self.workers, self.pin_memory = stream, workers, pin_memory
-        self.finish = finish  # applied to each batch's images in this process (Uint8Images)
+        self.finish = finish  # the images' last transform steps (Uint8Images)
+        self.finish_images = finish_images  # False: the consumer applies `finish` (on its device)
         self.batches_per_epoch, self.num_shards = batches_per_epoch, num_shards
         self.batch_size = stream.batch_size
         self._counts = WorkerCounts()
@@ -175,14 +186,17 @@ class TrainLoader:
         self._counts = WorkerCounts()
         # Our own generator: the DataLoader draws its workers' base seed from it instead of from the
         # global RNG, which belongs to the trainer.
+        finish_here = self.finish is not None and self.finish_images
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.workers, collate_fn=_no_collate,
-                            generator=torch.Generator().manual_seed(self.stream.seed))
+                            generator=torch.Generator().manual_seed(self.stream.seed),
+                            pin_memory=self.pin_memory and not finish_here)  # in its pinning thread
         for images, tokens, role, counts in loader:
             self._counts.update(role, counts)
-            if self.finish:
+            if finish_here:
                 images = self.finish(images)
-            # Pinned here, after finishing: the DataLoader would pin the uint8 batch, not the float one.
-            yield (images.pin_memory() if self.pin_memory else images), tokens
+                # Pinned here, after finishing: the DataLoader would pin the uint8 batch, not the float one.
+                images = images.pin_memory() if self.pin_memory else images
+            yield images, tokens
 
     def skipped(self) -> dict[str, int]:
         return self._counts.merged()
@@ -196,9 +210,10 @@ def resolve_spec(spec: str | None, toy_seed: int = 0) -> str:
 def get_train_loader(spec: str | None, *, image_size: int, batch_size: int, num_samples: int, workers: int,
                      seed: int, rank: int = 0, world_size: int = 1, start_batch: int = 0,
                      context_length: int = 77,
-                     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, pin_memory: bool = False) -> TrainLoader:
+                     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, pin_memory: bool = False,
+                     finish_images: bool = True) -> TrainLoader:
     """The training loader of this rank (see the module docstring). Raises ShardSpecError when no
-    shard matches `spec`."""
+    shard matches `spec`. `finish_images=False`: uint8 images, `loader.finish` left to the caller."""
     if batch_size < 1 or workers < 0 or start_batch < 0 or not 0 <= rank < world_size:
         raise ValueError("get_train_loader: need batch_size >= 1, workers >= 0, start_batch >= 0, "
                          "0 <= rank < world_size")
@@ -208,7 +223,8 @@ def get_train_loader(spec: str | None, *, image_size: int, batch_size: int, num_
                          seed=seed, rank=rank, start_batch=start_batch, context_length=context_length,
                          shuffle_buffer=max(1, shuffle_buffer))
     return TrainLoader(stream, workers=workers, batches_per_epoch=num_samples // (batch_size * world_size),
-                       num_shards=len(urls), finish=finish, pin_memory=pin_memory)
+                       num_shards=len(urls), finish=finish, pin_memory=pin_memory,
+                       finish_images=finish_images)
 
 
 def get_eval_loader(spec: str | None, *, image_size: int, batch_size: int, workers: int = 0,
@@ -319,16 +335,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=20, help="timed batches per setting (default 20)")
     parser.add_argument("--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER,
                         help=f"shuffle buffer in samples (default {DEFAULT_SHUFFLE_BUFFER})")
+    parser.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     args = parser.parse_args(argv)
     if not args.bench:
         parser.error("nothing to do: pass --bench")
     if min(args.workers + 1, args.batch_size, args.batches, args.image_size, args.shuffle_buffer) < 1:
         parser.error("--workers must be >= 0; --batch-size, --batches, --image-size, --shuffle-buffer >= 1")
     try:
-        bench(args.data, args.workers, args.image_size, args.batch_size, args.batches, args.shuffle_buffer)
+        result = bench(args.data, args.workers, args.image_size, args.batch_size, args.batches,
+                       args.shuffle_buffer)
     except ShardSpecError as exc:
         print(f"error: --data: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 import towers
-from benchmarks.data.shards import ShardSpecError
+from benchmarks.data.shards import SKIP_KINDS, ShardSpecError
 from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import zero_shot_eval
 from benchmarks.provenance import git_commit, library_versions  # one provenance for runs and scores
@@ -41,7 +41,13 @@ from launch.checkpointing import (
 from launch.config import Experiment, RunOptions, experiment_dict, experiment_differences, parse_experiment
 from launch.data import get_train_loader
 from launch.run_record import MetricsLog, command_line, write_json
-from launch.trainer import ContrastiveStep, NonFiniteLossError, build_optimizer, micro_batch_stream
+from launch.trainer import (
+    ContrastiveStep,
+    NonFiniteLossError,
+    build_optimizer,
+    compile_model,
+    micro_batch_stream,
+)
 from towers.checkpoints import latest_checkpoint
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -70,8 +76,9 @@ class TrainingRun:
         optimizer = build_optimizer(self.model, self.recipe)
         if resume_state:
             optimizer.load_state_dict(resume_state["optimizer"])
-        trained = torch.compile(self.model) if options.compile else self.model
-        self.ddp_model, self.optimizer = accelerator.prepare(trained, optimizer)
+        self.ddp_model, self.optimizer = accelerator.prepare(self.model, optimizer)
+        if options.compile:  # around DDP, not inside it: see launch.trainer.compile_model
+            self.ddp_model = compile_model(self.ddp_model)
         if resume_state:
             self._restore(resume_state)
         self.step_fn = ContrastiveStep(accelerator, self.ddp_model, self.optimizer, self.recipe)
@@ -80,7 +87,10 @@ class TrainingRun:
             num_samples=self.recipe.train_num_samples or self.recipe.steps * self.recipe.batch_size
             * accelerator.num_processes * self.recipe.accum, workers=options.workers, seed=self.recipe.seed,
             rank=accelerator.process_index, world_size=accelerator.num_processes,
-            start_batch=self.step * self.recipe.accum, context_length=self.recipe.context_length)
+            start_batch=self.step * self.recipe.accum, context_length=self.recipe.context_length,
+            pin_memory=accelerator.device.type == "cuda", finish_images=False)
+        finish = self.loader.finish  # uint8 batches are finished on the device, after the copy
+        self.finish = finish.to(accelerator.device) if finish is not None else None
 
     # --- setup ------------------------------------------------------------------------------------
     def _resume_state(self) -> dict | None:
@@ -167,45 +177,43 @@ class TrainingRun:
         self.accelerator.wait_for_everyone()
         return result
 
-    def skipped_samples(self) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for counts in gather_object([self.loader.skipped()]):
-            for kind, n in counts.items():
-                total[kind] = total.get(kind, 0) + n
-        return total
-
     def _log_step(self, info: dict, interval: dict) -> None:
-        skipped = self.skipped_samples()  # a collective: every process takes part
         if self.main:
             elapsed = time.perf_counter() - interval["start"]
             self.log.log({
                 "step": self.step, "samples_seen": self.samples_seen, "loss": info["loss"],
-                "lr": self.optimizer.param_groups[0]["lr"], "logit_scale": self.model.temperature().item(),
+                "lr": self.optimizer.param_groups[0]["lr"], "logit_scale": info["logit_scale"],
                 "samples_per_s": interval["samples"] / elapsed,
                 "data_wait_frac": interval["data_wait"] / elapsed,
-                "grad_norm": info.get("grad_norm"), "skipped": skipped,
-                "nonfinite_steps": self.step_fn.nonfinite_total})
+                "grad_norm": info["grad_norm"], "skipped": info["counts"],
+                "nonfinite_steps": info["nonfinite_total"]})
         interval.update(start=time.perf_counter(), samples=0, data_wait=0.0)
 
     def _loop(self, bar: tqdm) -> None:
         recipe, options = self.recipe, self.options
         global_batch = recipe.batch_size * self.accelerator.num_processes * recipe.accum
         interval = {"start": time.perf_counter(), "samples": 0, "data_wait": 0.0}
-        stream = micro_batch_stream(self.loader, recipe.accum, self.accelerator.device, interval)
+        stream = micro_batch_stream(self.loader, recipe.accum, self.accelerator.device, interval,
+                                    self.finish)
         self.ddp_model.train()
         while self.step < recipe.steps:
-            info = self.step_fn(next(stream), self.step)
+            self.step_fn(next(stream), self.step)
             self.step += 1
             self.samples_seen += global_batch
             interval["samples"] += global_batch
             bar.update(1)
-            bar.set_postfix(loss=f"{info['loss']:.3f}")
             last = self.step == recipe.steps
-            if self.step % options.log_every == 0 or last or info["skipped_step"]:
-                self._log_step(info, interval)
-            healthy = self.step_fn.nonfinite_in_a_row == 0  # never checkpoint inside a non-finite streak
-            if options.save_every and self.step % options.save_every == 0 and not last and healthy:
-                self.checkpoint()
+            log = self.step % options.log_every == 0 or last
+            save = bool(options.save_every) and self.step % options.save_every == 0 and not last
+            if log or save:  # other steps read nothing back: the host runs ahead of the device
+                # The step's one host read (a collective: every process takes part); it raises on a
+                # streak of non-finite steps.
+                info = self.step_fn.read({kind: self.loader.skipped().get(kind, 0) for kind in SKIP_KINDS})
+                bar.set_postfix(loss=f"{info['loss']:.3f}")
+                if log:
+                    self._log_step(info, interval)
+                if save and info["nonfinite_in_a_row"] == 0:  # never checkpoint inside a non-finite streak
+                    self.checkpoint()
             if options.eval_every and self.step % options.eval_every == 0 and not last:
                 self.evaluate()
 

@@ -12,6 +12,10 @@ unlike open_clip, the temperature's gradient is taken once per step, not once pe
 Nothing here looks at which tower is being trained: the model comes from `towers.build_model`, and
 weight decay is chosen by parameter shape (>= 2-d weights decay; biases, norm gains, the ViT class
 token and `logit_scale` do not).
+
+The step never waits for the device: a non-finite loss is skipped on the device, through the fused
+AdamW's `found_inf` (as GradScaler skips a step), and counted in device tensors; the host reads the
+loss, grad norm and counters once, in `read()`, at log and checkpoint steps only (docs/gpu_path.md).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -63,7 +67,10 @@ def learning_rate(step: int, recipe: Recipe) -> float:
 
 
 class ContrastiveStep:
-    """One optimizer step of CLIP training on a list of micro-batches (this process's share)."""
+    """One optimizer step of CLIP training on a list of micro-batches (this process's share).
+
+    `__call__` queues the whole step on the device and returns without reading anything back;
+    `read()` is the one host-device synchronisation, for the steps that log or checkpoint."""
 
     def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer, recipe: Recipe):
         self.accelerator = accelerator
@@ -72,8 +79,16 @@ class ContrastiveStep:
         self.recipe = recipe
         self.loss = ClipLoss(local_loss=recipe.local_loss, gather_with_grad=True, cache_labels=True,
                              rank=accelerator.process_index, world_size=accelerator.num_processes)
-        self.nonfinite_in_a_row = 0
-        self.nonfinite_total = 0
+        inner = getattr(optimizer, "optimizer", optimizer)  # under Accelerate's AcceleratedOptimizer
+        self._inner_optimizer = inner
+        # found_inf is a fused-kernel argument; under fp16 the GradScaler sets it itself, and without
+        # a fused kernel the host decides (one read per step).
+        self.skip_on_device = (inner is not None and bool(inner.defaults.get("fused"))
+                               and getattr(accelerator, "scaler", None) is None)
+        self.nonfinite_in_a_row = torch.zeros((), device=accelerator.device)
+        self.nonfinite_total = torch.zeros((), device=accelerator.device)
+        self.last_loss: torch.Tensor | None = None
+        self.last_grad_norm: torch.Tensor | None = None
 
     def _forward(self, images: torch.Tensor, tokens: torch.Tensor):
         with self.accelerator.autocast(), towers.attention_kernels(self.accelerator.device):
@@ -83,7 +98,14 @@ class ContrastiveStep:
         dtype = torch.promote_types(image_features.dtype, torch.float32)
         return image_features.to(dtype), text_features.to(dtype), scale
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        # Under the forward's attention kernels: gradient checkpointing re-runs the forward of each
+        # block here, and a recompute through another kernel saves other tensors (CheckpointError).
+        with towers.attention_kernels(self.accelerator.device):
+            self.accelerator.backward(loss)
+
     def __call__(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], step: int) -> dict:
+        """Run one step; returns {"loss": global-batch loss} as a device tensor (no host read)."""
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(step, self.recipe)
         self.optimizer.zero_grad(set_to_none=True)
@@ -91,7 +113,7 @@ class ContrastiveStep:
             images, tokens = micro_batches[0]
             image_features, text_features, scale = self._forward(images, tokens)
             loss = self.loss(image_features, text_features, scale)
-            self.accelerator.backward(loss)
+            self._backward(loss)
         else:
             loss = self._accumulated_backward(micro_batches)
         return self._finish(loss.detach())
@@ -116,44 +138,82 @@ class ContrastiveStep:
                 # count its gradient `accum` times (open_clip's accum_freq does). It takes it once, on the
                 # last micro-batch (the synchronised one), so accumulation equals the whole batch exactly.
                 loss = self.loss(all_images, all_texts, scale if last else scale.detach())
-                self.accelerator.backward(loss)
+                self._backward(loss)
         return loss
 
     def _finish(self, loss: torch.Tensor) -> dict:
         # The loss of the global batch: with --local-loss each process holds the loss of its own rows
         # only, and their mean is the global one (without it every process already holds the global
-        # loss). The mean is also the one decision every process must share, or DDP would deadlock
-        # on the next step: it is non-finite as soon as one process's loss is.
+        # loss). The mean is also the one decision every process must share, or their weights would
+        # part: it is non-finite as soon as one process's loss is.
         loss = self.accelerator.reduce(loss.reshape(1), reduction="mean")[0]
-        all_finite = bool(torch.isfinite(loss).item())
-        if not all_finite:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_in_a_row += 1
-            self.nonfinite_total += 1
-            if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
-                raise NonFiniteLossError(f"loss was not finite for {self.nonfinite_in_a_row} steps in a row "
-                                         f"(last: {loss.item()}); stopping without writing a checkpoint")
-            return {"loss": loss.item(), "skipped_step": True}
-        self.nonfinite_in_a_row = 0
+        nonfinite = (~torch.isfinite(loss)).to(self.nonfinite_total.dtype)
+        self.nonfinite_total += nonfinite
+        self.nonfinite_in_a_row = (self.nonfinite_in_a_row + 1) * nonfinite
         grad_norm = None
         if self.recipe.grad_clip > 0:
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
-        self.optimizer.step()
+        if self.skip_on_device:
+            self._inner_optimizer.found_inf = nonfinite.float()  # 1: the kernel leaves weights and state
+            try:
+                self.optimizer.step()
+            finally:
+                del self._inner_optimizer.found_inf
+        elif nonfinite.item():
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
         with torch.no_grad():  # CLIP's clamp: the temperature never exceeds 100
             self.accelerator.unwrap_model(self.model).logit_scale.clamp_(0, math.log(100))
-        return {"loss": loss.item(), "skipped_step": False,
-                "grad_norm": None if grad_norm is None else float(grad_norm)}
+        self.last_loss, self.last_grad_norm = loss, grad_norm
+        return {"loss": loss}
+
+    def read(self, counts: dict[str, int] | None = None) -> dict:
+        """The last step's loss, grad norm, temperature and non-finite counters, and `counts` (e.g.
+        skipped samples by kind) summed over the processes, in one gather and one host read; every
+        process must call it at the same steps. Raises NonFiniteLossError after
+        MAX_NONFINITE_IN_A_ROW non-finite steps in a row."""
+        names = sorted(counts or {})
+        nan = torch.full((), math.nan, device=self.nonfinite_total.device)
+        temperature = self.accelerator.unwrap_model(self.model).temperature().detach()
+        stats = [self.last_loss, nan if self.last_grad_norm is None else self.last_grad_norm,
+                 self.nonfinite_in_a_row, self.nonfinite_total, temperature]
+        row = torch.stack([value.to(stats[2].device, torch.float64) for value in stats])
+        if counts is not None:
+            mine = torch.tensor([counts[name] for name in names], dtype=torch.float64, device=row.device)
+            row = self.accelerator.gather(torch.cat([row, mine])[None])
+        values = row.reshape(-1, len(stats) + len(names)).tolist()
+        loss, grad_norm, in_a_row, total, temperature = values[0][:len(stats)]
+        if in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise NonFiniteLossError(f"loss was not finite for {int(in_a_row)} steps in a row "
+                                     f"(last: {loss}); stopping without writing a checkpoint")
+        return {"loss": loss, "grad_norm": None if self.last_grad_norm is None else grad_norm,
+                "logit_scale": temperature, "nonfinite_in_a_row": int(in_a_row),
+                "nonfinite_total": int(total),
+                "counts": {name: int(sum(v[len(stats) + i] for v in values)) for i, name in enumerate(names)}}
 
 
-def micro_batch_stream(loader: Iterable, accum: int, device: torch.device,
-                       timer: dict) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Group the loader's batches into steps of `accum` micro-batches, timing the waits."""
+def micro_batch_stream(loader: Iterable, accum: int, device: torch.device, timer: dict,
+                       finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       ) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Group the loader's batches into steps of `accum` micro-batches, timing the waits. Batches are
+    copied without blocking (asynchronous when the loader pins them) and, with `finish` (the loader's
+    uint8 finisher on `device`), turned into float images there: a quarter of the bytes cross PCIe."""
     iterator = iter(loader)
     while True:
         started = time.perf_counter()
         step = []
         for _ in range(accum):
             images, tokens = next(iterator)
-            step.append((images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)))
+            images = images.to(device, non_blocking=True)
+            step.append((finish(images) if finish else images, tokens.to(device, non_blocking=True)))
         timer["data_wait"] += time.perf_counter() - started
         yield step
+
+
+def compile_model(prepared: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+    """torch.compile the model as `accelerator.prepare` returned it (DDP-wrapped when distributed):
+    compiled around DDP, dynamo splits the graph at DDP's gradient buckets, so each bucket's
+    all-reduce overlaps the rest of the backward pass (compiled inside DDP, all gradients would
+    arrive at once, at the end of the graph's backward)."""
+    return torch.compile(prepared, backend=backend)

@@ -25,3 +25,15 @@ def private_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "mixclip-cache"
     monkeypatch.setenv("MIXCLIP_CACHE", str(cache))
     return cache
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: they run where torch sees a GPU and are skipped elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marker gpu); torch.cuda.is_available() is False")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -47,7 +47,7 @@ def main() -> None:
         mine = slice(rank * per_process, (rank + 1) * per_process)
         micro = [(i, t) for i, t in zip(images[mine].chunk(args.accum), tokens[mine].chunk(args.accum),
                                         strict=True)]
-        losses.append(step(micro, index)["loss"])
+        losses.append(step(micro, index)["loss"].item())
     if accelerator.is_main_process:
         torch.save({"losses": losses, "state_dict": model.state_dict(), "world": world,
                     "distributed_type": str(accelerator.distributed_type)}, args.out)
