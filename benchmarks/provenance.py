@@ -33,6 +33,9 @@ BENCHMARK_VERSIONS = {
     "toy_zeroshot": "1.0",
     "sts": "1.0",
     "retrieval": "1.0",
+    "word_order": "1.0",
+    "word_order_captions": "1.0",
+    "word_order_sugarcrepe": "1.0",
     "throughput": "1.0",
 }
 
