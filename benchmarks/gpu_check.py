@@ -61,7 +61,7 @@ def build_contenders(args: argparse.Namespace, device: torch.device, precision: 
     contenders = []
     for tower in TOWERS:
         torch.manual_seed(args.seed)
-        model = towers.create_model(f"{tower}-{args.variant.replace('/', '-')}")
+        model = towers.create_model(towers.model_name(tower, tower, args.variant))
         context = model.context_length
         contenders.append(throughput.Contender(model.model_name, model,
                                                lambda texts, n=context: towers.tokenize(texts, n),
@@ -100,8 +100,7 @@ def measure_steps(contenders: list, args: argparse.Namespace, peak: float | None
 
 
 def _profile(contender) -> dict[str, float]:
-    model = contender.model
-    counts = towers.profile(model) if isinstance(model, towers.CLIP) else throughput.count_profile(model)
+    counts = towers.profile(contender.model)  # ours and open_clip's alike
     return {"total_params": counts["total_params"],
             "train_gflops": 3 * (counts["image_gflops"] + counts["text_gflops"])}  # backward = 2 x forward
 
@@ -234,8 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            args.shard_samples, args.workers + 1) < 1:
         fail("--batch-size >= 2, --steps/--warmup/--train-steps/--loader-batches/--shard-samples >= 1, "
              "--workers >= 0")
-    name = f"mixer-{args.variant.replace('/', '-')}"
-    if name not in towers.available_models():
+    if towers.model_name("mixer", "mixer", args.variant) not in towers.available_models():
         fail(f"--variant {args.variant}: no such size (models: {', '.join(towers.available_models())})")
     if args.reference not in open_clip.list_models():
         fail(f"--reference {args.reference}: not an open_clip architecture (e.g. ViT-B-32)")
