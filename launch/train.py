@@ -76,9 +76,9 @@ class TrainingRun:
         optimizer = build_optimizer(self.model, self.recipe)
         if resume_state:
             optimizer.load_state_dict(resume_state["optimizer"])
-        self.ddp_model, self.optimizer = accelerator.prepare(self.model, optimizer)
-        if options.compile:  # around DDP, not inside it: see launch.trainer.compile_model
-            self.ddp_model = compile_model(self.ddp_model)
+        # Compiled inside DDP, as PyTorch advises (see launch.trainer.compile_model)
+        trained = compile_model(self.model) if options.compile else self.model
+        self.ddp_model, self.optimizer = accelerator.prepare(trained, optimizer)
         if resume_state:
             self._restore(resume_state)
         self.step_fn = ContrastiveStep(accelerator, self.ddp_model, self.optimizer, self.recipe)

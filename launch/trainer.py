@@ -180,7 +180,10 @@ class ContrastiveStep:
                  self.nonfinite_in_a_row, self.nonfinite_total, temperature]
         row = torch.stack([value.to(stats[2].device, torch.float64) for value in stats])
         if counts is not None:
-            mine = torch.tensor([counts[name] for name in names], dtype=torch.float64, device=row.device)
+            mine = torch.tensor([counts[name] for name in names], dtype=torch.float64)
+            if row.device.type == "cuda":  # a pageable copy would wait for the device's whole queue
+                mine = mine.pin_memory()
+            mine = mine.to(row.device, non_blocking=True)
             row = self.accelerator.gather(torch.cat([row, mine])[None])
         values = row.reshape(-1, len(stats) + len(names)).tolist()
         loss, grad_norm, in_a_row, total, temperature = values[0][:len(stats)]
@@ -211,9 +214,9 @@ def micro_batch_stream(loader: Iterable, accum: int, device: torch.device, timer
         yield step
 
 
-def compile_model(prepared: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
-    """torch.compile the model as `accelerator.prepare` returned it (DDP-wrapped when distributed):
-    compiled around DDP, dynamo splits the graph at DDP's gradient buckets, so each bucket's
-    all-reduce overlaps the rest of the backward pass (compiled inside DDP, all gradients would
-    arrive at once, at the end of the graph's backward)."""
-    return torch.compile(prepared, backend=backend)
+def compile_model(model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+    """torch.compile the bare model, before `accelerator.prepare` wraps it in DDP: PyTorch's advice
+    (dynamo handles DDP's wrapper poorly). Dynamo's DDPOptimizer still cuts the compiled graph at
+    DDP's gradient buckets, as DDP marks itself active around the forward, so each bucket's
+    all-reduce overlaps the rest of the backward (tests/test_compile_checkpointing.py)."""
+    return torch.compile(model, backend=backend)

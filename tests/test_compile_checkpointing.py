@@ -1,6 +1,6 @@
 """--grad-checkpointing and --compile train the same model: the same loss to 1e-5 in fp32 (tiny
 towers), checkpointing really recomputes (fewer saved activations) for every tower pair, and the
-model is compiled around DDP, where dynamo splits the graph at DDP's gradient buckets."""
+model is compiled before DDP wraps it, and dynamo still splits its graph at DDP's gradient buckets."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_grad_checkpointing_recomputes_and_trains_the_same(pair):
     assert with_checkpoints == pytest.approx(eager, abs=1e-5)
 
 
-def test_train_py_compiles_after_prepare_and_trains_the_same(tmp_path, monkeypatch):
+def test_train_py_compiles_the_bare_model_and_trains_the_same(tmp_path, monkeypatch):
     # The train.py path with dynamo + AOT autograd (backend aot_eager: the traced forward and backward
     # graphs, no C++ compiler needed); inductor's code generation is the slow test below.
     compiled_what = []
@@ -98,13 +98,12 @@ def test_train_py_compiles_after_prepare_and_trains_the_same(tmp_path, monkeypat
         assert train.main([*common, "--name", name, *extra]) == 0
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         losses[name] = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
-    assert len(compiled_what) == 1  # once, on what accelerator.prepare returned (not compiled before)
-    assert not isinstance(compiled_what[0], torch._dynamo.eval_frame.OptimizedModule)
+    assert len(compiled_what) == 1 and isinstance(compiled_what[0], towers.CLIP)  # before DDP/prepare
     assert len(losses["eager"]) == 2 and losses["eager"][0] != losses["eager"][1]
     assert losses["compiled"] == pytest.approx(losses["eager"], abs=1e-5)
 
 
-def test_compiled_around_ddp_the_graph_splits_at_gradient_buckets(tmp_path):
+def test_compiled_inside_ddp_the_graph_splits_at_gradient_buckets(tmp_path):
     # dynamo's DDPOptimizer cuts the graph where DDP's buckets end, so each bucket's all-reduce can
     # start while the rest of the backward runs; without it (optimize_ddp off) it is one graph.
     graphs: list[int] = []
@@ -121,10 +120,10 @@ def test_compiled_around_ddp_the_graph_splits_at_gradient_buckets(tmp_path):
             graphs.clear()
             torch.manual_seed(0)
             model = towers.create_model("mixer-tiny", text_overrides={"context_length": 16})
-            buckets = DistributedDataParallel(model, bucket_cap_mb=1)
+            ddp = DistributedDataParallel(trainer.compile_model(model, backend=counting_backend),
+                                          bucket_cap_mb=1)
             with torch._dynamo.config.patch(optimize_ddp=optimize_ddp):
-                compiled = trainer.compile_model(buckets, backend=counting_backend)
-                ClipLoss()(*compiled(*_batch(64))).backward()
+                ClipLoss()(*ddp(*_batch(64))).backward()
             counts[optimize_ddp] = list(graphs)
     finally:
         dist.destroy_process_group()

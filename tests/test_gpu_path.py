@@ -81,7 +81,7 @@ def test_a_training_step_never_synchronises_host_and_device():
     assert info["nonfinite_total"] == 0 and torch.isfinite(torch.tensor(info["loss"]))
 
 
-def test_compiled_around_ddp_in_a_one_process_nccl_group_trains_like_eager(tmp_path, monkeypatch):
+def test_compiled_then_ddp_in_a_one_process_nccl_group_trains_like_eager(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions: comparable
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
@@ -90,7 +90,7 @@ def test_compiled_around_ddp_in_a_one_process_nccl_group_trains_like_eager(tmp_p
         eager = towers.create_model("mixer-tiny", text_overrides={"context_length": 16}).to(CUDA)
         torch.manual_seed(0)
         model = towers.create_model("mixer-tiny", text_overrides={"context_length": 16}).to(CUDA)
-        compiled = compile_model(DistributedDataParallel(model, device_ids=[0], bucket_cap_mb=1))
+        compiled = DistributedDataParallel(compile_model(model), device_ids=[0], bucket_cap_mb=1)
         images, tokens = _batch(0)[0]
         reference = ClipLoss()(*eager(images, tokens))
         loss = ClipLoss()(*compiled(images, tokens))
