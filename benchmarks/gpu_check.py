@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     contenders = build_contenders(args, device, precision)
     steps = measure_steps(contenders, args, peak)
     image_size = contenders[0].images.shape[-1]
-    del contenders  # free the device for the training runs
+    del contenders  # free the device for the training runs (dynamo's caches hold the models too)
+    torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as temporary:

@@ -5,7 +5,6 @@ model is compiled before DDP wraps it, and dynamo still splits its graph at DDP'
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 
@@ -18,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import towers
 from launch import train, trainer
-from launch.config import Recipe
+from launch.config import Recipe, parse_experiment
 
 PAIRS = ("mixer", "transformer", "transformer+mixer", "mixer+transformer")
 SMALL = {"image_overrides": {"layers": 1, "width": 32, "image_size": 32},
@@ -80,27 +79,29 @@ def test_grad_checkpointing_recomputes_and_trains_the_same(pair):
     assert with_checkpoints == pytest.approx(eager, abs=1e-5)
 
 
-def test_train_py_compiles_the_bare_model_and_trains_the_same(tmp_path, monkeypatch):
-    # The train.py path with dynamo + AOT autograd (backend aot_eager: the traced forward and backward
-    # graphs, no C++ compiler needed); inductor's code generation is the slow test below.
+def test_train_py_compiles_the_bare_model_once(monkeypatch):
     compiled_what = []
 
-    def compile_model(prepared):
-        compiled_what.append(prepared)
-        return trainer.compile_model(prepared, backend="aot_eager")
+    def compile_model(model):
+        compiled_what.append(model)
+        return trainer.compile_model(model, backend="eager")
 
     monkeypatch.setattr(train, "compile_model", compile_model)
-    common = ["--tower", "mixer", "--steps", "4", "--warmup-steps", "1", "--batch-size", "8",
-              "--precision", "fp32", "--eval-samples", "16", "--workers", "0", "--log-every", "2",
-              "--runs-dir", str(tmp_path)]
-    losses = {}
-    for name, extra in (("eager", []), ("compiled", ["--compile"])):
-        assert train.main([*common, "--name", name, *extra]) == 0
-        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        losses[name] = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
-    assert len(compiled_what) == 1 and isinstance(compiled_what[0], towers.CLIP)  # before DDP/prepare
-    assert len(losses["eager"]) == 2 and losses["eager"][0] != losses["eager"][1]
-    assert losses["compiled"] == pytest.approx(losses["eager"], abs=1e-5)
+    experiment, options = parse_experiment(["--tower", "mixer", "--compile", "--workers", "0",
+                                            "--batch-size", "8"])
+    run = train.TrainingRun(experiment, options, Accelerator(cpu=True))
+    assert compiled_what == [run.model]  # the bare CLIP, before accelerator.prepare wraps it
+    assert isinstance(run.ddp_model, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_compiled_step_trains_the_same():
+    # dynamo capture plus AOT autograd's forward and backward graphs (backend aot_eager: no C++
+    # compiler needed); inductor's code generation is the slow test below.
+    eager = _losses("mixer+transformer-tiny", 2, **SMALL)
+    compiled = _losses("mixer+transformer-tiny", 2,
+                       functools.partial(trainer.compile_model, backend="aot_eager"), **SMALL)
+    assert eager[0] != eager[1]
+    assert compiled == pytest.approx(eager, abs=1e-5)
 
 
 def test_compiled_inside_ddp_the_graph_splits_at_gradient_buckets(tmp_path):
