@@ -161,7 +161,8 @@ def _percent(value: float | None) -> str:
 def format_report(result: dict[str, Any]) -> str:
     peak = result["peak_tflops"]
     lines = [f"GPU check on {result['device_name']}: {result['variant']}, {result['precision']}, batch "
-             f"{result['batch_size']} per GPU; peak {peak or 'unknown (pass --peak-tflops)'} TFLOP/s",
+             f"{result['batch_size']} per GPU; "
+             + (f"peak {peak:g} TFLOP/s" if peak else "peak unknown: no MFU (pass --peak-tflops)"),
              f"{'model':<24}{'params M':>9}{'GFLOP/sample':>13} | {'eager/s':>9}{'MFU':>7}{'peak GiB':>9} | "
              f"{'compiled/s':>10}{'MFU':>7}{'peak GiB':>9}"]
     for row in result["steps"]["rows"]:

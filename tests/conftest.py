@@ -37,3 +37,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def fresh_accelerator():
+    """Accelerate's state is one per process: a test that builds its own Accelerator (other precision,
+    cpu=True) starts and ends with none, so in-process train.main runs before or after it still work."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
