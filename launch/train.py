@@ -32,17 +32,25 @@ from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import zero_shot_eval
 from benchmarks.provenance import git_commit, library_versions  # one provenance for runs and scores
 from launch.checkpointing import (
-    LATEST,
     capture_rng_state,
+    newest_readable,
+    point_latest,
+    prune_checkpoints,
     resolve_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from launch.config import Experiment, RunOptions, experiment_dict, experiment_differences, parse_experiment
-from launch.data import get_train_loader
-from launch.run_record import MetricsLog, command_line, write_json
+from launch.config import (
+    Experiment,
+    RunOptions,
+    experiment_dict,
+    experiment_differences,
+    experiment_identity,
+    parse_experiment,
+)
+from launch.data import data_identity, get_train_loader
+from launch.run_record import MetricsLog, command_line, next_commands, write_json
 from launch.trainer import ContrastiveStep, NonFiniteLossError, build_optimizer, micro_batch_stream
-from towers.checkpoints import latest_checkpoint
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
@@ -56,6 +64,10 @@ class TrainingRun:
         self.experiment, self.options, self.accelerator = experiment, options, accelerator
         self.recipe = experiment.recipe
         self.main = accelerator.is_main_process
+        self.started = time.time()
+        data = data_identity(self.recipe.train_data)
+        self.identity = experiment_identity(experiment, accelerator.num_processes, data)
+        self.recipe_sha256 = self.recipe.sha256(accelerator.num_processes, data)
         set_seed(self.recipe.seed)  # same initial weights on every process
         self.model = towers.build_model(**experiment.model_kwargs())
         name = options.name or f"{self.model.model_name}-seed{self.recipe.seed}"
@@ -80,32 +92,64 @@ class TrainingRun:
             num_samples=self.recipe.train_num_samples or self.recipe.steps * self.recipe.batch_size
             * accelerator.num_processes * self.recipe.accum, workers=options.workers, seed=self.recipe.seed,
             rank=accelerator.process_index, world_size=accelerator.num_processes,
-            start_batch=self.step * self.recipe.accum, context_length=self.recipe.context_length)
+            state=resume_state["data"][accelerator.process_index] if resume_state else None,
+            context_length=self.recipe.context_length)
 
     # --- setup ------------------------------------------------------------------------------------
     def _resume_state(self) -> dict | None:
-        exists = (self.run_dir / "config.json").exists()
         resume = self.options.resume
-        if resume == "auto":  # requeued jobs: continue if there is a checkpoint, else start
-            resume = LATEST if latest_checkpoint(self.checkpoints) is not None else None
-        if not resume:
-            if exists:
-                raise RunError(f"run folder {self.run_dir} already holds a run: pass --resume latest to "
-                               f"continue it, or another --name")
+        if resume == "auto":  # the requeue mode: the newest readable checkpoint, else start the run
+            found = newest_readable(self.checkpoints, self._report) if self.checkpoints.is_dir() else None
+            if found is None:
+                self._sync_latest(None)
+                return None
+            path, state = found
+            self._sync_latest(path)
+        elif not resume:
+            if (self.run_dir / "config.json").exists():
+                raise RunError(f"run folder {self.run_dir} already holds a run: pass --resume latest (or "
+                               f"auto) to continue it, or another --name")
             return None
-        try:
-            path = resolve_checkpoint(resume, self.checkpoints)
-        except FileNotFoundError as error:
-            raise RunError(str(error)) from None
-        state = towers.read_checkpoint(path)
-        saved = state.get("experiment", {})
-        differences = experiment_differences(saved, experiment_dict(self.experiment))
-        if differences:
-            raise RunError(f"--resume {path}: checkpoint was trained with a different experiment: "
-                           + "; ".join(differences))
+        else:
+            try:
+                path = resolve_checkpoint(resume, self.checkpoints)
+            except FileNotFoundError as error:
+                raise RunError(str(error)) from None
+            state = towers.read_checkpoint(path)
+        self._check_resumable(path, state)
         towers.load_weights(self.model, state["state_dict"], str(path))
         self.resumed_from = str(path)
         return state
+
+    def _report(self, message: str) -> None:
+        if self.main:
+            print(f"warning: {message}", file=sys.stderr)
+
+    def _sync_latest(self, path) -> None:
+        """`latest` names what auto resumes from (none when it starts): nothing it names is overwritten."""
+        if self.main and (self.checkpoints / "latest").is_file() and \
+                (path is None or (self.checkpoints / "latest").read_text().strip() != path.name):
+            point_latest(self.checkpoints, path)
+        self.accelerator.wait_for_everyone()
+
+    def _check_resumable(self, path, state: dict) -> None:
+        """Refuse, in one line, a checkpoint of another experiment, scale or sample stream."""
+        saved = state.get("experiment_identity")
+        if saved is None or "data" not in state:
+            raise RunError(f"--resume {path}: checkpoint holds no data stream state (written by an older "
+                           "version of launch/train.py); start a new run")
+        differences = experiment_differences(saved, self.identity)
+        if differences:
+            raise RunError(f"--resume {path}: checkpoint was trained with a different experiment: "
+                           + "; ".join(differences))
+        world = self.accelerator.num_processes
+        if len(state["data"]) != world:
+            raise RunError(f"--resume {path}: checkpoint was trained by {len(state['data'])} processes, this "
+                           f"run has {world} (each process reads its own sample stream)")
+        workers = state["data"][0]["workers"]
+        if workers != self.options.workers:
+            raise RunError(f"--resume {path}: checkpoint's sample streams come from --workers {workers}, "
+                           f"this run has --workers {self.options.workers}")
 
     def _init_from(self, spec: str) -> None:
         state = towers.read_checkpoint(spec)
@@ -115,11 +159,7 @@ class TrainingRun:
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        if len(rng) != self.accelerator.num_processes:
-            raise RunError(f"--resume: checkpoint holds RNG states of {len(rng)} processes, this run has "
-                           f"{self.accelerator.num_processes}")
-        restore_rng_state(rng[self.accelerator.process_index])
+        restore_rng_state(state["rng"][self.accelerator.process_index])
 
     def write_config(self) -> None:
         with torch.device("meta"):
@@ -127,8 +167,9 @@ class TrainingRun:
         world = self.accelerator.num_processes
         write_json(self.run_dir / "config.json", {
             "name": self.run_dir.name, "model_name": self.model.model_name,
-            "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe.sha256(),
-            "run_options": dataclasses.asdict(self.options), "command": command_line(),
+            "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe_sha256,
+            "recipe_identity": self.identity["recipe"], "run_options": dataclasses.asdict(self.options),
+            "command": command_line(),
             "git_commit": git_commit(), "versions": library_versions(), "world_size": world,
             "global_batch_size": self.recipe.batch_size * world * self.recipe.accum,
             "device": str(self.accelerator.device), "torch_threads": torch.get_num_threads(),
@@ -142,14 +183,16 @@ class TrainingRun:
     # --- the loop ---------------------------------------------------------------------------------
     def checkpoint(self) -> None:
         rng = gather_object([capture_rng_state()])  # every process's RNG, in rank order
+        data = gather_object([self.loader.state_dict()])  # and its sample stream's position
         if self.main:
             scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
-            save_checkpoint(self.checkpoints, self.step, {
+            path = save_checkpoint(self.checkpoints, self.step, {
                 "model_config": self.model.model_config, "state_dict": self.model.state_dict(),
-                "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe.sha256(),
-                "step": self.step, "samples_seen": self.samples_seen,
-                "optimizer": self.optimizer.state_dict(), "scaler": scaler, "rng": rng,
+                "experiment": experiment_dict(self.experiment), "experiment_identity": self.identity,
+                "recipe_sha256": self.recipe_sha256, "step": self.step, "samples_seen": self.samples_seen,
+                "optimizer": self.optimizer.state_dict(), "scaler": scaler, "rng": rng, "data": data,
             })
+            prune_checkpoints(self.checkpoints, self.options.keep_checkpoints, path)
         self.accelerator.wait_for_everyone()
 
     def evaluate(self) -> dict:
@@ -212,7 +255,7 @@ class TrainingRun:
     def train(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
-        self.log = MetricsLog(self.run_dir) if self.main else None
+        self.log = MetricsLog(self.run_dir, self.started) if self.main else None
         if self.main:
             self.write_config()
         bar = tqdm(total=self.recipe.steps, initial=self.step, disable=not self.main, unit="step",
@@ -224,6 +267,7 @@ class TrainingRun:
             final = self.evaluate()
             if self.main:
                 write_json(self.run_dir / "final_eval.json", {"step": self.step, **final})
+                print(next_commands(self.run_dir), flush=True)
         finally:
             if self.main:
                 self.log.close()

@@ -3,7 +3,7 @@
 `CLIP(image_tower, text_tower, embed_dim)` takes any image tower and any text tower (each mapping its
 input to pooled features of its own `.width`) and owns everything else, identically for every family:
 the two linear projections to `embed_dim`, L2 normalisation, and the learned temperature
-(`logit_scale`, init log(1/0.07), its exp clamped at 100). `forward` returns what open_clip's CLIP
+(`logit_scale`, init log(1/0.07); the trainer keeps its exp <= 100). `forward` returns what open_clip's CLIP
 returns, `logits` what openai/CLIP's returns.
 
 Model names: `"{family}-{variant}"` (both towers of one family, e.g. `mixer-B-32`) or
@@ -68,8 +68,9 @@ class CLIP(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def temperature(self) -> torch.Tensor:
-        """exp(logit_scale), clamped at 100 like CLIP."""
-        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        """exp(logit_scale). Not clamped here: the trainer clamps `logit_scale` in place after each
+        optimizer step (as open_clip does), so the gradient can still lower a temperature at the cap."""
+        return self.logit_scale.exp()
 
     def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None):
         """(image_features, text_features, logit_scale): normalised features, exp'd scale."""
