@@ -73,7 +73,7 @@ class TrainingRun:
         name = options.name or f"{self.model.model_name}-seed{self.recipe.seed}"
         self.run_dir = Path(options.runs_dir) / name
         self.checkpoints = self.run_dir / "checkpoints"
-        self.step, self.samples_seen = 0, 0
+        self.step, self.samples_seen, self.resumed_step = 0, 0, None
         resume_state = self._resume_state()
         if options.init_from and not resume_state:
             self._init_from(options.init_from)
@@ -157,6 +157,7 @@ class TrainingRun:
 
     def _restore(self, state: dict) -> None:
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+        self.resumed_step = self.step
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"][self.accelerator.process_index])
@@ -263,7 +264,8 @@ class TrainingRun:
         try:
             with bar:
                 self._loop(bar)
-            self.checkpoint()
+            if self.step != self.resumed_step:  # a run resumed at its end has its last checkpoint
+                self.checkpoint()
             final = self.evaluate()
             if self.main:
                 write_json(self.run_dir / "final_eval.json", {"step": self.step, **final})

@@ -2,7 +2,9 @@
 
 A run folder holds ``config.json`` (the resolved experiment, ``recipe_sha256``, git commit, parameter
 counts, FLOPs per sample), ``metrics.jsonl`` (training lines and evaluation lines) and, at the end,
-``final_eval.json``. Runs that differ only in ``recipe.seed`` are seed replicates of one *arm* (image
+``final_eval.json``. The recipe compared is ``recipe_identity`` where the run has it (the recipe with
+its global batch and its data by identity, not by path), else ``experiment.recipe``. Runs that differ
+only in ``recipe.seed`` are seed replicates of one *arm* (image
 tower + text tower + variant + token mixing). Any other recipe difference makes runs incomparable:
 :func:`recipe_differences` names the fields and :func:`refusal_message` words the one-line refusal.
 
@@ -159,9 +161,10 @@ def load_run(run_dir: str | Path) -> Run:
     experiment = _require(config, "experiment", config_path)
     for key in ("image_tower", "text_tower", "variant", "recipe"):
         _require(config, f"experiment.{key}", config_path)
-    recipe = experiment["recipe"]
+    # What trained the model at its scale (global batch, data by identity), where the run records it
+    recipe = config.get("recipe_identity", experiment["recipe"])
     if not isinstance(recipe, dict):
-        raise ReportInputError(f"{config_path}: 'experiment.recipe' must be an object")
+        raise ReportInputError(f"{config_path}: 'experiment.recipe' and 'recipe_identity' must be objects")
     sha = _require(config, "recipe_sha256", config_path)
     gflops = _require(config, "flops_per_sample.train_gflops", config_path)
     if not isinstance(gflops, (int, float)) or not math.isfinite(gflops):

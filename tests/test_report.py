@@ -201,6 +201,29 @@ def test_mixed_recipes_refused_naming_fields(tmp_path):
     assert cli.stderr.startswith("error: runs trained with different recipes: lr")
 
 
+def test_runs_of_another_global_batch_or_data_are_refused_by_name_whatever_the_data_path(tmp_path):
+    # launch/train.py records recipe_identity: the recipe with the global batch and the data by identity
+    def with_identity(run: Path, global_batch: int, data: dict, path: str) -> Path:
+        config = json.loads((run / "config.json").read_text())
+        config["experiment"]["recipe"]["train_data"] = path
+        config["recipe_identity"] = {**config["experiment"]["recipe"], "train_data": data,
+                                     "global_batch_size": global_batch}
+        (run / "config.json").write_text(json.dumps(config))
+        return run
+
+    shards = {"shards": 4, "shard_names_sha256": "a" * 64}
+    one_gpu = with_identity(make_run(tmp_path / "a", "mixer", 0), 256, shards, "/mnt/a/{0..3}.tar")
+    same_elsewhere = with_identity(make_run(tmp_path / "b", "transformer", 0), 256, shards, "/d/{0..3}.tar")
+    report.write_report([one_gpu, same_elsewhere], None, tmp_path / "out")  # same data, another mount
+    sixteen = with_identity(make_run(tmp_path / "c", "transformer", 0), 4096, shards, "/mnt/a/{0..3}.tar")
+    refusal = rf"global_batch_size \(256 in {one_gpu} vs 4096 in {sixteen}\)"
+    with pytest.raises(ReportInputError, match=refusal):
+        report.write_report([one_gpu, sixteen], None, tmp_path / "out2")
+    other = with_identity(make_run(tmp_path / "d", "transformer", 0), 256, {**shards, "shards": 5}, "/x")
+    with pytest.raises(ReportInputError, match=r"train_data \(\{"):
+        report.write_report([one_gpu, other], None, tmp_path / "out3")
+
+
 def test_seed_replicates_with_equal_recipes_are_not_refused_but_a_hash_mismatch_is(tmp_path):
     runs = [make_run(tmp_path, "mixer", 0), make_run(tmp_path, "transformer", 0)]
     config = json.loads((runs[1] / "config.json").read_text())

@@ -127,6 +127,43 @@ def test_run_writes_its_record_and_refuses_another_tower_on_resume(tmp_path, cap
     assert code == 2 and "recipe.lr (0.001 vs 0.1)" in capsys.readouterr().err
 
 
+def test_resume_auto_starts_without_a_checkpoint_and_falls_back_past_an_unreadable_one(tmp_path, capsys):
+    run_dir = tmp_path / "requeued"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")  # preempted before its first checkpoint
+    auto = _args(tmp_path, "requeued", "--steps", "4", "--save-every", "1", "--keep-checkpoints", "2",
+                 "--resume", "auto")
+    assert train.main(auto) == 0
+    checkpoints = run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step_*.pt")) == ["step_00000003.pt", "step_00000004.pt"]
+    uninterrupted = _weights(run_dir, 4)
+    capsys.readouterr()
+
+    data = (checkpoints / "step_00000004.pt").read_bytes()
+    (checkpoints / "step_00000004.pt").write_bytes(data[:1000])  # torn by a full disk, say
+    assert train.main(auto) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(err) == 1 and "step_00000004.pt: not a readable torch checkpoint" in err[0], err
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["resumed_from"].endswith("step_00000003.pt")
+    resumed = _weights(run_dir, 4)  # step 3 -> 4 again, exactly
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+    (checkpoints / "latest").write_text("no such file\n")  # a bad pointer: the newest step file
+    assert train.main(auto) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(err) == 1 and "names 'no such file'" in err[0], err
+    assert json.loads((run_dir / "config.json").read_text())["resumed_from"].endswith("step_00000004.pt")
+
+
+def test_resume_with_another_worker_count_is_refused_naming_both(tmp_path, capsys):
+    assert train.main(_args(tmp_path, "w", "--steps", "2", "--save-every", "1")) == 0
+    capsys.readouterr()
+    assert train.main(_args(tmp_path, "w", "--steps", "2", "--resume", "latest", "--workers", "0")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "--workers 1, this run has --workers 0" in err[0], err
+
+
 @pytest.mark.slow
 def test_kill_9_after_step_5_then_resume_equals_uninterrupted(tmp_path):
     script = [sys.executable, str(REPO / "launch" / "train.py")]
