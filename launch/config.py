@@ -69,9 +69,12 @@ class Recipe:
 
     def identity(self, processes: int, data: dict) -> dict:
         """What trained the model, at this scale: every field, the data by its identity (`data`, from
-        launch.data.data_identity) instead of its path, and the global batch."""
-        return {**dataclasses.asdict(self), "train_data": data,
-                "global_batch_size": self.batch_size * processes * self.accum}
+        launch.data.data_identity) instead of its path, and the global batch instead of its split
+        into processes x batch_size x accum (every split trains the same model: the loss gathers the
+        global batch)."""
+        fields = dataclasses.asdict(self)
+        global_batch = fields.pop("batch_size") * processes * fields.pop("accum")
+        return {**fields, "train_data": data, "global_batch_size": global_batch}
 
     def sha256(self, processes: int, data: dict) -> str:
         """sha256 of `identity(processes, data)` as canonical JSON."""

@@ -146,6 +146,12 @@ class TrainingRun:
         if len(state["data"]) != world:
             raise RunError(f"--resume {path}: checkpoint was trained by {len(state['data'])} processes, this "
                            f"run has {world} (each process reads its own sample stream)")
+        saved_recipe = state["experiment"]["recipe"]
+        split, this_split = (saved_recipe["batch_size"], saved_recipe["accum"]), (self.recipe.batch_size,
+                                                                                 self.recipe.accum)
+        if split != this_split:
+            raise RunError(f"--resume {path}: checkpoint's sample streams give batches of {split[0]} x accum "
+                           f"{split[1]} per process, this run {this_split[0]} x accum {this_split[1]}")
         workers = state["data"][0]["workers"]
         if workers != self.options.workers:
             raise RunError(f"--resume {path}: checkpoint's sample streams come from --workers {workers}, "
