@@ -205,7 +205,7 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
     ranked_all, targets_all = torch.cat(ranked), torch.cat(targets)
     if int(targets_all.max()) >= len(classnames) or int(targets_all.min()) < 0:
         raise InputError(f"--data {data}: class index {int(targets_all.max())} outside the "
-                                  f"{len(classnames)} classes")
+                         f"{len(classnames)} classes")
     result = classification_metrics(ranked_all, targets_all, seed=seed)
     if attributes:
         result.update(attribute_accuracy(ranked_all[:, 0], targets_all, attributes))

@@ -11,17 +11,10 @@ from __future__ import annotations
 import datetime
 import json
 import shlex
-import sys
 import time
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 class MetricsLog:
@@ -52,9 +45,6 @@ class MetricsLog:
         self.file.close()
         self.tensorboard.close()
 
-
-def command_line() -> str:
-    return " ".join(sys.argv)
 
 
 def next_commands(run_dir: Path) -> str:

@@ -8,7 +8,7 @@ TensorBoard events and atomic checkpoints (`--save-every`, `latest` pointer); `-
 continues exactly where the last checkpoint left off. Zero-shot accuracy on the toy val split is
 scored at the end (and every `--eval-every` steps) by `benchmarks.imagenet_zeroshot`.
 
-    accelerate launch launch/train.py --tower transformer                 # the default run (CPU: ~7 min)
+    accelerate launch launch/train.py --tower transformer                 # the default run (README: its time)
     accelerate launch --config_file launch/accelerate/cpu.yaml launch/train.py --tower mixer --steps 20
     python launch/train.py --help
 """
@@ -30,7 +30,7 @@ import towers
 from benchmarks.data.shards import ShardSpecError
 from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import zero_shot_eval
-from benchmarks.provenance import git_commit, library_versions  # one provenance for runs and scores
+from benchmarks.provenance import command_line, git_commit, library_versions, write_json
 from launch.checkpointing import (
     capture_rng_state,
     newest_readable,
@@ -49,7 +49,7 @@ from launch.config import (
     parse_experiment,
 )
 from launch.data import data_identity, get_train_loader
-from launch.run_record import MetricsLog, command_line, next_commands, write_json
+from launch.run_record import MetricsLog, next_commands
 from launch.trainer import ContrastiveStep, NonFiniteLossError, build_optimizer, micro_batch_stream
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -182,7 +182,7 @@ class TrainingRun:
             "device": str(self.accelerator.device), "torch_threads": torch.get_num_threads(),
             "params": {k: cost[k] for k in ("image_params", "text_params", "total_params")},
             "flops_per_sample": {"image_gflops": cost["image_gflops"], "text_gflops": cost["text_gflops"],
-                                 # forward + backward = 3x forward, the usual estimate
+                                 # forward + backward = 3 x forward, the usual estimate
                                  "train_gflops": 3 * (cost["image_gflops"] + cost["text_gflops"])},
             "resumed_from": getattr(self, "resumed_from", None),
         })
