@@ -4,9 +4,12 @@ The tower flags (`--tower`, `--image-tower`, `--text-tower`, `--variant`) choose
 every other flag is the recipe (`launch/config.py`), identical for every tower. Without
 `--train-data` the run uses the embedded `toy` set (generated on first use), through the same
 WebDataset code path as a LAION run. A run writes `runs/<name>/`: config.json, metrics.jsonl,
-TensorBoard events and atomic checkpoints (`--save-every`, `latest` pointer); `--resume latest`
-continues exactly where the last checkpoint left off. Zero-shot accuracy on the toy val split is
-scored at the end (and every `--eval-every` steps) by `benchmarks.imagenet_zeroshot`.
+TensorBoard events and atomic checkpoints (`--save-every`, `latest` pointer, the newest
+`--keep-checkpoints` kept); `--resume latest` continues exactly where the last checkpoint left off
+(the data position is stream state, so resuming costs the same at any step), and `--resume auto`
+(requeued jobs) starts the run when there is no readable checkpoint, else continues from the newest
+readable one. Zero-shot accuracy on the toy val split is scored at the end (and every `--eval-every`
+steps) by `benchmarks.imagenet_zeroshot`.
 
     accelerate launch launch/train.py --tower transformer                 # the default run (README: its time)
     accelerate launch --config_file launch/accelerate/cpu.yaml launch/train.py --tower mixer --steps 20
