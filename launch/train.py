@@ -107,7 +107,6 @@ class TrainingRun:
                 self._sync_latest(None)
                 return None
             path, state = found
-            self._sync_latest(path)
         elif not resume:
             if (self.run_dir / "config.json").exists():
                 raise RunError(f"run folder {self.run_dir} already holds a run: pass --resume latest (or "
@@ -120,6 +119,8 @@ class TrainingRun:
                 raise RunError(str(error)) from None
             state = towers.read_checkpoint(path)
         self._check_resumable(path, state)
+        if path.resolve().parent == self.checkpoints.resolve():  # e.g. a fallback or an older step
+            self._sync_latest(path)
         towers.load_weights(self.model, state["state_dict"], str(path))
         self.resumed_from = str(path)
         return state
@@ -129,7 +130,8 @@ class TrainingRun:
             print(f"warning: {message}", file=sys.stderr)
 
     def _sync_latest(self, path) -> None:
-        """`latest` names what auto resumes from (none when it starts): nothing it names is overwritten."""
+        """`latest` names what the run resumes from (none when auto starts it afresh), so that nothing
+        it names is ever overwritten as the run goes on."""
         if self.main and (self.checkpoints / "latest").is_file() and \
                 (path is None or (self.checkpoints / "latest").read_text().strip() != path.name):
             point_latest(self.checkpoints, path)
