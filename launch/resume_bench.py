@@ -73,7 +73,10 @@ def _logged(run: Path, step: int) -> bool:
     metrics = run / "metrics.jsonl"
     if not metrics.is_file():
         return False
-    return any(f'"step": {step},' in line and '"loss"' in line for line in metrics.read_text().splitlines())
+    lines = metrics.read_text().splitlines()
+    if lines and not lines[-1].endswith("}"):
+        lines = lines[:-1]  # being written
+    return any(record.get("step") == step and "loss" in record for record in map(json.loads, lines))
 
 
 def _state_after(batches: int, checkpoint: dict, batch_size: int, workers: int) -> list[dict]:
