@@ -127,6 +127,7 @@ def test_run_writes_its_record_and_refuses_another_tower_on_resume(tmp_path, cap
     assert code == 2 and "recipe.lr (0.001 vs 0.1)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_auto_starts_without_a_checkpoint_and_falls_back_past_an_unreadable_one(tmp_path, capsys):
     run_dir = tmp_path / "requeued"
     run_dir.mkdir()
