@@ -21,6 +21,7 @@ Build one with `towers.build_tower("mixer", "text", "B/32")`.
 
 from __future__ import annotations
 
+import bisect
 from functools import partial
 
 import torch
@@ -100,7 +101,9 @@ class TokenMixingMlp(nn.Module):
             self.register_buffer("mask1", (position[None, :] <= degree[:, None]).float(), persistent=False)
             self.register_buffer("mask2", (degree[None, :] <= position[:, None]).float(), persistent=False)
             # units_below[L]: hidden units of degree < L, the ones that positions < L can read
-            self.units_below = [int((degree < length).sum()) for length in range(positions + 1)]
+            # (plain Python: the model may be built on the meta device)
+            degrees = [k * positions // hidden for k in range(hidden)]  # made_degrees, ascending
+            self.units_below = [bisect.bisect_left(degrees, length) for length in range(positions + 1)]
         else:
             self.mask1 = self.mask2 = None
 
