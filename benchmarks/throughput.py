@@ -22,11 +22,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import towers
 from benchmarks.provenance import add_output_arguments, fail, finish
+from towers.profile import image_size_of
 
 MODES = ("train", "infer")
 
@@ -44,7 +44,7 @@ class Contender:
         import open_clip
 
         self.label, self.model, self.device = label, model.to(device), device
-        image_size = _image_size(model)
+        image_size = image_size_of(model)
         generator = torch.Generator().manual_seed(seed)
         self.images = torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(device)
         captions = [f"a photo of object number {i}, seen from the side" for i in range(batch_size)]
@@ -79,35 +79,6 @@ class Contender:
         _sync(self.device)
         if record:
             self.times[mode].append(time.perf_counter() - start)
-
-
-def _image_size(model: torch.nn.Module) -> int:
-    size = getattr(model, "image_size", None) or model.visual.image_size
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
-def count_profile(model: torch.nn.Module) -> dict[str, float]:
-    """Parameters and GFLOPs per sample for any CLIP-style model, counted like ``towers.profile``
-    (torch's FLOP counter, train mode so attention's fused eval path is counted)."""
-    visual_params = sum(p.numel() for p in model.visual.parameters())
-    total = sum(p.numel() for p in model.parameters())
-    device = next(model.parameters()).device
-    image = torch.zeros(1, 3, _image_size(model), _image_size(model), device=device)
-    tokens = torch.zeros(1, 77, dtype=torch.long, device=device)
-    flops = {}
-    was_training = model.training
-    model.train()
-    try:
-        for name, run in (("image", lambda: model.encode_image(image)),
-                          ("text", lambda: model.encode_text(tokens))):
-            counter = FlopCounterMode(display=False)
-            with torch.no_grad(), counter:
-                run()
-            flops[name] = counter.get_total_flops() / 1e9
-    finally:
-        model.train(was_training)
-    return {"total_params": total, "image_params": visual_params, "text_params": total - visual_params,
-            "image_gflops": flops["image"], "text_gflops": flops["text"]}
 
 
 def measure(contenders: list[Contender], modes: tuple[str, ...], steps: int, warmup: int) -> None:
@@ -168,9 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--batch-size must be at least 2 (the contrastive loss needs negatives)")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
-    families = (args.image_tower if args.image_tower == args.text_tower
-                else f"{args.image_tower}+{args.text_tower}")
-    name = f"{families}-{args.variant.replace('/', '-')}"
+    name = towers.model_name(args.image_tower, args.text_tower, args.variant)
     if name not in towers.available_models():
         fail(f"--image-tower {args.image_tower} --text-tower {args.text_tower} --variant {args.variant}: "
              f"no such model (families {sorted(towers.FAMILIES)}; models: "
@@ -192,11 +161,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         label = f"open_clip {args.reference}"
         contenders.append(Contender(label, reference, open_clip.get_tokenizer(args.reference),
                                     args.batch_size, device, precision, args.seed))
-        profiles[label] = count_profile(reference)
+        profiles[label] = towers.profile(reference)
 
     modes = tuple(args.modes)
     measure(contenders, modes, args.steps, args.warmup)
-    rows = [{**summarise(c, args.batch_size, modes), **profiles[c.label]} for c in contenders]
+    rows = [{**profiles[c.label], **summarise(c, args.batch_size, modes)} for c in contenders]  # label wins
     result: dict[str, Any] = {"rows": rows, "batch_size": args.batch_size, "device": str(device),
                               "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                                               else "cpu"),

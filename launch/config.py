@@ -36,7 +36,7 @@ CLIP_CONTEXT_LENGTH = 77
 class Recipe:
     """Every number that trains a model. The defaults were tuned once on `toy`, for all towers alike."""
 
-    steps: int = 750  # optimizer steps; the default run fits 10 minutes on a 2-core CPU
+    steps: int = 750  # optimizer steps; sized so the default run fits 10 minutes on a 2-core CPU
     batch_size: int = 128  # per process; global batch = batch_size x processes x accum
     accum: int = 1  # micro-batches per step; the contrastive loss still sees the whole batch
     lr: float = 1e-3
@@ -45,21 +45,17 @@ class Recipe:
     eps: float = 1e-6
     weight_decay: float = 0.2  # on >= 2-d weights only (chosen by shape, never by name)
     grad_clip: float = 1.0  # max global grad norm; 0 disables
-    # bf16 autocast (fp32 weights and optimizer state, fp32 loss), as CLIP is trained on GPUs. On this
-    # machine's CPU (AMD EPYC, avx512_bf16) it is also what makes the default run fit: a training step
-    # alone is 1.7x (Transformer) / 2.0x (Mixer) faster than in fp32, a whole default run 1.2x / 1.6x,
-    # for the same toy top-1 (seed 0: 55.9% / 55.7%; fp32: 56.2% / 55.6%). On a CPU without bf16
-    # instructions, pass --precision fp32.
+    # bf16 autocast (fp32 weights, optimizer state and loss), as CLIP is trained on GPUs; on a CPU
+    # without bf16 instructions pass --precision fp32 (docs/design.md: speed and accuracy of both).
     precision: str = "bf16"
     local_loss: bool = False  # open_clip's local_loss: same gradients, less memory
     seed: int = 0
     train_data: str | None = None  # shards (brace pattern, '::' list or directory); None: the toy set
     train_num_samples: int | None = None  # samples per epoch; None: the data set's size
     image_size: int | None = None  # None: the tower variant's size
-    # None: resolved on construction to TOY_CONTEXT_LENGTH on the toy set (its captions and zero-shot
-    # prompts are at most 15 tokens with SOT/EOT: nothing is cut, and both text towers cost 2.4x less
-    # than at 77), and to CLIP's 77 on shards, where a shorter context would cut real captions. 16
-    # was tried: 50.7% / 43.4% toy top-1 at seed 0 (Transformer / Mixer) against 56.2% / 56.1% at 32.
+    # None: resolved on construction to TOY_CONTEXT_LENGTH on the toy set (its captions and prompts
+    # fit with room to spare, so nothing is cut) and to CLIP's 77 on shards, where a shorter context
+    # would cut real captions (docs/design.md: why 32 and not 16).
     context_length: int | None = None
 
     def __post_init__(self) -> None:

@@ -8,16 +8,9 @@ size, parameter counts and FLOPs per sample, so every number of the run can be t
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 class MetricsLog:
@@ -44,6 +37,3 @@ class MetricsLog:
         self.file.close()
         self.tensorboard.close()
 
-
-def command_line() -> str:
-    return " ".join(sys.argv)

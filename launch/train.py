@@ -10,7 +10,7 @@ training on toy) and on ImageNet (`--imagenet-val PATH`: ILSVRC or ImageNetV2 fo
 `.cls`) is scored at the end and every `--eval-every` steps by `benchmarks.imagenet_zeroshot`, every
 process scoring its share.
 
-    accelerate launch launch/train.py --tower transformer                 # the default run (CPU: ~7 min)
+    accelerate launch launch/train.py --tower transformer                 # the default run (README: its time)
     accelerate launch --config_file launch/accelerate/cpu.yaml launch/train.py --tower mixer --steps 20
     accelerate launch launch/train.py --tower mixer --imagenet-val /data/imagenet/val --eval-every 150
     python launch/train.py --help
@@ -35,7 +35,7 @@ from benchmarks.data.imagenet import IMAGEFOLDER_LAYOUT, is_shard_spec
 from benchmarks.data.shards import ShardSpecError
 from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import zero_shot_eval
-from benchmarks.provenance import git_commit, library_versions  # one provenance for runs and scores
+from benchmarks.provenance import command_line, git_commit, library_versions, write_json
 from launch.checkpointing import (
     LATEST,
     capture_rng_state,
@@ -45,7 +45,7 @@ from launch.checkpointing import (
 )
 from launch.config import Experiment, RunOptions, experiment_dict, experiment_differences, parse_experiment
 from launch.data import get_train_loader
-from launch.run_record import MetricsLog, command_line, write_json
+from launch.run_record import MetricsLog
 from launch.trainer import ContrastiveStep, NonFiniteLossError, build_optimizer, micro_batch_stream
 from towers.checkpoints import latest_checkpoint
 
@@ -140,7 +140,7 @@ class TrainingRun:
             "device": str(self.accelerator.device), "torch_threads": torch.get_num_threads(),
             "params": {k: cost[k] for k in ("image_params", "text_params", "total_params")},
             "flops_per_sample": {"image_gflops": cost["image_gflops"], "text_gflops": cost["text_gflops"],
-                                 # forward + backward = 3x forward, the usual estimate
+                                 # forward + backward = 3 x forward, the usual estimate
                                  "train_gflops": 3 * (cost["image_gflops"] + cost["text_gflops"])},
             "resumed_from": getattr(self, "resumed_from", None),
         })

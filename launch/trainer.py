@@ -45,8 +45,8 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW, fused where torch has the kernel (CUDA; CPU from torch 2.4): on the tiny CPU models a
-    step costs 4 ms instead of 37 ms (for-loop) or 14 ms (foreach), ~4% of a default run's time."""
+    """AdamW, fused where torch has the kernel (CUDA; CPU from torch 2.4), the fastest of torch's three
+    implementations (docs/design.md)."""
     settings = dict(lr=recipe.lr, betas=tuple(recipe.betas), eps=recipe.eps)
     try:
         return torch.optim.AdamW(parameter_groups(model, recipe.weight_decay), fused=True, **settings)

@@ -82,13 +82,6 @@ def _require(config: dict[str, Any], dotted: str, path: Path) -> Any:
     return value
 
 
-def model_name_of(experiment: dict[str, Any]) -> str:
-    """The towers model name (``mixer-tiny``, ``transformer+mixer-B-32``) of an experiment dict."""
-    image, text = experiment["image_tower"], experiment["text_tower"]
-    families = image if image == text else f"{image}+{text}"
-    return f"{families}-{str(experiment['variant']).replace('/', '-')}"
-
-
 def read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training lines, evaluation lines) of a ``metrics.jsonl``, one row per step each.
 
@@ -163,6 +156,7 @@ def load_run(run_dir: str | Path) -> Run:
     if not isinstance(recipe, dict):
         raise ReportInputError(f"{config_path}: 'experiment.recipe' must be an object")
     sha = _require(config, "recipe_sha256", config_path)
+    model_name = _require(config, "model_name", config_path)  # towers' name, written by the trainer
     gflops = _require(config, "flops_per_sample.train_gflops", config_path)
     if not isinstance(gflops, (int, float)) or not math.isfinite(gflops):
         raise ReportInputError(f"{config_path}: 'flops_per_sample.train_gflops' must be a number")
@@ -179,8 +173,7 @@ def load_run(run_dir: str | Path) -> Run:
     arm_key = (str(experiment["image_tower"]), str(experiment["text_tower"]), str(experiment["variant"]),
                str(experiment.get("token_mixing")))
     return Run(label=label, path=path.resolve(), name=str(config.get("name") or path.resolve().name),
-               config=config, arm_key=arm_key, model_name=str(config.get("model_name") or
-                                                              model_name_of(experiment)),
+               config=config, arm_key=arm_key, model_name=str(model_name),
                recipe=recipe, recipe_sha256=str(sha), git_commit=str(config.get("git_commit") or "unknown"),
                train=train, evals=evals, final_eval=final)
 

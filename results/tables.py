@@ -230,7 +230,8 @@ def provenance_frames(runs: list[Run], scores: list[Score]) -> tuple[pd.DataFram
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no tabulate dependency); ``|`` in cells is escaped."""
+    """A GitHub-flavoured Markdown table through pandas (tabulate). Cells are passed as text, so numbers
+    keep the formatting chosen here; tabulate escapes no ``|``, so cells are escaped first."""
     if frame.empty:
         return "_(none)_"
 
@@ -238,10 +239,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
         text = MISSING if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
         return text.replace("|", "\\|").replace("\n", " ")
 
-    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
+    text = frame.astype(object).map(cell).rename(columns=cell)
+    return text.to_markdown(index=False, tablefmt="github", disable_numparse=True)
 
 
 def throughput_notes(arms: list[Arm], scores: list[Score]) -> list[str]:

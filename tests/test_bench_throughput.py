@@ -52,7 +52,7 @@ def test_reference_counts_agree_with_towers_profile_for_the_same_architecture():
     """open_clip's ViT-B-32 and our transformer-B-32 are the same network: same params and FLOPs."""
     with torch.device("meta"):
         reference = open_clip.create_model("ViT-B-32", device="meta")
-    counted = throughput.count_profile(reference)
+    counted = towers.profile(reference)
     ours = towers.profile("transformer-B-32")
     assert counted["total_params"] == ours["total_params"] == 151_277_313
     assert counted["image_gflops"] == pytest.approx(ours["image_gflops"], rel=1e-6)

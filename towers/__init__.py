@@ -14,13 +14,14 @@ Transformer) and `mixer` (timm's MlpMixer and our Mixer text tower). The API mir
 
 from towers.attention import attention_kernels
 from towers.checkpoints import CheckpointError, load, load_weights, read_checkpoint
-from towers.clip import CLIP, available_models, build_from_config, build_model, create_model
+from towers.clip import CLIP, available_models, build_from_config, build_model, create_model, model_name
 from towers.preprocess import image_transform, tokenize
 from towers.profile import profile
 from towers.registry import FAMILIES, build_tower
 
 __all__ = [
     "CLIP", "CheckpointError", "FAMILIES", "attention_kernels", "available_models", "build_from_config",
-    "build_model", "build_tower", "create_model", "image_transform", "load", "load_weights", "profile",
+    "build_model", "build_tower", "create_model", "image_transform", "load", "load_weights", "model_name",
+    "profile",
     "read_checkpoint", "tokenize",
 ]

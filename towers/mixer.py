@@ -36,10 +36,8 @@ from towers.preprocess import CONTEXT_LENGTH, VOCAB_SIZE
 TOKEN_MIXING_MODES = ("causal", "full")
 
 VARIANTS: dict[str, dict] = {
-    # The Mixer paper's token-mixing MLPs have 2-8 hidden units per token (S/32: 256 for 49 tokens,
-    # B/16: 384 for 196); timm's 0.5 x width rule would give tiny 64 units for its 64 tokens, and
-    # that starves it: 21.8% / 37.9% toy top-1 (seeds 0 / 1) where 2.0 x width = 256 units reaches
-    # 55.6% / 56.5% / 51.3% (seeds 0-2) in the same default run (README, reference comparison).
+    # Token-mixing hidden 2 x width = 4 units per token, inside the Mixer paper's 2-8 per token; timm's
+    # 0.5 x width would give 1 per token at this size (docs/design.md has the toy results).
     "tiny": {
         "embed_dim": 128,
         "image": dict(image_size=64, patch_size=8, width=128, layers=4, mlp_ratio=(2.0, 4.0)),

@@ -2,7 +2,7 @@
 
 Both are open_clip's own: `tokenize` is open_clip's SimpleTokenizer (the same BPE ids as OpenAI's
 CLIP, EOT being the largest id of each row, so EOT pooling is `argmax`; ids equal to
-`open_clip.tokenize`'s, tested, but ~7x faster on plain captions, see `_words`), and `image_transform` is
+`open_clip.tokenize`'s, tested, with a fast path for plain captions, see `_words`), and `image_transform` is
 open_clip's `image_transform` with the OpenAI mean/std. Every tower, Transformer or Mixer, sees the
 same inputs, so a score difference can only come from the tower.
 
@@ -30,10 +30,8 @@ TRAIN_CROP_SCALE = (0.9, 1.0)
 
 _TOKENIZER = SimpleTokenizer()  # open_clip's vocabulary, word pattern and BPE
 
-# Printable ASCII without '&': on such text open_clip's cleaning (ftfy.fix_text, then HTML unescaping
-# twice) is the identity, and ftfy alone costs ~25 us a caption, as much as the rest of tokenisation;
-# open_clip's word pattern (`regex`, Unicode classes) then matches what this ASCII pattern does, 2x
-# faster. tests/test_tokenize.py checks the ids against open_clip.tokenize on real and hostile text.
+# Printable ASCII without '&': on such text open_clip's cleaning (ftfy, HTML unescaping) is the identity
+# and its Unicode word pattern matches what this ASCII one does, so both are skipped (docs/design.md).
 _PLAIN_TEXT = re.compile(r"[\x20-\x25\x27-\x7e]*")
 _PLAIN_WORD = re.compile(r"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+",
                          re.IGNORECASE)
@@ -67,7 +65,7 @@ def tokenize(texts: str | list[str], context_length: int = CONTEXT_LENGTH) -> to
     if isinstance(texts, str):
         texts = [texts]
     sot, eot = _TOKENIZER.sot_token_id, _TOKENIZER.eot_token_id
-    result = np.zeros((len(texts), context_length), dtype=np.int64)  # numpy: 5x faster to fill
+    result = np.zeros((len(texts), context_length), dtype=np.int64)  # filled in numpy, then one tensor
     for row, text in enumerate(texts):
         ids = [sot]
         for word in _words(text):

@@ -2,8 +2,8 @@
 
 FLOPs come from torch's own FLOP counter (`torch.utils.flop_counter`, one multiply-add = 2 FLOPs) for
 one sample (a 77-token text; an image at the model's size). The model is counted in train mode:
-nn.MultiheadAttention's eval fast path runs a fused kernel the counter does not see, which hides
-most attention FLOPs (measured: ViT-B/32 image 5.89 GFLOPs in eval mode, 8.73 in train mode).
+nn.MultiheadAttention's eval fast path runs a fused kernel the counter does not see, which would hide
+most attention FLOPs.
 
     python -m towers          # table of every registered model
 """
@@ -23,16 +23,26 @@ def _count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def profile(model: str | CLIP) -> dict:
-    """{image,text,total}_params and {image,text}_gflops per sample for a model or model name."""
+def image_size_of(model: torch.nn.Module) -> int:
+    size = getattr(model, "image_size", None) or model.visual.image_size  # open_clip keeps it on .visual
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def profile(model: str | CLIP | torch.nn.Module) -> dict:
+    """{image,text,total}_params and {image,text}_gflops per sample for a model name, our CLIP, or any
+    CLIP-style model with `.visual`, `encode_image`, `encode_text` and `context_length` (open_clip's):
+    image params = the image tower with its projection, text params = everything else."""
     if isinstance(model, str):
         with torch.device("meta"):
             model = create_model(model)
-    image_params = sum(p.numel() for p in model.visual.parameters()) + model.image_projection.numel()
-    text_params = sum(p.numel() for p in model.text.parameters()) + model.text_projection.numel()
     total_params = sum(p.numel() for p in model.parameters())
+    image_params = sum(p.numel() for p in model.visual.parameters())
+    if isinstance(model, CLIP):  # our CLIP holds the image projection beside the tower, open_clip inside
+        image_params += model.image_projection.numel()
+    text_params = total_params - image_params
     device = next(model.parameters()).device
-    images = torch.zeros(1, 3, model.image_size, model.image_size, device=device)
+    size = image_size_of(model)
+    images = torch.zeros(1, 3, size, size, device=device)
     tokens = torch.zeros(1, model.context_length, dtype=torch.long, device=device)
     was_training = model.training
     model.train()
@@ -42,5 +52,6 @@ def profile(model: str | CLIP) -> dict:
             text_flops = _count_flops(lambda: model.encode_text(tokens))
     finally:
         model.train(was_training)
-    return dict(model=model.model_name, image_params=image_params, text_params=text_params,
-                total_params=total_params, image_gflops=image_flops / 1e9, text_gflops=text_flops / 1e9)
+    return dict(model=getattr(model, "model_name", type(model).__name__), image_params=image_params,
+                text_params=text_params, total_params=total_params, image_gflops=image_flops / 1e9,
+                text_gflops=text_flops / 1e9)

@@ -53,7 +53,7 @@ class ImageNetFolder(ImageFolder):
         unknown = [wnid for wnid in wnids if wnid not in ilsvrc_index]
         if unknown:
             raise InputError(f"--data {directory}: folder {unknown[0]!r} is not an ImageNet-1k wnid "
-                                      f"({len(unknown)} such); expected {IMAGEFOLDER_LAYOUT}")
+                             f"({len(unknown)} such); expected {IMAGEFOLDER_LAYOUT}")
         return wnids, {wnid: ilsvrc_index[wnid] for wnid in wnids}
 
 
@@ -105,7 +105,7 @@ def imagefolder_batches(root: str | Path, transform: Callable, batch_size: int, 
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"--data {root}: no such directory; expected {IMAGEFOLDER_LAYOUT} "
-                                  "or WebDataset shards with .cls")
+                         "or WebDataset shards with .cls")
     try:
         dataset = ImageNetFolder(str(root), transform=transform)
     except FileNotFoundError as exc:  # a class folder without images

@@ -263,7 +263,7 @@ def worker_info() -> tuple[int, int]:
 def transform_images(transform: Callable, images: list[Image.Image]) -> torch.Tensor:
     """Stacked transformed images, computed with one torch thread as in a DataLoader worker: per-image
     ops are too small to gain from intra-op threads, and on busy cores (workers=0 next to other jobs)
-    several threads made a 224 px transform 15x slower in our measurements."""
+    several threads contend and slow it down many times over."""
     threads = torch.get_num_threads()
     if threads > 1:
         torch.set_num_threads(1)
@@ -325,7 +325,6 @@ class EvalLoader:
 
     def __init__(self, dataset: EvalDataset, workers: int) -> None:
         self.dataset, self.workers = dataset, workers
-        self.num_shards = len(dataset.urls)
         self._counts = WorkerCounts()
 
     def __iter__(self) -> Iterator[tuple]:

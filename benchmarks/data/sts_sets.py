@@ -43,7 +43,7 @@ def read_sts_tsv(path: str | Path, name: str | None = None) -> StsPairs:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"STS file {path} not found; expected <data>/sts/<set>.tsv with columns "
-                                  f"{'<TAB>'.join(HEADER)}")
+                         f"{'<TAB>'.join(HEADER)}")
     lines = path.read_text(encoding="utf-8").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -69,7 +69,7 @@ def load_sts_set(name: str, source: str = "local", data_dir: str | Path | None =
     data_dir = Path(data_dir) if data_dir is not None else shared_data_dir()
     if not (data_dir / "sts").is_dir():
         raise InputError(f"--data {data_dir}: no sts/ folder; expected {data_dir}/sts/"
-                                  f"{{{','.join(STS_FILES.values())}}} (sentence1<TAB>sentence2<TAB>score)")
+                         f"{{{','.join(STS_FILES.values())}}} (sentence1<TAB>sentence2<TAB>score)")
     return read_sts_tsv(data_dir / "sts" / STS_FILES[name], name)
 
 
@@ -83,6 +83,6 @@ def _load_from_hub(name: str) -> StsPairs:
         split = datasets.load_dataset(spec["path"], revision=spec["revision"], split="test")
     except Exception as exc:  # noqa: BLE001 - offline, missing cache...: report one line
         raise InputError(f"--source hf: cannot load {spec['path']}@{spec['revision'][:8]} "
-                                  f"({type(exc).__name__}); use --source local") from None
+                         f"({type(exc).__name__}); use --source local") from None
     return StsPairs(name, list(split["sentence1"]), list(split["sentence2"]),
                     np.asarray(split["score"], dtype=np.float64))

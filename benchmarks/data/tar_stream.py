@@ -1,8 +1,8 @@
 """A lean streaming reader of tar shards: (name, bytes) of each regular member, strict about damage.
 
-Python's `tarfile` (which webdataset's own tar iterator uses) spends 30-40 us per member building a
-TarInfo; a 64 px sample of three members then costs more to unpack than to decode. This reader parses
-the 512-byte headers itself (POSIX ustar, GNU and pax, as written by webdataset's TarWriter, GNU tar
+Python's `tarfile` (which webdataset's own tar iterator uses) builds a TarInfo per member, which for
+small images costs more than decoding them (docs/design.md). This reader parses the 512-byte headers
+itself (POSIX ustar, GNU and pax, as written by webdataset's TarWriter, GNU tar
 and Python's tarfile) and costs a few us per member. It is also stricter than `tarfile` in stream
 mode, which stops silently at a garbage or cut-off header: here every kind of damage raises
 `TarDamage`, and a shard is complete only if it ends with the all-zero end-of-archive block.
