@@ -272,10 +272,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
                 "seed": args.seed}
     # toy results get their own folder so they never overwrite a model's ImageNet result
     benchmark = "imagenet_zeroshot" if args.dataset == "imagenet" else "toy_zeroshot"
-    records = []
+    records, run_name = [], Path(args.model).resolve().name if args.every_checkpoint else None
     for model in models:
-        if model is not None:
-            args.model = model
+        if model is not None:  # one result file per step, named after the run whatever its folder holds
+            args.model, args.model_id = model, f"{run_name}-{Path(model).stem}"
         encoder, result = _score(args, rank, world_size)
         if rank != 0:
             records.append({"metrics": result})

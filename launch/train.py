@@ -167,7 +167,8 @@ class TrainingRun:
             if not is_shard_spec(data) and not Path(data).is_dir():
                 raise RunError(f"--imagenet-val {data}: no such directory; expected {IMAGEFOLDER_LAYOUT} "
                                "or WebDataset shards with .cls")
-            sets["imagenet"] = {"dataset": "imagenet", "data": data, "templates": self.options.eval_templates}
+            sets["imagenet"] = {"dataset": "imagenet", "data": data, "templates": self.options.eval_templates,
+                                "workers": self.options.workers}  # 50k JPEGs: decode beside the model
         return sets
 
     def evaluate(self) -> dict:

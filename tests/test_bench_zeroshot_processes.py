@@ -17,7 +17,7 @@ from PIL import Image
 import towers
 from benchmarks import imagenet_zeroshot as zs
 from benchmarks.data.imagenet import imagefolder_batches, share_of_batches
-from benchmarks.encoder import FakeEncoder
+from benchmarks.encoder import FakeEncoder, load_our_model
 from benchmarks.zeroshot_classifier import class_blocks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,3 +129,36 @@ def test_two_processes_score_exactly_like_one(tmp_path, checkpoint, shared_data)
     assert two["predictions"] == one["predictions"]  # every image's top-5 classes, in order
     for key in ("top1", "top5", "mean_per_class_recall", "top1_ci95"):
         assert two[key] == one[key]
+
+
+def test_every_checkpoint_scores_each_saved_step(tmp_path, capsys):
+    from benchmarks.data import toy as toy_data
+    from launch.checkpointing import save_checkpoint
+
+    toy = toy_data.ensure_toy(tmp_path / "toy", num_train=8, num_val=64, shard_size=64, progress=False)
+    run = tmp_path / "runs" / "tiny"
+    for step in (2, 10):  # two different models, as two saved steps of one run
+        torch.manual_seed(step)
+        model = towers.create_model("mixer-tiny", image_overrides={"layers": 1}, text_overrides={"layers": 1})
+        save_checkpoint(run / "checkpoints", step, {"model_config": model.model_config,
+                                                    "state_dict": model.state_dict(), "step": step,
+                                                    "samples_seen": step * 16})
+    records = zs.main(["--model", str(run), "--every-checkpoint", "--dataset", "toy", "--data", toy.val,
+                       "--results-dir", str(tmp_path / "scores")])
+    assert [r["model"]["step"] for r in records] == [2, 10]
+    assert [r["model"]["samples_seen"] for r in records] == [32, 160]
+    files = sorted((tmp_path / "scores" / "toy_zeroshot").glob("*.json"))
+    assert [f.name for f in files] == ["tiny-step_00000002.json", "tiny-step_00000010.json"]
+    for record in records:  # each step's numbers are that checkpoint's own
+        encoder = load_our_model(record["model"]["checkpoint"], "cpu")
+        alone = zs.zero_shot_eval(encoder, "toy", toy.val, progress=False)
+        assert record["metrics"]["top1"] == alone["top1"] and record["metrics"]["top5"] == alone["top5"]
+    assert records[0]["metrics"]["top5"] != records[1]["metrics"]["top5"]  # two models, two scores
+    assert "step 2  toy zero-shot" in capsys.readouterr().out
+
+
+def test_every_checkpoint_needs_a_run_dir(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        zs.main(["--model", "mixer-tiny", "--every-checkpoint", "--dataset", "toy"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "--every-checkpoint" in err

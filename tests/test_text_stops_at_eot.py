@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from open_clip import IMAGENET_CLASSNAMES
 
 import towers
 from towers.clip import longest_eot
@@ -80,3 +81,16 @@ def test_sliced_causal_token_mixing_equals_the_masked_full_one():
             short = mixing(x[..., :length])
         assert short.shape == (3, 8, length)
         assert (short - full[..., :length]).abs().max().item() <= TOLERANCE
+
+
+def test_the_classifier_cost_benchmark_builds_equal_classifiers_both_ways(capsys):
+    from benchmarks import classifier_cost
+
+    result = classifier_cost.main(["--model", "mixer-tiny", "--classes", "2", "--repeats", "1",
+                                   "--templates", "simple"])
+    assert result["prompts"] == 14 and result["max_abs_difference"] <= TOLERANCE
+    assert classifier_cost.spread_classes(3) == [IMAGENET_CLASSNAMES[i] for i in (0, 500, 999)]
+    assert "speed-up" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        classifier_cost.main(["--classes", "0"])
+    assert exit_info.value.code == 2 and "--classes 0: expected 1..1000" in capsys.readouterr().err
