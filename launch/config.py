@@ -28,6 +28,7 @@ import yaml
 from towers.registry import FAMILIES, canonical_variant, variant_table
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_TEMPLATES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
 TOY_CONTEXT_LENGTH = 32
 CLIP_CONTEXT_LENGTH = 77
 
@@ -108,7 +109,11 @@ class RunOptions:
     workers: int = 1
     save_every: int = 0  # 0: only at the end
     eval_every: int = 0  # 0: only at the end
-    eval_samples: int | None = None  # limit the toy zero-shot eval (None: the whole val split)
+    eval_samples: int | None = None  # limit each zero-shot eval (None: the whole val split)
+    # ImageNet zero-shot at every eval (open_clip's flag): ILSVRC-layout or ImageNetV2 folder, or shards
+    # with .cls; the toy val split is scored as well when training on toy
+    imagenet_val: str | None = None
+    eval_templates: str = "openai"  # open_clip's ImageNet template set: openai (80) or simple (7)
     log_every: int = 10
     # "latest", a checkpoint path, or "auto" (the requeue mode: the newest readable checkpoint if any,
     # else start the run)
@@ -146,6 +151,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             kwargs["type"] = base
         if f.name == "precision":
             kwargs["choices"] = PRECISIONS
+        if f.name == "eval_templates":
+            kwargs["choices"] = EVAL_TEMPLATES
         if f.name == "context_length":
             kwargs["help"] = (f"(default: {TOY_CONTEXT_LENGTH} on the toy set, {CLIP_CONTEXT_LENGTH} with "
                               "--train-data)")

@@ -8,11 +8,13 @@ TensorBoard events and atomic checkpoints (`--save-every`, `latest` pointer, the
 `--keep-checkpoints` kept); `--resume latest` continues exactly where the last checkpoint left off
 (the data position is stream state, so resuming costs the same at any step), and `--resume auto`
 (requeued jobs) starts the run when there is no readable checkpoint, else continues from the newest
-readable one. Zero-shot accuracy on the toy val split is scored at the end (and every `--eval-every`
-steps) by `benchmarks.imagenet_zeroshot`.
+readable one. Zero-shot accuracy on the toy val split (when training on toy) and on ImageNet
+(`--imagenet-val PATH`: ILSVRC or ImageNetV2 folder, or shards with `.cls`) is scored at the end and
+every `--eval-every` steps by `benchmarks.imagenet_zeroshot`, every process scoring its share.
 
     accelerate launch launch/train.py --tower transformer                 # the default run (README: its time)
     accelerate launch --config_file launch/accelerate/cpu.yaml launch/train.py --tower mixer --steps 20
+    accelerate launch launch/train.py --tower mixer --imagenet-val /data/imagenet/val --eval-every 150
     python launch/train.py --help
 """
 
@@ -30,6 +32,8 @@ from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 import towers
+from benchmarks.data.files import InputError
+from benchmarks.data.imagenet import IMAGEFOLDER_LAYOUT, is_shard_spec
 from benchmarks.data.shards import ShardSpecError
 from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import zero_shot_eval
@@ -77,6 +81,7 @@ class TrainingRun:
         self.run_dir = Path(options.runs_dir) / name
         self.checkpoints = self.run_dir / "checkpoints"
         self.step, self.samples_seen, self.resumed_step = 0, 0, None
+        self.eval_sets()  # bad --imagenet-val: one line now
         resume_state = self._resume_state()
         if options.init_from and not resume_state:
             self._init_from(options.init_from)
@@ -207,19 +212,40 @@ class TrainingRun:
             prune_checkpoints(self.checkpoints, self.options.keep_checkpoints, path)
         self.accelerator.wait_for_everyone()
 
+    def eval_sets(self) -> dict[str, dict]:
+        """Zero-shot sets scored at each eval: the toy val split when training on toy, ImageNet with
+        --imagenet-val (checked before training starts, not at the first eval hours later)."""
+        sets = {"toy": {"dataset": "toy"}} if self.recipe.train_data is None else {}
+        if self.options.imagenet_val:
+            data = self.options.imagenet_val
+            if not is_shard_spec(data) and not Path(data).is_dir():
+                raise RunError(f"--imagenet-val {data}: no such directory; expected {IMAGEFOLDER_LAYOUT} "
+                               "or WebDataset shards with .cls")
+            sets["imagenet"] = {"dataset": "imagenet", "data": data, "templates": self.options.eval_templates,
+                                "workers": self.options.workers}  # 50k JPEGs: decode beside the model
+        return sets
+
     def evaluate(self) -> dict:
-        result = {}
-        if self.main:
-            encoder = ModelEncoder(self.model, self.accelerator.device)
-            scores = zero_shot_eval(encoder, dataset="toy", limit=self.options.eval_samples, progress=False)
-            result = {f"eval/toy_{k}": v for k, v in scores.items()
-                      if k in ("top1", "top5", "mean_per_class_recall", "colour_acc", "shape_acc", "n")}
-            result["eval/toy_top1_ci95"] = scores.get("top1_ci95")
+        """Every process scores its share of each zero-shot set through the benchmark's own code; the
+        shares meet in the benchmark's gathers, so no process waits out another's solo evaluation."""
+        encoder = ModelEncoder(self.model, self.accelerator.device)
+        share = {"rank": self.accelerator.process_index, "world_size": self.accelerator.num_processes}
+        result, shown = {}, []
+        for name, eval_set in self.eval_sets().items():
+            try:
+                scores = zero_shot_eval(encoder, limit=self.options.eval_samples, cache=False, progress=False,
+                                        **eval_set, **share)
+            except InputError as error:
+                raise RunError(str(error)) from None
+            result.update({f"eval/{name}_{k}": v for k, v in scores.items()
+                           if k in ("top1", "top5", "mean_per_class_recall", "colour_acc", "shape_acc", "n")})
+            result[f"eval/{name}_top1_ci95"] = scores.get("top1_ci95")
+            shown.append(f"{name} zero-shot top-1 {scores['top1']:.1f}%" + (
+                f" (colour {scores['colour_acc']:.1f}%, shape {scores['shape_acc']:.1f}%)"
+                if "shape_acc" in scores else f", top-5 {scores['top5']:.1f}%"))
+        if self.main and result:
             self.log.log({"step": self.step, "samples_seen": self.samples_seen, **result})
-            tqdm.write(f"step {self.step}: toy zero-shot top-1 {scores['top1']:.1f}% "
-                       f"(colour {scores.get('colour_acc', float('nan')):.1f}%, "
-                       f"shape {scores.get('shape_acc', float('nan')):.1f}%)")
-        self.accelerator.wait_for_everyone()
+            tqdm.write(f"step {self.step}: " + "; ".join(shown))
         return result
 
     def skipped_samples(self) -> dict[str, int]:

@@ -169,8 +169,9 @@ def load_run(run_dir: str | Path) -> Run:
     if final_path.is_file():
         final = {key[len(EVAL_PREFIX):] if key.startswith(EVAL_PREFIX) else key: value
                  for key, value in _load_json(final_path, "run's final evaluation").items()}
-        if isinstance(final.get("toy_top1_ci95"), list) and len(final["toy_top1_ci95"]) == 2:
-            final["toy_top1_ci_lo"], final["toy_top1_ci_hi"] = final.pop("toy_top1_ci95")
+        for key in [key for key in final if key.endswith("_ci95")]:  # toy_top1_ci95, imagenet_top1_ci95
+            if isinstance(final[key], list) and len(final[key]) == 2:
+                final[f"{key[:-5]}_ci_lo"], final[f"{key[:-5]}_ci_hi"] = final.pop(key)
     elif not evals.empty:
         final = evals.iloc[-1].dropna().to_dict()
     arm_key = (str(experiment["image_tower"]), str(experiment["text_tower"]), str(experiment["variant"]),

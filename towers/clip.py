@@ -28,6 +28,11 @@ INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = 100.0
 
 
+def longest_eot(tokens: torch.Tensor) -> int:
+    """Length of the batch up to and including its last EOT (the largest id of each row, as CLIP pools)."""
+    return int(tokens.argmax(dim=-1).max()) + 1 if tokens.numel() else tokens.shape[-1]
+
+
 class CLIP(nn.Module):
     """Two towers, two projections, one temperature."""
 
@@ -63,7 +68,16 @@ class CLIP(nn.Module):
         features = self.visual(images) @ self.image_projection
         return F.normalize(features, dim=-1) if normalize else features
 
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False,
+                    stop_at_eot: bool | None = None) -> torch.Tensor:
+        """(B, context_length) token ids -> (B, embed_dim). ``stop_at_eot`` (default: in eval mode) runs
+        a causal text tower only up to the batch's longest EOT, which gives the same features (its
+        positions never read later ones) at the cost of the tokens; training keeps the fixed length,
+        so a step's shapes, and a GPU step's host syncs, do not depend on the batch."""
+        if stop_at_eot is None:
+            stop_at_eot = not self.training
+        if stop_at_eot and getattr(self.text, "stops_at_eot", False):
+            tokens = tokens[:, :longest_eot(tokens)]
         features = self.text(tokens) @ self.text_projection
         return F.normalize(features, dim=-1) if normalize else features
 
