@@ -27,7 +27,7 @@ from scipy import stats
 
 from results.runs import Arm
 from results.scores import Score
-from results.tables import HEADLINE
+from results.tables import HEADLINE, WORD_ORDER_TASKS
 
 CONFIDENCE = 0.95
 # metric key -> (higher is better, per-run (low, high) CI keys in final_eval or None)
@@ -42,6 +42,10 @@ DIRECTIONS = {
     "imagenet_top5": (True, None),
     "sts_avg_7": (True, None),
     "sts_avg_6_seed": (True, None),
+    **{f"word_order_{task.replace('-', '_')}": (True, None) for task in WORD_ORDER_TASKS},
+    # the blind prior and the bag-of-words score describe the text tower: lower means it reads order
+    **{f"word_order_{task.replace('-', '_')}_blind": (False, None) for task in WORD_ORDER_TASKS},
+    "word_order_bag_of_words": (False, None),
     "retrieval_i2t_r1": (True, None),
     "retrieval_t2i_r1": (True, None),
     "in_training_samples_per_s": (True, None),

@@ -81,6 +81,9 @@ def headline_throughput(arm: Arm, scores: list[Score], mode: str) -> float | Non
     return _number(row.get(f"{mode}_samples_per_s")) if row else None
 
 
+# benchmarks.word_order's toy tasks (results reads files only, so the names are repeated here)
+WORD_ORDER_TASKS = ("swap-attribute", "swap-background", "swap-object", "shuffle")
+
 HEADLINE = (
     Metric("params_m", "params (M)",
            per_arm=lambda arm, scores: _number(arm.first.params.get("total_params", math.nan) / 1e6)),
@@ -99,6 +102,13 @@ HEADLINE = (
            per_run=_final_or_score("imagenet_top5", "imagenet_zeroshot", "top5"), ci=True),
     Metric("sts_avg_7", "STS avg, 7 sets (Spearman x100)", per_run=_score("sts", "avg_7")),
     Metric("sts_avg_6_seed", "STS avg, 6 sets (seed paper)", per_run=_score("sts", "avg_6_seed")),
+    *(Metric(f"word_order_{task.replace('-', '_')}", f"word order {task} top-1 (%)",
+             per_run=_score("word_order", "tasks", task, "top1"), decimals=1) for task in WORD_ORDER_TASKS),
+    *(Metric(f"word_order_{task.replace('-', '_')}_blind", f"word order {task}, blind text prior (%)",
+             per_run=_score("word_order", "tasks", task, "blind_top1"), decimals=1)
+      for task in WORD_ORDER_TASKS),
+    Metric("word_order_bag_of_words", "bag-of-words score (100: order-blind text)",
+           per_run=_score("word_order", "text_only", "bag_of_words_score"), decimals=1),
     Metric("retrieval_i2t_r1", "retrieval image->text R@1 (%)", per_run=_score("retrieval", "i2t_R@1")),
     Metric("retrieval_t2i_r1", "retrieval text->image R@1 (%)", per_run=_score("retrieval", "t2i_R@1")),
     Metric("train_samples_per_s", "train samples/s (benchmark)",

@@ -318,3 +318,29 @@ def test_results_reads_files_only():
             "if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_word_order_scores_enter_the_headline_with_a_verdict(study, tmp_path):
+    """Mixer seeds 80 / 82 and Transformer 60 / 61 on swap-attribute: means 81 and 60.5, a Welch interval
+    far from 0, so the Transformer (compared with the first arm, the Mixer) is 'worse'; the blind prior
+    (50 / 52 vs 49 / 51) ties."""
+    runs, scores = study
+    values = {"mixer-s0": (80.0, 50.0), "mixer-s1": (82.0, 52.0), "transformer-s0": (60.0, 49.0),
+              "transformer-s1": (61.0, 51.0)}
+    for run in runs:
+        top1, blind = values[run.name]
+        tasks = {task: {"top1": top1, "blind_top1": blind, "n": 100, "chance": 50.0}
+                 for task in ("swap-attribute", "swap-background", "swap-object", "shuffle")}
+        metrics = {"tasks": tasks, "text_only": {"bag_of_words_score": 90.0 + blind / 10}}
+        write_score(scores, "word_order", run.name, metrics,
+                    {"source": "run", "run_dir": str(run), "run_name": run.name})
+    result = report.write_report(runs, scores, tmp_path / "report")
+    headline = result["headline"]
+    assert headline.loc["mixer-tiny", "word_order_swap_attribute_mean"] == 81.0
+    assert headline.loc["transformer-tiny", "word_order_swap_attribute_mean"] == 60.5
+    text = (tmp_path / "report" / "report.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| word order swap-attribute top-1"))
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[2:4] == ["transformer-tiny", "mixer-tiny"] and cells[4] == "-20.50" and cells[6] == "worse"
+    blind = next(line for line in text.splitlines() if line.startswith("| word order swap-attribute, blind"))
+    assert blind.split("|")[6].strip() == "tie"
