@@ -81,14 +81,17 @@ class ModelEncoder:
 
     Defaults suit a ``towers.CLIP``: ``towers.tokenize`` at the model's context length and
     ``towers.image_transform(model.image_size, train=False)``. Pass ``tokenizer``/``preprocess`` for
-    other models (open_clip's). The model is put in eval mode for each call and its previous mode is
-    restored, so the trainer can hand over the model it is training.
+    other models (open_clip's). A towers.CLIP's causal text tower stops at each batch's longest EOT
+    (same features, see ``CLIP.encode_text``) unless ``stop_at_eot=False``. The model is put in eval
+    mode for each call and its previous mode is restored, so the trainer can hand over the model it
+    is training.
     """
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, *,
                  tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
                  preprocess: Preprocess | None = None, model_id: str | None = None,
-                 batch_size: int = 256, precision: str = "fp32", info: dict[str, Any] | None = None):
+                 batch_size: int = 256, precision: str = "fp32", info: dict[str, Any] | None = None,
+                 stop_at_eot: bool = True):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -106,6 +109,9 @@ class ModelEncoder:
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.precision = precision
+        # False runs a towers.CLIP's text tower over every context position (the cost benchmark's
+        # "before"); other models' encode_text is called as they define it.
+        self.text_kwargs = {} if stop_at_eot else {"stop_at_eot": False}
         self.model_id = model_id or getattr(model, "model_name", type(model).__name__)
         self.info = {"model_id": self.model_id, "source": "in-memory model", "precision": precision,
                      **(info or {})}
@@ -129,11 +135,19 @@ class ModelEncoder:
         return F.normalize(torch.cat(parts).float(), dim=-1)
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        texts = list(texts)
+        tokens = self.tokenizer(list(texts))
+        # Shortest texts first: a causal tower that stops at each batch's longest EOT then runs
+        # batches of similar lengths. Rows are independent, so the order changes no feature.
+        order = torch.sort(tokens.argmax(dim=-1), stable=True)[1] if self.text_kwargs == {} else None
+        if order is not None:
+            tokens = tokens[order]
         with self._eval_mode():
-            parts = [self.model.encode_text(self.tokenizer(texts[rows]).to(self.device))
-                     for rows in _chunks(len(texts), self.batch_size)]
-        return F.normalize(torch.cat(parts).float(), dim=-1)
+            parts = [self.model.encode_text(tokens[rows].to(self.device), **self.text_kwargs)
+                     for rows in _chunks(len(tokens), self.batch_size)]
+        features = torch.cat(parts).float()
+        if order is not None:
+            features = features[torch.argsort(order).to(features.device)]
+        return F.normalize(features, dim=-1)
 
     def cache_key(self) -> str | None:
         # A file-backed model is keyed by the file (cheap after provenance hashed it); an in-memory
@@ -219,14 +233,14 @@ class FakeEncoder:
 # --- loading from command-line specs -------------------------------------------------------------
 
 def _checkpoint_metadata(path: Path) -> dict[str, Any]:
-    """recipe_sha256 / step from one of our checkpoints, read lazily (mmap) so it costs no memory."""
+    """recipe_sha256 / step / samples_seen from one of our checkpoints, read lazily (mmap): no memory."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - e.g. OpenAI TorchScript files: no metadata, towers.load copes
         return {}
     if not isinstance(checkpoint, dict):
         return {}
-    return {key: checkpoint[key] for key in ("recipe_sha256", "step") if key in checkpoint}
+    return {key: checkpoint[key] for key in ("recipe_sha256", "step", "samples_seen") if key in checkpoint}
 
 
 def locate_model(spec: str) -> tuple[Path | None, dict[str, Any]]:
@@ -272,7 +286,7 @@ def load_our_model(spec: str, device: str | torch.device | None = None, **kwargs
         model, preprocess = towers.load(checkpoint, device=device)
         metadata = _checkpoint_metadata(checkpoint)
         info.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint, cached=True),
-                    step=metadata.get("step", info.get("step")))
+                    step=metadata.get("step", info.get("step")), samples_seen=metadata.get("samples_seen"))
         info["recipe_sha256"] = metadata.get("recipe_sha256") or info.get("recipe_sha256")
     info["architecture"] = model.model_name
     info["model_config"] = model.model_config

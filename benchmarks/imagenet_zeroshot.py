@@ -1,13 +1,18 @@
-"""Zero-shot classification with open_clip's protocol: ImageNet-1k, or the embedded toy data set.
+"""Zero-shot classification with open_clip's protocol: ImageNet-1k (or ImageNetV2), or the embedded toy set.
 
 The classifier is open_clip's own ``build_zero_shot_classifier`` over OpenAI's 1000 ImageNet class names
-and 80 templates (both shipped by open_clip), run through our Encoder, and cached on disk under
-``$MIXCLIP_CACHE/zeroshot`` keyed by the model's sha256 and the template/class set. Images come from an
-ImageFolder in ILSVRC val layout (``DIR/<wnid>/*.JPEG``; class index = ILSVRC index = sorted wnid order,
-so a folder holding only some classes still gets the right labels) or WebDataset shards with ``.cls``.
+and 80 templates (both shipped by open_clip), run through our Encoder and cached per model
+(``benchmarks.zeroshot_classifier``). Images come from a folder in ILSVRC val layout
+(``DIR/<wnid>/*.JPEG``; class index = ILSVRC index = sorted wnid order), a folder in ImageNetV2's
+layout (``DIR/<class index>/*.jpeg``), or WebDataset shards with ``.cls`` (``benchmarks.data.imagenet``).
 Metrics (percent): top-1, top-5, mean per-class recall, and a seeded bootstrap 95% CI of top-1.
+Started by ``torchrun``/``accelerate launch``, every process scores its share and rank 0 reports the
+same result a single process gets.
 
     python -m benchmarks.imagenet_zeroshot --model runs/mixer-b32 --data /data/imagenet/val
+    python -m benchmarks.imagenet_zeroshot --model runs/mixer-b32 --data imagenetv2-matched-frequency
+    python -m benchmarks.imagenet_zeroshot --model runs/mixer-b32 --data /data/imagenet/val --every-checkpoint
+    torchrun --nproc-per-node 8 -m benchmarks.imagenet_zeroshot --model runs/mixer-b32 --data /data/val
     python -m benchmarks.imagenet_zeroshot --open-clip ViT-B-32 --data ../shared/data/imagenet_samples
     python -m benchmarks.imagenet_zeroshot --model runs/mixer-tiny --dataset toy
 """
@@ -15,26 +20,20 @@ Metrics (percent): top-1, top-5, mean per-class recall, and a seeded bootstrap 9
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from open_clip import (
-    IMAGENET_CLASSNAMES,
-    OPENAI_IMAGENET_TEMPLATES,
-    SIMPLE_IMAGENET_TEMPLATES,
-    build_zero_shot_classifier,
-)
+from open_clip import IMAGENET_CLASSNAMES
 from tqdm import tqdm
 
-from benchmarks.data.files import InputError, cache_dir
+from benchmarks.data.files import InputError
 from benchmarks.data.imagenet import IMAGEFOLDER_LAYOUT, imagefolder_batches, is_shard_spec, shard_batches
 from benchmarks.encoder import Encoder
+from benchmarks.process_group import gather_objects, join_launched_processes
 from benchmarks.provenance import (
     add_model_arguments,
     add_output_arguments,
@@ -42,66 +41,9 @@ from benchmarks.provenance import (
     fail,
     finish,
 )
+from benchmarks.zeroshot_classifier import TEMPLATE_SETS, zero_shot_classifier
 
-TEMPLATE_SETS = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}
 BOOTSTRAP_RESAMPLES = 1000
-
-
-# --- classifier ----------------------------------------------------------------------------------
-
-class _TextList(list):
-    """A list of strings that open_clip's builder can ``.to(device)``: the Encoder tokenises itself."""
-
-    def to(self, device: Any) -> _TextList:
-        return self
-
-
-class _EncoderAsOpenClipModel:
-    """The one method ``build_zero_shot_classifier`` calls, answered by an Encoder."""
-
-    def __init__(self, encoder: Encoder):
-        self.encoder = encoder
-
-    def encode_text(self, texts: Sequence[str], normalize: bool = False) -> torch.Tensor:
-        return self.encoder.encode_text(list(texts))  # already L2-normalised
-
-
-def template_strings(templates: Sequence[Callable[[str], str] | str]) -> list[str]:
-    """Templates as format strings (``"a photo of a {}."``), for hashing and for the record."""
-    return [t if isinstance(t, str) else t("{}") for t in templates]
-
-
-def classifier_cache_path(model_key: str, classnames: Sequence[str], templates: Sequence) -> Path:
-    blob = json.dumps({"classnames": list(classnames), "templates": template_strings(templates)})
-    set_key = hashlib.sha256(blob.encode()).hexdigest()
-    return cache_dir() / "zeroshot" / f"{model_key[:24]}-{set_key[:16]}.pt"
-
-
-def zero_shot_classifier(encoder: Encoder, classnames: Sequence[str], templates: Sequence,
-                         cache: bool = True, progress: bool = True) -> torch.Tensor:
-    """(D, C) class weights built by open_clip's ``build_zero_shot_classifier`` on ``encoder``.
-
-    Each class: the mean of its L2-normalised template embeddings, renormalised. With ``cache`` and a
-    model that has a ``cache_key()``, the weights are read from / written to the on-disk cache.
-    """
-    model_key = encoder.cache_key() if cache else None
-    if model_key and getattr(encoder, "precision", "fp32") != "fp32":
-        model_key += f"-{encoder.precision}"  # a bf16 classifier differs in the last bits
-    path = classifier_cache_path(model_key, classnames, templates) if model_key else None
-    if path is not None and path.is_file():
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        if stored.get("model_key") == model_key and stored["classifier"].shape[1] == len(classnames):
-            return stored["classifier"].to(encoder.device)
-    classifier = build_zero_shot_classifier(
-        _EncoderAsOpenClipModel(encoder), _TextList, list(classnames), list(templates),
-        num_classes_per_batch=10, device=encoder.device, use_tqdm=progress)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save({"classifier": classifier.cpu(), "model_key": model_key,
-                    "templates": template_strings(templates), "classnames": list(classnames)}, tmp)
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-    return classifier
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -144,38 +86,47 @@ def attribute_accuracy(predicted: torch.Tensor, targets: torch.Tensor,
 def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path | None = None,
                    batch_size: int = 64, workers: int = 0, limit: int | None = None,
                    templates: str = "openai", cache: bool | None = None, seed: int = 0,
-                   progress: bool = True, keep_predictions: bool = False) -> dict[str, Any]:
+                   progress: bool = True, keep_predictions: bool = False, rank: int = 0,
+                   world_size: int = 1) -> dict[str, Any]:
     """Zero-shot accuracy of ``encoder`` (what ``python -m benchmarks.imagenet_zeroshot`` runs).
 
-    dataset="imagenet": ``data`` is an ILSVRC-layout ImageFolder or a WebDataset shard spec with ``.cls``;
-    classes/templates are open_clip's (``templates="openai"``: 80, ``"simple"``: 7).
+    dataset="imagenet": ``data`` is a folder in ILSVRC val layout or ImageNetV2's class-index layout, or
+    a WebDataset shard spec with ``.cls``; classes/templates are open_clip's (``templates="openai"``:
+    80, ``"simple"``: 7).
     dataset="toy": the embedded data set's val split (``data``: None for the default toy set, a cache
     root for ``toy_data.ensure_toy``, or the val shard pattern itself), its 64 class names and
     ``TOY_TEMPLATES``; adds ``colour_acc`` and ``shape_acc``: % of images whose predicted class has the
     true colour / shape (chance 12.5% each).
 
     Returns (percent): ``top1``, ``top5``, ``mean_per_class_recall`` (over the classes present in the
-    data), ``top1_ci95`` ([low, high],
-    bootstrap of top-1, ``BOOTSTRAP_RESAMPLES`` resamples, ``seed``), ``n``, ``classes_present``,
-    ``num_classes``, ``templates``. ``limit`` evaluates at most that many images (ImageFolder: evenly
-    spaced; shards: the first). ``cache`` (default: on for ImageNet, off for toy whose classifier is cheap
-    and whose model changes during training) stores the classifier under $MIXCLIP_CACHE/zeroshot.
+    data), ``top1_ci95`` ([low, high], bootstrap of top-1, ``BOOTSTRAP_RESAMPLES`` resamples, ``seed``),
+    ``n``, ``classes_present``, ``num_classes``, ``templates``. ``limit`` evaluates at most that many
+    images (folders: evenly spaced; shards: the first, or with several processes an equal part of each
+    one's shards). ``cache`` (default: on for ImageNet, off for toy whose classifier is cheap and whose
+    model changes during training) stores the classifier under $MIXCLIP_CACHE/zeroshot.
     ``keep_predictions`` adds ``predictions`` ({"ranked": top-k class ids per image, "targets"}).
-    The encoder's model is left in the train/eval mode it had.
+
+    Distributed: every one of ``world_size`` processes calls this with its ``rank`` (and its own
+    encoder); each builds its share of the classifier and scores its share of the images, two gathers
+    (the classifier, the predictions) collect them, and every process returns the same result. On a
+    folder the result equals the single-process one exactly. The model keeps its train/eval mode.
     """
     if encoder.preprocess is None:
         raise InputError(f"model {encoder.model_id} is text-only; zero-shot needs an image tower")
     attributes: Sequence[dict[str, Any]] = ()
     skipped: dict[str, int] = {}
+    share = {"rank": rank, "world_size": world_size}
     if dataset == "imagenet":
         if data is None:
             raise InputError(f"--data is required for ImageNet: {IMAGEFOLDER_LAYOUT} or shards")
         classnames, template_list = list(IMAGENET_CLASSNAMES), list(TEMPLATE_SETS[templates])
         if is_shard_spec(str(data)):
-            batches = shard_batches(str(data), encoder.preprocess, batch_size, workers, limit, skipped)
+            batches = shard_batches(str(data), encoder.preprocess, batch_size, workers, limit, skipped,
+                                    **share)
             total = None
         else:
-            batches, total = imagefolder_batches(data, encoder.preprocess, batch_size, workers, limit)
+            batches, total = imagefolder_batches(data, encoder.preprocess, batch_size, workers, limit,
+                                                 **share)
     elif dataset == "toy":
         from benchmarks.data import toy as toy_data
 
@@ -186,23 +137,27 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
             val, manifest = toy.val, toy.manifest_sha256
         classnames, template_list = list(toy_data.CLASS_NAMES), list(toy_data.TOY_TEMPLATES)
         attributes = list(toy_data.CLASS_ATTRIBUTES)
-        batches, total = shard_batches(val, encoder.preprocess, batch_size, workers, limit, skipped), None
+        batches = shard_batches(val, encoder.preprocess, batch_size, workers, limit, skipped, **share)
+        total = None
         templates = "toy"
     else:
         raise InputError(f"--dataset {dataset}: expected imagenet or toy")
     use_cache = (dataset == "imagenet") if cache is None else cache
-    classifier = zero_shot_classifier(encoder, classnames, template_list, cache=use_cache, progress=progress)
+    classifier = zero_shot_classifier(encoder, classnames, template_list, cache=use_cache,
+                                      progress=progress and rank == 0, **share)
 
     k = min(5, len(classnames))
-    ranked, targets = [], []
-    for images, labels in tqdm(batches, total=None if total is None else -(-total // batch_size),
-                               desc=f"zero-shot {dataset}", unit="batch", disable=not progress):
+    ranked, targets, ids = [], [], []
+    for images, labels, image_ids in tqdm(batches, total=None if total is None else -(-total // batch_size),
+                                          desc=f"zero-shot {dataset}", unit="batch",
+                                          disable=not progress or rank != 0):
         features = encoder.encode_image(images)
         ranked.append(ranked_classes(100.0 * features @ classifier, k).cpu())
         targets.append(torch.as_tensor(labels).long())
-    if not ranked:
+        ids.append(image_ids)
+    ranked_all, targets_all = _gathered_predictions(ranked, targets, ids, skipped, k, world_size)
+    if not len(targets_all):
         raise InputError(f"--data {data}: no images found")
-    ranked_all, targets_all = torch.cat(ranked), torch.cat(targets)
     if int(targets_all.max()) >= len(classnames) or int(targets_all.min()) < 0:
         raise InputError(f"--data {data}: class index {int(targets_all.max())} outside the "
                          f"{len(classnames)} classes")
@@ -211,6 +166,8 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
         result.update(attribute_accuracy(ranked_all[:, 0], targets_all, attributes))
     result.update(num_classes=len(classnames), templates=templates, num_templates=len(template_list),
                   dataset=dataset)
+    if world_size > 1:
+        result["processes"] = world_size
     if dataset == "toy":
         result["toy_manifest_sha256"] = manifest
     if skipped:
@@ -218,6 +175,28 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
     if keep_predictions:
         result["predictions"] = {"ranked": ranked_all.tolist(), "targets": targets_all.tolist()}
     return result
+
+
+def _gathered_predictions(ranked: list[torch.Tensor], targets: list[torch.Tensor], ids: list, skipped: dict,
+                          k: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's (ranked, targets) in the single-process order (by image id where the data has
+    ids, else rank by rank); ``skipped`` becomes the sum over processes. One gather."""
+    mine = (torch.cat(ranked) if ranked else torch.empty(0, k, dtype=torch.long),
+            torch.cat(targets) if targets else torch.empty(0, dtype=torch.long),
+            None if any(i is None for i in ids) else torch.cat([torch.as_tensor(i) for i in ids] or
+                                                                [torch.empty(0, dtype=torch.long)]),
+            dict(skipped))
+    shares = gather_objects(mine, world_size)
+    ranked_all = torch.cat([share[0] for share in shares])
+    targets_all = torch.cat([share[1] for share in shares])
+    if all(share[2] is not None for share in shares) and world_size > 1:
+        order = torch.argsort(torch.cat([share[2] for share in shares]))
+        ranked_all, targets_all = ranked_all[order], targets_all[order]
+    skipped.clear()
+    for share in shares:
+        for kind, n in share[3].items():
+            skipped[kind] = skipped.get(kind, 0) + n
+    return ranked_all, targets_all
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,11 +219,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most N images (quick checks)")
     parser.add_argument("--no-cache", action="store_true", help="rebuild the classifier, do not cache it")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    parser.add_argument("--every-checkpoint", action="store_true",
+                        help="with --model RUN_DIR: score every saved step (RUN/checkpoints/step_*.pt), "
+                             "one result per step (a curve from a finished run)")
     add_output_arguments(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run_checkpoints(run_dir: str) -> list[Path]:
+    """Every saved step of a run (``RUN/checkpoints/step_*.pt``), oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not Path(run_dir).is_dir():
+        raise InputError(f"--model {run_dir}: --every-checkpoint needs a run dir (RUN/checkpoints/step_*.pt)")
+    found = sorted(folder.glob("step_*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    if not found:
+        raise InputError(f"--model {run_dir}: no checkpoints in {folder} (expected step_*.pt)")
+    return found
+
+
+def _score(args: argparse.Namespace, rank: int, world_size: int) -> tuple[Encoder, dict[str, Any]]:
+    encoder = encoder_from_args(args)
+    try:
+        result = zero_shot_eval(encoder, args.dataset, args.data, args.batch_size, args.workers, args.limit,
+                                templates=args.templates, cache=False if args.no_cache else None,
+                                seed=args.seed, progress=not args.every_checkpoint, rank=rank,
+                                world_size=world_size)
+    except InputError as exc:
+        fail(str(exc))
+    return encoder, result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    """One model's result record; with --every-checkpoint, one record per saved step (oldest first).
+    Under ``torchrun``/``accelerate launch`` every process scores its share and rank 0 reports."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.dataset == "imagenet":
@@ -253,22 +260,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not is_shard_spec(args.data) and not Path(args.data).is_dir():
             fail(f"--data {args.data}: no such directory; expected {IMAGEFOLDER_LAYOUT} "
                  "or WebDataset shards with .cls")
-    encoder = encoder_from_args(args)
+    if args.every_checkpoint and (args.model is None or args.model_id is not None):
+        fail("--every-checkpoint scores a run's saved steps: give --model RUN_DIR (and no --model-id)")
+    rank, world_size, device = join_launched_processes()
+    args.device = args.device or device
     try:
-        result = zero_shot_eval(encoder, args.dataset, args.data, args.batch_size, args.workers, args.limit,
-                                templates=args.templates, cache=False if args.no_cache else None,
-                                seed=args.seed)
+        models = [str(path) for path in run_checkpoints(args.model)] if args.every_checkpoint else [None]
     except InputError as exc:
         fail(str(exc))
-    low, high = result["top1_ci95"]
-    print(f"{args.dataset} zero-shot  n={result['n']}  top1 {result['top1']:.2f} "
-          f"(95% CI {low:.2f}-{high:.2f})  top5 {result['top5']:.2f}  "
-          f"mean per-class recall {result['mean_per_class_recall']:.2f}")
     settings = {"dataset": args.dataset, "data": args.data, "templates": args.templates, "limit": args.limit,
                 "seed": args.seed}
     # toy results get their own folder so they never overwrite a model's ImageNet result
     benchmark = "imagenet_zeroshot" if args.dataset == "imagenet" else "toy_zeroshot"
-    return finish(benchmark, result, args, encoder=encoder, settings=settings)
+    records, run_name = [], Path(args.model).resolve().name if args.every_checkpoint else None
+    for model in models:
+        if model is not None:  # one result file per step, named after the run whatever its folder holds
+            args.model, args.model_id = model, f"{run_name}-{Path(model).stem}"
+        encoder, result = _score(args, rank, world_size)
+        if rank != 0:
+            records.append({"metrics": result})
+            continue
+        low, high = result["top1_ci95"]
+        step = f"step {encoder.info['step']}  " if args.every_checkpoint else ""
+        print(f"{step}{args.dataset} zero-shot  n={result['n']}  top1 {result['top1']:.2f} "
+              f"(95% CI {low:.2f}-{high:.2f})  top5 {result['top5']:.2f}  "
+              f"mean per-class recall {result['mean_per_class_recall']:.2f}")
+        records.append(finish(benchmark, result, args, encoder=encoder, settings=settings))
+    return records if args.every_checkpoint else records[0]
 
 
 if __name__ == "__main__":

@@ -6,20 +6,28 @@ model), plus `experiment`, `recipe_sha256`, `step`, `samples_seen`, `optimizer`,
 renamed over its final name; then `latest` (a text file holding that name) is replaced the same way.
 A run killed at any instant therefore leaves either the previous checkpoint or the new one, never a
 torn file. Everything in it loads with `weights_only=True`.
+
+`newest_readable` is the requeue mode's reader: the checkpoint `latest` names if it reads, else the
+newest step file that does, each unreadable one reported in one line. `prune_checkpoints` keeps the
+newest N step files up to the current one (never the one `latest` names).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from towers.checkpoints import LATEST_POINTER as LATEST
-from towers.checkpoints import latest_checkpoint
+from towers.checkpoints import CheckpointError, latest_checkpoint, read_checkpoint
+
+STEP_FILE = re.compile(r"step_(\d{8})\.pt")
 
 
 def checkpoint_name(step: int) -> str:
@@ -48,13 +56,66 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def point_latest(folder: Path, path: Path | None) -> None:
+    """Make `latest` name `path` (atomically), or remove the pointer for None."""
+    if path is None:
+        (folder / LATEST).unlink(missing_ok=True)
+    else:
+        _atomic_write(folder / LATEST, lambda f: f.write(path.name.encode() + b"\n"))
+
+
 def save_checkpoint(folder: Path, step: int, payload: dict) -> Path:
     """Write `payload` as step `step` atomically and point `latest` at it."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / checkpoint_name(step)
+    if latest_checkpoint(folder) == path:
+        raise FileExistsError(f"{path}: 'latest' names it; a checkpoint is never overwritten in place")
     _atomic_write(path, lambda f: torch.save(payload, f))
-    _atomic_write(folder / LATEST, lambda f: f.write(path.name.encode() + b"\n"))
+    point_latest(folder, path)
     return path
+
+
+def step_files(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the folder's step checkpoints, newest first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("step_*.pt") if (m := STEP_FILE.fullmatch(p.name))]
+    return sorted(found, reverse=True)
+
+
+def newest_readable(folder: Path, report: Callable[[str], None]) -> tuple[Path, dict] | None:
+    """(path, contents) of the checkpoint `latest` names, else of the newest step file that reads;
+    None when none does. Each pointer or file that cannot be read is reported in one line."""
+    candidates = []
+    pointer = folder / LATEST
+    if pointer.is_file():
+        named = latest_checkpoint(folder)
+        if STEP_FILE.fullmatch(named.name) and named.is_file():
+            candidates.append(named)
+        else:
+            report(f"{pointer}: names {pointer.read_text().strip()[:80]!r}, not a checkpoint file here; "
+                   "trying the newest step file")
+    candidates += [path for _, path in step_files(folder) if path not in candidates]
+    for path in candidates:
+        try:
+            return path, read_checkpoint(path)
+        except CheckpointError as error:
+            report(f"{error}; trying an older one")
+    return None
+
+
+def prune_checkpoints(folder: Path, keep: int, current: Path) -> list[Path]:
+    """Delete all but the newest `keep` step files up to `current` (0 keeps all); files of later steps
+    (left by a run that fell back to an older checkpoint) are replaced as the run reaches them."""
+    if keep == 0:
+        return []
+    steps = dict((path, step) for step, path in step_files(folder))
+    older = [path for path, step in steps.items() if step <= steps.get(current, -1) and path != current]
+    older.sort(key=steps.get, reverse=True)
+    removed = older[keep - 1:]
+    named = latest_checkpoint(folder)
+    for path in removed:
+        if path != named:
+            path.unlink(missing_ok=True)
+    return removed
 
 
 def resolve_checkpoint(spec: str, folder: Path) -> Path:

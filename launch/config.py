@@ -2,13 +2,14 @@
 
 `Recipe` holds every number that trains a model; `Experiment` = towers + recipe. The tower choice never
 touches the recipe: `--tower mixer` and `--tower transformer` with the same other flags give the same
-`recipe_sha256` (the sha256 of the Recipe's canonical JSON), and nothing in `launch/` branches on the
-tower family. Flags are the fields' names in kebab case (`--warmup-steps`); `--config FILE.yaml|json`
-supplies values that flags then override.
+`recipe_sha256` (the sha256 of the Recipe's canonical JSON, with the data by identity and the global
+batch: `Recipe.identity`), and nothing in `launch/` branches on the tower family. Flags are the
+fields' names in kebab case (`--warmup-steps`); `--config FILE.yaml|json` supplies values that flags
+then override.
 
     from launch.config import parse_experiment
     experiment, run = parse_experiment(["--tower", "mixer", "--steps", "100"])
-    experiment.recipe.sha256()
+    experiment.recipe.sha256(processes=1, data={"toy_seed": 0, "toy_version": 3})
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import yaml
 from towers.registry import FAMILIES, canonical_variant, variant_table
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_TEMPLATES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
 TOY_CONTEXT_LENGTH = 32
 CLIP_CONTEXT_LENGTH = 77
 
@@ -62,8 +64,18 @@ class Recipe:
             resolved = TOY_CONTEXT_LENGTH if self.train_data is None else CLIP_CONTEXT_LENGTH
             object.__setattr__(self, "context_length", resolved)
 
-    def sha256(self) -> str:
-        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+    def identity(self, processes: int, data: dict) -> dict:
+        """What trained the model, at this scale: every field, the data by its identity (`data`, from
+        launch.data.data_identity) instead of its path, and the global batch instead of its split
+        into processes x batch_size x accum (every split trains the same model: the loss gathers the
+        global batch)."""
+        fields = dataclasses.asdict(self)
+        global_batch = fields.pop("batch_size") * processes * fields.pop("accum")
+        return {**fields, "train_data": data, "global_batch_size": global_batch}
+
+    def sha256(self, processes: int, data: dict) -> str:
+        """sha256 of `identity(processes, data)` as canonical JSON."""
+        canonical = json.dumps(self.identity(processes, data), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -97,9 +109,16 @@ class RunOptions:
     workers: int = 1
     save_every: int = 0  # 0: only at the end
     eval_every: int = 0  # 0: only at the end
-    eval_samples: int | None = None  # limit the toy zero-shot eval (None: the whole val split)
+    eval_samples: int | None = None  # limit each zero-shot eval (None: the whole val split)
+    # ImageNet zero-shot at every eval (open_clip's flag): ILSVRC-layout or ImageNetV2 folder, or shards
+    # with .cls; the toy val split is scored as well when training on toy
+    imagenet_val: str | None = None
+    eval_templates: str = "openai"  # open_clip's ImageNet template set: openai (80) or simple (7)
     log_every: int = 10
-    resume: str | None = None  # "latest", a checkpoint path, or "auto" (latest if any, else start)
+    # "latest", a checkpoint path, or "auto" (the requeue mode: the newest readable checkpoint if any,
+    # else start the run)
+    resume: str | None = None
+    keep_checkpoints: int = 3  # the newest N step checkpoints are kept; 0 keeps all
     init_from: str | None = None  # weights only (ours, open_clip's or OpenAI's)
     grad_checkpointing: bool = False
     compile: bool = False
@@ -132,6 +151,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             kwargs["type"] = base
         if f.name == "precision":
             kwargs["choices"] = PRECISIONS
+        if f.name == "eval_templates":
+            kwargs["choices"] = EVAL_TEMPLATES
         if f.name == "context_length":
             kwargs["help"] = (f"(default: {TOY_CONTEXT_LENGTH} on the toy set, {CLIP_CONTEXT_LENGTH} with "
                               "--train-data)")
@@ -219,6 +240,7 @@ def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOpti
         (0 <= recipe.warmup_steps, "--warmup-steps must be >= 0"),
         (recipe.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}"),
         (run.workers >= 0, "--workers must be >= 0"),
+        (run.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0 (0 keeps all)"),
         (run.cpu_threads is None or run.cpu_threads > 0, "--cpu-threads must be > 0"),
     ]
     for ok, message in checks:
@@ -228,6 +250,11 @@ def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOpti
 
 def experiment_dict(experiment: Experiment) -> dict:
     return dataclasses.asdict(experiment)
+
+
+def experiment_identity(experiment: Experiment, processes: int, data: dict) -> dict:
+    """The experiment with its recipe's identity at this scale (what resume and the report compare)."""
+    return {**experiment_dict(experiment), "recipe": experiment.recipe.identity(processes, data)}
 
 
 def _plain(value):

@@ -7,22 +7,20 @@
     loader.skipped()                                    # {kind: count} of bad samples skipped so far
 
 `spec=None` trains on the toy set (generated on first use, see benchmarks.data.toy), through the same
-code as a LAION run. Per (rank, DataLoader worker): webdataset's ResampledShards draws shards with
-replacement from a seed made of (seed, rank, worker), so every node and worker reads its own stream;
-samples go through a shuffle buffer (of undecoded bytes), are decoded by benchmarks.data.shards (bad ones
-skipped and counted), transformed with towers.image_transform(image_size, train=True) and tokenised
-with towers.tokenize, a batch at a time inside the worker. The worker stops the transform before its
-last two steps (ToTensor, Normalize) and sends uint8 images, 4x fewer bytes between processes; the
-main process finishes them (`float / 255`, then normalise: the same operations, bit for bit), or,
-with `finish_images=False`, yields them as uint8 (pinned with `pin_memory`) and leaves
-`loader.finish` to the trainer, which applies it on the GPU after the copy.
+code as a LAION run. Each (rank, DataLoader worker) reads its own stream (`launch.train_stream`):
+shards drawn with replacement, a shuffle buffer of undecoded bytes, decoding by benchmarks.data.shards
+(bad samples skipped and counted), towers.image_transform(image_size, train=True) and towers.tokenize,
+a batch at a time inside the worker. The worker stops the transform before its last two steps
+(ToTensor, Normalize) and sends uint8 images, 4x fewer bytes between processes; the main process
+finishes them (`float / 255`, then normalise: the same operations, bit for bit), or, with
+`finish_images=False`, yields them as uint8 (pinned with `pin_memory`) and leaves `loader.finish` to
+the trainer, which applies it on the GPU after the copy.
 
-Exact resume: the batch stream depends only on (seed, rank, world_size, workers); batch i comes from
-worker i % workers (the DataLoader's round-robin), and the random crop of each batch is seeded by its
-position. `start_batch=k` gives exactly the batches an uninterrupted loader gives from batch k on: each
-worker replays its stream up to k, reading and decoding but not transforming the skipped samples (so
-a resume costs about the decode time of k batches, spread over the workers), and `skipped()` counts
-the bad samples met during that replay too. The global torch RNG is never touched.
+Exact resume in O(1): `loader.state_dict()` is the position after the last batch handed out (per
+worker stream: shards drawn, current shard and member, the shuffle buffer as member references, the
+batch counter, the skip counts); `get_train_loader(..., state=that)` gives exactly the batches the
+first loader would have given next, after re-reading only the buffer's members and the current
+shards. The global torch RNG is never touched.
 
     python -m launch.data --bench [--data SPEC] [--workers N] [--json OUT]   # loader vs pure decode
 """
@@ -30,16 +28,15 @@ the bad samples met during that replay too. The global torch RNG is never touche
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import random
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
 
 import towers
@@ -53,22 +50,12 @@ from benchmarks.data.shards import (
     expand_shards,
     iter_shard,
     load_rgb,
-    transform_images,
-    worker_info,
 )
+from benchmarks.data.toy import VERSION as TOY_VERSION
 from benchmarks.data.toy import ensure_toy
+from launch.train_stream import TrainStream
 
 DEFAULT_SHUFFLE_BUFFER = 5000  # samples, undecoded; open_clip's LAION default
-SHUFFLE_INITIAL = 1000  # samples read before the first one leaves the buffer
-# A worker stops with an error instead of resampling forever when this many shards in a row give no
-# sample (e.g. every shard missing), or this many samples in a row are bad (e.g. every image corrupt).
-MAX_EMPTY_SHARDS = 100
-MAX_BAD_SAMPLES = 100_000
-
-
-def _seed(*parts: int) -> int:
-    """A 63-bit seed from integers, stable across processes and Python runs."""
-    return random.Random("/".join(map(str, parts))).getrandbits(63)
 
 
 class Uint8Images:
@@ -102,75 +89,15 @@ class Uint8Images:
         return transform, None
 
 
-class TrainStream(IterableDataset):
-    """The per-worker stream: yields (images, tokens, worker role, cumulative skip counts)."""
-
-    def __init__(self, urls: list[str], transform: Callable, *, batch_size: int, seed: int, rank: int,
-                 start_batch: int, context_length: int, shuffle_buffer: int) -> None:
-        super().__init__()
-        self.urls, self.transform, self.batch_size = urls, transform, batch_size
-        self.seed, self.rank, self.start_batch = seed, rank, start_batch
-        self.context_length, self.shuffle_buffer = context_length, shuffle_buffer
-
-    def _raw_samples(self, role: int, counts: SkipCounts) -> Iterator[dict]:
-        shards = wds.ResampledShards(self.urls, seed=self.seed, worker_seed=lambda: _seed(self.rank, role),
-                                     deterministic=True)
-        empty_run = 0  # shards in a row that gave no sample at all
-        for shard in shards:
-            empty = True
-            for raw in iter_shard(shard["url"], counts):
-                empty = False
-                yield raw
-            empty_run = empty_run + 1 if empty else 0
-            if empty_run >= MAX_EMPTY_SHARDS:
-                raise RuntimeError(f"{empty_run} shards in a row gave no sample ({len(self.urls)} shards "
-                                   f"from {self.urls[0]}); skipped: {counts.as_dict()}")
-
-    def __iter__(self) -> Iterator[tuple]:
-        worker, workers = worker_info()
-        # Batch i of the loader is batch i // workers of worker i % workers. Resuming at batch k, the
-        # DataLoader starts again at worker 0, so worker w plays the role of worker (w + k) % workers
-        # and skips the batches that role had produced before k.
-        role = (worker + self.start_batch) % workers
-        skip = max(0, -(-(self.start_batch - role) // workers))
-        counts = SkipCounts()
-        raw = self._raw_samples(role, counts)
-        shuffled = wds.shuffle(self.shuffle_buffer, min(SHUFFLE_INITIAL, self.shuffle_buffer),
-                               rng=random.Random(_seed(self.seed, self.rank, role, 1)))(raw)
-        batch = []
-        index = 0  # this role's batch index
-        bad_run = 0
-        for item in shuffled:
-            sample = decode_sample(item, counts)
-            if sample is None:
-                bad_run += 1
-                if bad_run >= MAX_BAD_SAMPLES:
-                    raise RuntimeError(f"{bad_run} bad samples in a row from {self.urls[0]} ... "
-                                       f"({len(self.urls)} shards); skipped: {counts.as_dict()}")
-                continue
-            bad_run = 0
-            batch.append(sample)
-            if len(batch) < self.batch_size:
-                continue
-            if index >= skip:
-                # Seed the random crops by batch position, so that skipping is exact; fork_rng keeps
-                # the caller's RNG untouched when there are no worker processes.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(_seed(self.seed, self.rank, role, 2, index))
-                    images = transform_images(self.transform, [s.image for s in batch])
-                tokens = towers.tokenize([s.caption for s in batch], self.context_length)
-                yield images, tokens, role, counts.as_dict()
-            index += 1
-            batch = []
-
-
 def _no_collate(item: tuple) -> tuple:
     return item
 
 
 class TrainLoader:
     """Endless iterable over (images, tokens) batches. `batches_per_epoch` = num_samples //
-    (batch_size * world_size); `skipped()` = bad samples by kind, merged over the workers."""
+    (batch_size * world_size); `skipped()` = bad samples by kind, merged over the workers;
+    `state_dict()` = the position after the last batch handed out (give it to `get_train_loader`'s
+    `state` to continue exactly there)."""
 
     def __init__(self, stream: TrainStream, *, workers: int, batches_per_epoch: int, num_shards: int,
                  finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -180,18 +107,27 @@ class TrainLoader:
         self.finish_images = finish_images  # False: the consumer applies `finish` (on its device)
         self.batches_per_epoch, self.num_shards = batches_per_epoch, num_shards
         self.batch_size = stream.batch_size
-        self._counts = WorkerCounts()
+        self._start()
+
+    def _start(self) -> None:
+        """The position the stream starts from (a fresh one, or the resumed state)."""
+        self._counts, self._batches = WorkerCounts(), self.stream.start_batch
+        self._roles: list[dict | None] = list(self.stream.states or [None] * max(1, self.workers))
+        for role, state in enumerate(self._roles):
+            if state is not None:
+                self._counts.update(role, state["counts"])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._counts = WorkerCounts()
+        self._start()
         # Our own generator: the DataLoader draws its workers' base seed from it instead of from the
         # global RNG, which belongs to the trainer.
         finish_here = self.finish is not None and self.finish_images
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.workers, collate_fn=_no_collate,
                             generator=torch.Generator().manual_seed(self.stream.seed),
                             pin_memory=self.pin_memory and not finish_here)  # in its pinning thread
-        for images, tokens, role, counts in loader:
-            self._counts.update(role, counts)
+        for images, tokens, role, state in loader:
+            self._roles[role], self._batches = state, self._batches + 1
+            self._counts.update(role, state["counts"])
             if finish_here:
                 images = self.finish(images)
                 # Pinned here, after finishing: the DataLoader would pin the uint8 batch, not the float one.
@@ -201,27 +137,44 @@ class TrainLoader:
     def skipped(self) -> dict[str, int]:
         return self._counts.merged()
 
+    def state_dict(self) -> dict:
+        return {"batches": self._batches, "workers": self.workers, "num_shards": self.num_shards,
+                "roles": list(self._roles)}
+
 
 def resolve_spec(spec: str | None, toy_seed: int = 0) -> str:
     """The shard spec itself, or the toy train split (generated on first use) for None."""
     return spec if spec else ensure_toy(seed=toy_seed).train
 
 
+def data_identity(spec: str | None) -> dict:
+    """What the training data is, independent of where it is mounted: the toy set's seed and
+    version, or the shards' file names (in order) and count."""
+    if not spec:
+        return {"toy_seed": 0, "toy_version": TOY_VERSION}
+    names = [url.rstrip("/").rsplit("/", 1)[-1] for url in expand_shards(spec)]
+    return {"shards": len(names), "shard_names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+
+
 def get_train_loader(spec: str | None, *, image_size: int, batch_size: int, num_samples: int, workers: int,
-                     seed: int, rank: int = 0, world_size: int = 1, start_batch: int = 0,
+                     seed: int, rank: int = 0, world_size: int = 1, state: dict | None = None,
                      context_length: int = 77,
                      shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, pin_memory: bool = False,
                      finish_images: bool = True) -> TrainLoader:
-    """The training loader of this rank (see the module docstring). Raises ShardSpecError when no
-    shard matches `spec`. `finish_images=False`: uint8 images, `loader.finish` left to the caller."""
-    if batch_size < 1 or workers < 0 or start_batch < 0 or not 0 <= rank < world_size:
-        raise ValueError("get_train_loader: need batch_size >= 1, workers >= 0, start_batch >= 0, "
-                         "0 <= rank < world_size")
+    """The training loader of this rank (see the module docstring); `state` (a `TrainLoader.state_dict()`)
+    continues where that loader was. Raises ShardSpecError when no shard matches `spec`.
+    `finish_images=False`: uint8 images, `loader.finish` left to the caller."""
+    if batch_size < 1 or workers < 0 or not 0 <= rank < world_size:
+        raise ValueError("get_train_loader: need batch_size >= 1, workers >= 0, 0 <= rank < world_size")
     urls = expand_shards(resolve_spec(spec))
+    if state is not None and (state["workers"], state["num_shards"]) != (workers, len(urls)):
+        raise ValueError(f"loader state of {state['workers']} workers over {state['num_shards']} shards "
+                         f"given to a loader of {workers} workers over {len(urls)} shards")
     uint8_transform, finish = Uint8Images.split(towers.image_transform(image_size, train=True))
-    stream = TrainStream(urls, uint8_transform, batch_size=batch_size,
-                         seed=seed, rank=rank, start_batch=start_batch, context_length=context_length,
-                         shuffle_buffer=max(1, shuffle_buffer))
+    stream = TrainStream(urls, uint8_transform, batch_size=batch_size, seed=seed, rank=rank,
+                         context_length=context_length, shuffle_buffer=max(1, shuffle_buffer),
+                         start_batch=state["batches"] if state else 0,
+                         states=state["roles"] if state else None)
     return TrainLoader(stream, workers=workers, batches_per_epoch=num_samples // (batch_size * world_size),
                        num_shards=len(urls), finish=finish, pin_memory=pin_memory,
                        finish_images=finish_images)

@@ -4,12 +4,17 @@ The tower flags (`--tower`, `--image-tower`, `--text-tower`, `--variant`) choose
 every other flag is the recipe (`launch/config.py`), identical for every tower. Without
 `--train-data` the run uses the embedded `toy` set (generated on first use), through the same
 WebDataset code path as a LAION run. A run writes `runs/<name>/`: config.json, metrics.jsonl,
-TensorBoard events and atomic checkpoints (`--save-every`, `latest` pointer); `--resume latest`
-continues exactly where the last checkpoint left off. Zero-shot accuracy on the toy val split is
-scored at the end (and every `--eval-every` steps) by `benchmarks.imagenet_zeroshot`.
+TensorBoard events and atomic checkpoints (`--save-every`, `latest` pointer, the newest
+`--keep-checkpoints` kept); `--resume latest` continues exactly where the last checkpoint left off
+(the data position is stream state, so resuming costs the same at any step), and `--resume auto`
+(requeued jobs) starts the run when there is no readable checkpoint, else continues from the newest
+readable one. Zero-shot accuracy on the toy val split (when training on toy) and on ImageNet
+(`--imagenet-val PATH`: ILSVRC or ImageNetV2 folder, or shards with `.cls`) is scored at the end and
+every `--eval-every` steps by `benchmarks.imagenet_zeroshot`, every process scoring its share.
 
     accelerate launch launch/train.py --tower transformer                 # the default run (README: its time)
     accelerate launch --config_file launch/accelerate/cpu.yaml launch/train.py --tower mixer --steps 20
+    accelerate launch launch/train.py --tower mixer --imagenet-val /data/imagenet/val --eval-every 150
     python launch/train.py --help
 """
 
@@ -27,20 +32,31 @@ from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 import towers
+from benchmarks.data.files import InputError
+from benchmarks.data.imagenet import IMAGEFOLDER_LAYOUT, is_shard_spec
 from benchmarks.data.shards import SKIP_KINDS, ShardSpecError
 from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import zero_shot_eval
 from benchmarks.provenance import command_line, git_commit, library_versions, write_json
 from launch.checkpointing import (
-    LATEST,
     capture_rng_state,
+    newest_readable,
+    point_latest,
+    prune_checkpoints,
     resolve_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from launch.config import Experiment, RunOptions, experiment_dict, experiment_differences, parse_experiment
-from launch.data import get_train_loader
-from launch.run_record import MetricsLog
+from launch.config import (
+    Experiment,
+    RunOptions,
+    experiment_dict,
+    experiment_differences,
+    experiment_identity,
+    parse_experiment,
+)
+from launch.data import data_identity, get_train_loader
+from launch.run_record import MetricsLog, next_commands
 from launch.trainer import (
     ContrastiveStep,
     NonFiniteLossError,
@@ -48,7 +64,6 @@ from launch.trainer import (
     compile_model,
     micro_batch_stream,
 )
-from towers.checkpoints import latest_checkpoint
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
@@ -62,12 +77,17 @@ class TrainingRun:
         self.experiment, self.options, self.accelerator = experiment, options, accelerator
         self.recipe = experiment.recipe
         self.main = accelerator.is_main_process
+        self.started = time.time()
+        data = data_identity(self.recipe.train_data)
+        self.identity = experiment_identity(experiment, accelerator.num_processes, data)
+        self.recipe_sha256 = self.recipe.sha256(accelerator.num_processes, data)
         set_seed(self.recipe.seed)  # same initial weights on every process
         self.model = towers.build_model(**experiment.model_kwargs())
         name = options.name or f"{self.model.model_name}-seed{self.recipe.seed}"
         self.run_dir = Path(options.runs_dir) / name
         self.checkpoints = self.run_dir / "checkpoints"
-        self.step, self.samples_seen = 0, 0
+        self.step, self.samples_seen, self.resumed_step = 0, 0, None
+        self.eval_sets()  # bad --imagenet-val: one line now
         resume_state = self._resume_state()
         if options.init_from and not resume_state:
             self._init_from(options.init_from)
@@ -87,35 +107,75 @@ class TrainingRun:
             num_samples=self.recipe.train_num_samples or self.recipe.steps * self.recipe.batch_size
             * accelerator.num_processes * self.recipe.accum, workers=options.workers, seed=self.recipe.seed,
             rank=accelerator.process_index, world_size=accelerator.num_processes,
-            start_batch=self.step * self.recipe.accum, context_length=self.recipe.context_length,
+            state=resume_state["data"][accelerator.process_index] if resume_state else None,
+            context_length=self.recipe.context_length,
             pin_memory=accelerator.device.type == "cuda", finish_images=False)
         finish = self.loader.finish  # uint8 batches are finished on the device, after the copy
         self.finish = finish.to(accelerator.device) if finish is not None else None
 
     # --- setup ------------------------------------------------------------------------------------
     def _resume_state(self) -> dict | None:
-        exists = (self.run_dir / "config.json").exists()
         resume = self.options.resume
-        if resume == "auto":  # requeued jobs: continue if there is a checkpoint, else start
-            resume = LATEST if latest_checkpoint(self.checkpoints) is not None else None
-        if not resume:
-            if exists:
-                raise RunError(f"run folder {self.run_dir} already holds a run: pass --resume latest to "
-                               f"continue it, or another --name")
+        if resume == "auto":  # the requeue mode: the newest readable checkpoint, else start the run
+            found = newest_readable(self.checkpoints, self._report) if self.checkpoints.is_dir() else None
+            if found is None:
+                self._sync_latest(None)
+                return None
+            path, state = found
+        elif not resume:
+            if (self.run_dir / "config.json").exists():
+                raise RunError(f"run folder {self.run_dir} already holds a run: pass --resume latest (or "
+                               f"auto) to continue it, or another --name")
             return None
-        try:
-            path = resolve_checkpoint(resume, self.checkpoints)
-        except FileNotFoundError as error:
-            raise RunError(str(error)) from None
-        state = towers.read_checkpoint(path)
-        saved = state.get("experiment", {})
-        differences = experiment_differences(saved, experiment_dict(self.experiment))
-        if differences:
-            raise RunError(f"--resume {path}: checkpoint was trained with a different experiment: "
-                           + "; ".join(differences))
+        else:
+            try:
+                path = resolve_checkpoint(resume, self.checkpoints)
+            except FileNotFoundError as error:
+                raise RunError(str(error)) from None
+            state = towers.read_checkpoint(path)
+        self._check_resumable(path, state)
+        if path.resolve().parent == self.checkpoints.resolve():  # e.g. a fallback or an older step
+            self._sync_latest(path)
         towers.load_weights(self.model, state["state_dict"], str(path))
         self.resumed_from = str(path)
         return state
+
+    def _report(self, message: str) -> None:
+        if self.main:
+            print(f"warning: {message}", file=sys.stderr)
+
+    def _sync_latest(self, path) -> None:
+        """`latest` names what the run resumes from (none when auto starts it afresh), so that nothing
+        it names is ever overwritten as the run goes on."""
+        if self.main and (self.checkpoints / "latest").is_file() and \
+                (path is None or (self.checkpoints / "latest").read_text().strip() != path.name):
+            point_latest(self.checkpoints, path)
+        self.accelerator.wait_for_everyone()
+
+    def _check_resumable(self, path, state: dict) -> None:
+        """Refuse, in one line, a checkpoint of another experiment, scale or sample stream."""
+        saved = state.get("experiment_identity")
+        if saved is None or "data" not in state:
+            raise RunError(f"--resume {path}: checkpoint holds no data stream state (written by an older "
+                           "version of launch/train.py); start a new run")
+        differences = experiment_differences(saved, self.identity)
+        if differences:
+            raise RunError(f"--resume {path}: checkpoint was trained with a different experiment: "
+                           + "; ".join(differences))
+        world = self.accelerator.num_processes
+        if len(state["data"]) != world:
+            raise RunError(f"--resume {path}: checkpoint was trained by {len(state['data'])} processes, this "
+                           f"run has {world} (each process reads its own sample stream)")
+        saved_recipe = state["experiment"]["recipe"]
+        split, this_split = (saved_recipe["batch_size"], saved_recipe["accum"]), (self.recipe.batch_size,
+                                                                                 self.recipe.accum)
+        if split != this_split:
+            raise RunError(f"--resume {path}: checkpoint's sample streams give batches of {split[0]} x accum "
+                           f"{split[1]} per process, this run {this_split[0]} x accum {this_split[1]}")
+        workers = state["data"][0]["workers"]
+        if workers != self.options.workers:
+            raise RunError(f"--resume {path}: checkpoint's sample streams come from --workers {workers}, "
+                           f"this run has --workers {self.options.workers}")
 
     def _init_from(self, spec: str) -> None:
         state = towers.read_checkpoint(spec)
@@ -123,13 +183,10 @@ class TrainingRun:
 
     def _restore(self, state: dict) -> None:
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+        self.resumed_step = self.step
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        if len(rng) != self.accelerator.num_processes:
-            raise RunError(f"--resume: checkpoint holds RNG states of {len(rng)} processes, this run has "
-                           f"{self.accelerator.num_processes}")
-        restore_rng_state(rng[self.accelerator.process_index])
+        restore_rng_state(state["rng"][self.accelerator.process_index])
 
     def write_config(self) -> None:
         with torch.device("meta"):
@@ -137,8 +194,9 @@ class TrainingRun:
         world = self.accelerator.num_processes
         write_json(self.run_dir / "config.json", {
             "name": self.run_dir.name, "model_name": self.model.model_name,
-            "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe.sha256(),
-            "run_options": dataclasses.asdict(self.options), "command": command_line(),
+            "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe_sha256,
+            "recipe_identity": self.identity["recipe"], "run_options": dataclasses.asdict(self.options),
+            "command": command_line(),
             "git_commit": git_commit(), "versions": library_versions(), "world_size": world,
             "global_batch_size": self.recipe.batch_size * world * self.recipe.accum,
             "device": str(self.accelerator.device), "torch_threads": torch.get_num_threads(),
@@ -152,29 +210,52 @@ class TrainingRun:
     # --- the loop ---------------------------------------------------------------------------------
     def checkpoint(self) -> None:
         rng = gather_object([capture_rng_state()])  # every process's RNG, in rank order
+        data = gather_object([self.loader.state_dict()])  # and its sample stream's position
         if self.main:
             scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
-            save_checkpoint(self.checkpoints, self.step, {
+            path = save_checkpoint(self.checkpoints, self.step, {
                 "model_config": self.model.model_config, "state_dict": self.model.state_dict(),
-                "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe.sha256(),
-                "step": self.step, "samples_seen": self.samples_seen,
-                "optimizer": self.optimizer.state_dict(), "scaler": scaler, "rng": rng,
+                "experiment": experiment_dict(self.experiment), "experiment_identity": self.identity,
+                "recipe_sha256": self.recipe_sha256, "step": self.step, "samples_seen": self.samples_seen,
+                "optimizer": self.optimizer.state_dict(), "scaler": scaler, "rng": rng, "data": data,
             })
+            prune_checkpoints(self.checkpoints, self.options.keep_checkpoints, path)
         self.accelerator.wait_for_everyone()
 
+    def eval_sets(self) -> dict[str, dict]:
+        """Zero-shot sets scored at each eval: the toy val split when training on toy, ImageNet with
+        --imagenet-val (checked before training starts, not at the first eval hours later)."""
+        sets = {"toy": {"dataset": "toy"}} if self.recipe.train_data is None else {}
+        if self.options.imagenet_val:
+            data = self.options.imagenet_val
+            if not is_shard_spec(data) and not Path(data).is_dir():
+                raise RunError(f"--imagenet-val {data}: no such directory; expected {IMAGEFOLDER_LAYOUT} "
+                               "or WebDataset shards with .cls")
+            sets["imagenet"] = {"dataset": "imagenet", "data": data, "templates": self.options.eval_templates,
+                                "workers": self.options.workers}  # 50k JPEGs: decode beside the model
+        return sets
+
     def evaluate(self) -> dict:
-        result = {}
-        if self.main:
-            encoder = ModelEncoder(self.model, self.accelerator.device)
-            scores = zero_shot_eval(encoder, dataset="toy", limit=self.options.eval_samples, progress=False)
-            result = {f"eval/toy_{k}": v for k, v in scores.items()
-                      if k in ("top1", "top5", "mean_per_class_recall", "colour_acc", "shape_acc", "n")}
-            result["eval/toy_top1_ci95"] = scores.get("top1_ci95")
+        """Every process scores its share of each zero-shot set through the benchmark's own code; the
+        shares meet in the benchmark's gathers, so no process waits out another's solo evaluation."""
+        encoder = ModelEncoder(self.model, self.accelerator.device)
+        share = {"rank": self.accelerator.process_index, "world_size": self.accelerator.num_processes}
+        result, shown = {}, []
+        for name, eval_set in self.eval_sets().items():
+            try:
+                scores = zero_shot_eval(encoder, limit=self.options.eval_samples, cache=False, progress=False,
+                                        **eval_set, **share)
+            except InputError as error:
+                raise RunError(str(error)) from None
+            result.update({f"eval/{name}_{k}": v for k, v in scores.items()
+                           if k in ("top1", "top5", "mean_per_class_recall", "colour_acc", "shape_acc", "n")})
+            result[f"eval/{name}_top1_ci95"] = scores.get("top1_ci95")
+            shown.append(f"{name} zero-shot top-1 {scores['top1']:.1f}%" + (
+                f" (colour {scores['colour_acc']:.1f}%, shape {scores['shape_acc']:.1f}%)"
+                if "shape_acc" in scores else f", top-5 {scores['top5']:.1f}%"))
+        if self.main and result:
             self.log.log({"step": self.step, "samples_seen": self.samples_seen, **result})
-            tqdm.write(f"step {self.step}: toy zero-shot top-1 {scores['top1']:.1f}% "
-                       f"(colour {scores.get('colour_acc', float('nan')):.1f}%, "
-                       f"shape {scores.get('shape_acc', float('nan')):.1f}%)")
-        self.accelerator.wait_for_everyone()
+            tqdm.write(f"step {self.step}: " + "; ".join(shown))
         return result
 
     def _log_step(self, info: dict, interval: dict) -> None:
@@ -220,7 +301,7 @@ class TrainingRun:
     def train(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
-        self.log = MetricsLog(self.run_dir) if self.main else None
+        self.log = MetricsLog(self.run_dir, self.started) if self.main else None
         if self.main:
             self.write_config()
         bar = tqdm(total=self.recipe.steps, initial=self.step, disable=not self.main, unit="step",
@@ -228,10 +309,12 @@ class TrainingRun:
         try:
             with bar:
                 self._loop(bar)
-            self.checkpoint()
+            if self.step != self.resumed_step:  # a run resumed at its end has its last checkpoint
+                self.checkpoint()
             final = self.evaluate()
             if self.main:
                 write_json(self.run_dir / "final_eval.json", {"step": self.step, **final})
+                print(next_commands(self.run_dir), flush=True)
         finally:
             if self.main:
                 self.log.close()

@@ -112,31 +112,38 @@ def _eval_arms(arms: list[Arm], column: str) -> list[Arm]:
     return [arm for arm in arms if any(column in run.evals.columns for run in arm.runs)]
 
 
+ZERO_SHOT_SETS = (("toy_top1", "toy"), ("imagenet_top1", "ImageNet"))  # eval column, panel name
+
+
 def top1_figure(arms: list[Arm], colours: dict[str, str], path: Path, against: str) -> Path:
-    """Toy zero-shot top-1 of the in-training evaluations against samples seen or training FLOPs."""
-    with_evals = _eval_arms(arms, "toy_top1")
-    if not with_evals:
-        raise FigureSkipped("no evaluation lines (eval/toy_top1) in any metrics.jsonl: "
-                            "train with --eval-every")
-    fig, ax = plt.subplots(figsize=(8, 5))
+    """Zero-shot top-1 of the evaluations (in training, or of saved steps) against samples seen or
+    training FLOPs: one panel per evaluation set that any arm has (toy, ImageNet)."""
+    panels = [(column, name, _eval_arms(arms, column)) for column, name in ZERO_SHOT_SETS]
+    panels = [panel for panel in panels if panel[2]]
+    if not panels:
+        raise FigureSkipped("no evaluation lines (eval/toy_top1 or eval/imagenet_top1) in any metrics.jsonl "
+                            "and no per-step zero-shot scores: train with --eval-every")
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5), squeeze=False)
     if against == "flops":
         max_flops = max(arm.first.train_gflops * 1e9 * run.evals["samples_seen"].max()
-                        for arm in with_evals for run in arm.runs if not run.evals.empty)
+                        for _, _, with_evals in panels for arm in with_evals for run in arm.runs
+                        if not run.evals.empty)
         scale, unit = _flop_unit(max_flops)
-    for arm in with_evals:
-        curves = seed_curves(arm, "evals", "toy_top1")
-        x_scale = arm.first.train_gflops * 1e9 / scale if against == "flops" else 1.0
-        _draw_arm(ax, curves, colours[arm.label], arm.label, x_scale=x_scale, marker="o")
-    if against == "flops":
-        ax.set_xlabel(f"training compute ({unit}; 3 x forward FLOPs per sample)")
-        ax.set_title("Toy zero-shot top-1 vs training compute")
-    else:
-        ax.set_xlabel("samples seen")
-        ax.xaxis.set_major_formatter(FuncFormatter(_count))
-        ax.set_title("Toy zero-shot top-1 vs samples seen")
-    ax.set_ylabel("toy zero-shot top-1 accuracy (%)")
-    ax.set_ylim(bottom=0)
-    ax.legend(title="line: mean over seeds; band: min-max", title_fontsize=9)
+    for ax, (column, name, with_evals) in zip(axes[0], panels, strict=True):
+        for arm in with_evals:
+            curves = seed_curves(arm, "evals", column)
+            x_scale = arm.first.train_gflops * 1e9 / scale if against == "flops" else 1.0
+            _draw_arm(ax, curves, colours[arm.label], arm.label, x_scale=x_scale, marker="o")
+        if against == "flops":
+            ax.set_xlabel(f"training compute ({unit}; 3 x forward FLOPs per sample)")
+            ax.set_title(f"{name} zero-shot top-1 vs training compute")
+        else:
+            ax.set_xlabel("samples seen")
+            ax.xaxis.set_major_formatter(FuncFormatter(_count))
+            ax.set_title(f"{name} zero-shot top-1 vs samples seen")
+        ax.set_ylabel(f"{name} zero-shot top-1 accuracy (%)")
+        ax.set_ylim(bottom=0)
+        ax.legend(title="line: mean over seeds; band: min-max", title_fontsize=9)
     return _save(fig, path)
 
 

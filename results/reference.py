@@ -1,14 +1,14 @@
 """Regenerate the committed reference comparison: Transformer vs Mixer towers on `toy`, 3 seeds each.
 
 Every run uses the default recipe and the default variant; only `--tower` and `--seed` differ. Then
-the benchmarks score every run (STS on the 7 local sets; zero-shot on the toy val split comes from the
-run's own final evaluation), throughput is timed for both tower pairs, and `results.report` writes the
-report. Commands run as subprocesses: `results` imports no model code.
+the benchmarks score every run (STS on the 7 local sets, the toy word-order tasks; zero-shot on the toy
+val split comes from the run's own final evaluation), throughput is timed for both tower pairs, and
+`results.report` writes the report. Commands run as subprocesses: `results` imports no model code.
 
     python -m results.reference                      # all of it (README: how long it takes)
     python -m results.reference --seeds 0 --towers mixer transformer --out /tmp/ref
     python -m results.reference --seeds 0 --out results/lr_sweep/lr5e-4 --train-flags "--lr 5e-4" \
-        --skip-sts --skip-throughput --no-report          # one point of the learning-rate sweep
+        --skip-sts --skip-word-order --skip-throughput --no-report   # one point of an lr sweep
 
 Writes into `--out` (default `results/reference/`): `runs/<tower>-seed<k>/` (config.json,
 metrics.jsonl, final_eval.json; checkpoints are deleted afterwards unless --keep-checkpoints, they are
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="reuse the runs (and STS scores) already in --out; runs that finished are "
                         "always reused, delete their folder to retrain them")
     parser.add_argument("--skip-sts", action="store_true", help="do not score the runs on STS")
+    parser.add_argument("--skip-word-order", action="store_true",
+                        help="do not score the runs on the word-order benchmark")
     parser.add_argument("--skip-throughput", action="store_true", help="do not time the tower pairs")
     parser.add_argument("--no-report", action="store_true", help="do not write the report")
     parser.add_argument("--train-flags", default="",
@@ -91,14 +93,18 @@ def main(argv: list[str] | None = None) -> None:
                  "launch/train.py", "--tower", tower, "--seed", str(seed),
                  "--runs-dir", str(runs_dir), "--name", name, "--eval-every", "150",
                  *shlex.split(args.train_flags)], log)
-    for run_dir in run_dirs:
-        if args.skip_sts or ((scores_dir / "sts" / f"{run_dir.name}.json").is_file() and args.skip_training):
+    scored = [benchmark for benchmark, skip in (("sts", args.skip_sts), ("word_order", args.skip_word_order))
+              if not skip]
+    for run_dir, benchmark in ((run_dir, benchmark) for run_dir in run_dirs for benchmark in scored):
+        if (scores_dir / benchmark / f"{run_dir.name}.json").is_file() and args.skip_training:
             continue
         if not any((run_dir / "checkpoints").glob("*.pt")):
-            print(f"note: {run_dir} has no checkpoint left, STS skipped (delete the folder to retrain it)")
+            print(f"note: {run_dir} has no checkpoint left, {benchmark} skipped (delete the folder to "
+                  "retrain it)")
             continue
-        timings[f"sts {run_dir.name}"] = _run(
-            [python, "-m", "benchmarks.sts", "--model", str(run_dir), "--results-dir", str(scores_dir)], log)
+        timings[f"{benchmark} {run_dir.name}"] = _run(
+            [python, "-m", f"benchmarks.{benchmark}", "--model", str(run_dir),
+             "--results-dir", str(scores_dir)], log)
     for tower in [] if args.skip_throughput else args.towers:
         timings[f"throughput {tower}"] = _run(
             [python, "-m", "benchmarks.throughput", "--image-tower", tower, "--text-tower", tower,

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from results import figures, tables
+from results import figures, significance, tables
 from results.runs import (
     ReportInputError,
     duplicate_seed_notes,
@@ -32,14 +32,15 @@ from results.runs import (
     refusal_message,
 )
 from results.runs import describe_differences as describe
-from results.scores import assign, load_scores
+from results.scores import add_checkpoint_evals, assign, load_scores
 
 DEFAULT_SCORES = Path("results/scores")
 FIGURES = {  # file name -> (section title, caption)
     "loss_vs_samples.png": ("Training loss", "Contrastive training loss against samples seen; the dashed "
                             "line is an untrained model's loss, ln(global batch size)."),
-    "top1_vs_samples.png": ("Zero-shot top-1 vs samples seen", "Toy zero-shot top-1 of the evaluations "
-                            "made during training (--eval-every) against samples seen."),
+    "top1_vs_samples.png": ("Zero-shot top-1 vs samples seen", "Toy and ImageNet zero-shot top-1 of the "
+                            "evaluations made during training (--eval-every, --imagenet-val) or of the saved "
+                            "steps (--every-checkpoint), against samples seen; one panel per set."),
     "top1_vs_flops.png": ("Zero-shot top-1 vs training compute", "The same evaluations against training "
                           "FLOPs = samples seen x train GFLOPs per sample (3 x forward) x 1e9."),
     "attributes_vs_samples.png": ("Colour and shape accuracy", "Share of toy evaluation images whose "
@@ -143,6 +144,7 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
                  allow_mixed: bool = False, scores_required: bool = True) -> dict[str, Any]:
     """Write the report; returns {"report_md", "report_html", "headline_csv": Path, "figures": {name: Path},
     "skipped_figures": {name: reason}, "headline": numeric DataFrame (index arm; ``<metric>_mean/_std/_n``),
+    "verdicts": [significance.Verdict], "summary": the verdicts in one sentence,
     "headline_table": the DataFrame as printed, "warnings": [str]}.
 
     Raises :class:`ReportInputError` (one line) on unreadable input or, without ``allow_mixed``, on runs
@@ -163,6 +165,7 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     arms = group_arms(runs, differing)
     scores = load_scores(scores_dir, required=scores_required)
     notes = duplicate_seed_notes(arms) + assign(scores, runs, arms) + tables.throughput_notes(arms, scores)
+    add_checkpoint_evals(scores, runs)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,6 +188,16 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
                  "fewer seeds have. Params, FLOPs and benchmark throughput describe the architecture, one "
                  "value per arm.")
     doc.add("table", headline_table)
+    verdicts = significance.compare_arms(arms, scores)
+    if len(arms) > 1:
+        doc.add("h2", "Is the difference real?")
+        doc.add("p", "Each arm against the first, metric by metric: with several seeds on both sides, the "
+                     "difference of the seed means and its 95% Welch t interval; with one seed, the two "
+                     "runs' bootstrap 95% CIs (disjoint: a real difference). better / worse: the interval "
+                     "excludes 0 (lower is better for the loss); tie: it does not.")
+        if verdicts:
+            doc.add("table", significance.verdict_frame(verdicts))
+        doc.add("p", f"In one sentence: {significance.summary_sentence(verdicts)}")
     cautions = tables.subset_notes(scores)
     for caution in cautions:
         doc.add("p", f"Caution: {caution}.")
@@ -218,7 +231,8 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     report_md.write_text(doc.markdown(), encoding="utf-8")
     report_html.write_text(doc.html(title), encoding="utf-8")
     return {"report_md": report_md, "report_html": report_html, "headline_csv": out / "headline.csv",
-            "figures": written, "skipped_figures": skipped, "headline": headline,
+            "figures": written, "skipped_figures": skipped, "headline": headline, "verdicts": verdicts,
+            "summary": significance.summary_sentence(verdicts),
             "headline_table": headline_table, "warnings": warnings + cautions + notes}
 
 
@@ -246,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2) from None
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
+    print(result["summary"])
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(result["headline_table"].to_string(index=False))
     print(f"wrote {result['report_md']}, {result['report_html']} and {len(result['figures'])} figures "

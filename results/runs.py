@@ -2,7 +2,9 @@
 
 A run folder holds ``config.json`` (the resolved experiment, ``recipe_sha256``, git commit, parameter
 counts, FLOPs per sample), ``metrics.jsonl`` (training lines and evaluation lines) and, at the end,
-``final_eval.json``. Runs that differ only in ``recipe.seed`` are seed replicates of one *arm* (image
+``final_eval.json``. The recipe compared is ``recipe_identity`` where the run has it (the recipe with
+its global batch and its data by identity, not by path), else ``experiment.recipe``. Runs that differ
+only in ``recipe.seed`` are seed replicates of one *arm* (image
 tower + text tower + variant + token mixing). Any other recipe difference makes runs incomparable:
 :func:`recipe_differences` names the fields and :func:`refusal_message` words the one-line refusal.
 
@@ -152,9 +154,10 @@ def load_run(run_dir: str | Path) -> Run:
     experiment = _require(config, "experiment", config_path)
     for key in ("image_tower", "text_tower", "variant", "recipe"):
         _require(config, f"experiment.{key}", config_path)
-    recipe = experiment["recipe"]
+    # What trained the model at its scale (global batch, data by identity), where the run records it
+    recipe = config.get("recipe_identity", experiment["recipe"])
     if not isinstance(recipe, dict):
-        raise ReportInputError(f"{config_path}: 'experiment.recipe' must be an object")
+        raise ReportInputError(f"{config_path}: 'experiment.recipe' and 'recipe_identity' must be objects")
     sha = _require(config, "recipe_sha256", config_path)
     model_name = _require(config, "model_name", config_path)  # towers' name, written by the trainer
     gflops = _require(config, "flops_per_sample.train_gflops", config_path)
@@ -166,8 +169,9 @@ def load_run(run_dir: str | Path) -> Run:
     if final_path.is_file():
         final = {key[len(EVAL_PREFIX):] if key.startswith(EVAL_PREFIX) else key: value
                  for key, value in _load_json(final_path, "run's final evaluation").items()}
-        if isinstance(final.get("toy_top1_ci95"), list) and len(final["toy_top1_ci95"]) == 2:
-            final["toy_top1_ci_lo"], final["toy_top1_ci_hi"] = final.pop("toy_top1_ci95")
+        for key in [key for key in final if key.endswith("_ci95")]:  # toy_top1_ci95, imagenet_top1_ci95
+            if isinstance(final[key], list) and len(final[key]) == 2:
+                final[f"{key[:-5]}_ci_lo"], final[f"{key[:-5]}_ci_hi"] = final.pop(key)
     elif not evals.empty:
         final = evals.iloc[-1].dropna().to_dict()
     arm_key = (str(experiment["image_tower"]), str(experiment["text_tower"]), str(experiment["variant"]),

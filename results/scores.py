@@ -9,7 +9,8 @@ folder resolves to the run folder, else when ``model.run_name`` / ``model_id`` n
 scores time an architecture, not a checkpoint, so they belong to every arm with that ``model_name``.
 A score from another run is left out; a score from no run at all (sentence-transformers, open_clip,
 random weights) is a reference row. A score whose ``recipe_sha256`` differs from its run's is left out
-(it cannot describe that run); of several scores for one run and benchmark the latest step is used.
+(it cannot describe that run); of several scores for one run and benchmark the latest step is used,
+and the earlier steps of a zero-shot benchmark are points of its curve (:func:`add_checkpoint_evals`).
 
 Reads files only; used by ``python -m results.report``.
 """
@@ -21,6 +22,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from results.runs import Arm, ReportInputError, Run
 
@@ -50,7 +53,7 @@ class Score:
 
     @property
     def used(self) -> bool:
-        return self.status in ("run", "arm", "reference")
+        return self.status in ("run", "arm", "reference", "curve point")
 
     @property
     def owner(self) -> str:
@@ -152,10 +155,38 @@ def assign(scores: list[Score], runs: list[Run], arms: list[Arm]) -> list[str]:
                 latest[key].status = "superseded"
             latest[key] = score
     for score in scores:
-        if score.status == "superseded":
+        if score.status == "superseded" and score.benchmark in ZERO_SHOT and score.step is not None:
+            score.status = "curve point"  # an earlier saved step (--every-checkpoint): a point of the curve
+        elif score.status == "superseded":
             notes.append(f"{score.path}: a later score of {score.run.label} on {score.benchmark} "
                          "is used instead")
     return notes
+
+
+def add_checkpoint_evals(scores: list[Score], runs: list[Run]) -> None:
+    """Each run's zero-shot scores of saved steps (``--every-checkpoint``) as evaluation rows of the run
+    (``imagenet_top1`` ... at the step's samples seen), where its own in-training evals lack them."""
+    for run in runs:
+        rows = []
+        for score in scores:
+            if score.run is not run or score.step is None or score.status not in ("run", "curve point") \
+                    or score.benchmark not in ZERO_SHOT:
+                continue
+            name = "imagenet" if score.benchmark == "imagenet_zeroshot" else "toy"
+            if f"{name}_top1" in run.evals.columns and score.step in set(run.evals["step"]):
+                continue  # the run evaluated this step itself
+            seen = score.model.get("samples_seen")
+            if not isinstance(seen, int):
+                seen = score.step * int(run.config.get("global_batch_size") or 0) or None
+            ci = score.metrics.get("top1_ci95")
+            ci = ci if isinstance(ci, list) and len(ci) == 2 else [None, None]
+            rows.append({"step": score.step, "samples_seen": seen, f"{name}_top1": score.metrics.get("top1"),
+                         f"{name}_top5": score.metrics.get("top5"), f"{name}_top1_ci_lo": ci[0],
+                         f"{name}_top1_ci_hi": ci[1]})
+        if rows:
+            extra = pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce").groupby("step").last()
+            merged = run.evals.set_index("step") if not run.evals.empty else pd.DataFrame(index=extra.index)
+            run.evals = merged.combine_first(extra).reset_index().sort_values("step", ignore_index=True)
 
 
 def run_score(scores: list[Score], run: Run, benchmark: str) -> Score | None:

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from results.runs import Arm, Run
 from results.scores import Score, arm_throughput, metric_rows, own_row, run_score, score_note
@@ -27,6 +29,8 @@ class Metric:
     per_run: Callable[[Run, list[Score]], float | None] | None = None  # averaged over seeds
     per_arm: Callable[[Arm, list[Score]], float | None] | None = None  # one value per arm (cost)
     decimals: int = 2
+    # show a 95% CI: of the seed mean (t) with several seeds, the run's own bootstrap CI with one
+    ci: bool = False
 
 
 def _number(value: Any) -> float | None:
@@ -49,6 +53,27 @@ def _score(benchmark: str, *path: str) -> Callable[[Run, list[Score]], float | N
     return get
 
 
+def _final_or_score(key: str, benchmark: str, metric: str) -> Callable[[Run, list[Score]], float | None]:
+    """The run's final in-training evaluation of ``key``, else its benchmark score file."""
+    def get(run: Run, scores: list[Score]) -> float | None:
+        value = _number(run.final_eval.get(key))
+        return value if value is not None else _score(benchmark, metric)(run, scores)
+    return get
+
+
+def run_ci(metric_key: str, run: Run, scores: list[Score]) -> tuple[float, float] | None:
+    """The run's bootstrap 95% CI of a top-1 metric: its final evaluation's, else its score file's."""
+    low, high = (_number(run.final_eval.get(f"{metric_key}_ci_{end}")) for end in ("lo", "hi"))
+    if low is not None and high is not None:
+        return low, high
+    benchmark = {"imagenet_top1": "imagenet_zeroshot", "toy_top1": "toy_zeroshot"}.get(metric_key)
+    score = run_score(scores, run, benchmark) if benchmark else None
+    ci = score.metrics.get("top1_ci95") if score is not None else None
+    if isinstance(ci, list) and len(ci) == 2 and all(_number(v) is not None for v in ci):
+        return float(ci[0]), float(ci[1])
+    return None
+
+
 def headline_throughput(arm: Arm, scores: list[Score], mode: str) -> float | None:
     """The arm's benchmark samples/s from its most recent throughput score (see :func:`throughput_notes`)."""
     candidates = sorted(arm_throughput(scores, arm), key=lambda score: score.date or "")
@@ -56,21 +81,34 @@ def headline_throughput(arm: Arm, scores: list[Score], mode: str) -> float | Non
     return _number(row.get(f"{mode}_samples_per_s")) if row else None
 
 
+# benchmarks.word_order's toy tasks (results reads files only, so the names are repeated here)
+WORD_ORDER_TASKS = ("swap-attribute", "swap-background", "swap-object", "shuffle")
+
 HEADLINE = (
     Metric("params_m", "params (M)",
            per_arm=lambda arm, scores: _number(arm.first.params.get("total_params", math.nan) / 1e6)),
     Metric("train_gflops", "train GFLOPs/sample", per_arm=lambda arm, scores: arm.first.train_gflops),
     Metric("final_loss", "final train loss (last log)",
            per_run=lambda run, scores: _number(run.train["loss"].iloc[-1]), decimals=3),
-    Metric("toy_top1", "toy zero-shot top-1 (%)", per_run=_final("toy_top1"), decimals=1),
+    Metric("toy_top1", "toy zero-shot top-1 (%)", per_run=_final("toy_top1"), decimals=1, ci=True),
     Metric("toy_top5", "toy top-5 (%)", per_run=_final("toy_top5"), decimals=1),
     Metric("toy_colour_acc", "toy colour acc (%)", per_run=_final("toy_colour_acc"), decimals=1),
     Metric("toy_shape_acc", "toy shape acc (%)", per_run=_final("toy_shape_acc"), decimals=1),
     Metric("toy_benchmark_top1", "toy top-1, benchmark (%)", per_run=_score("toy_zeroshot", "top1"),
            decimals=1),
-    Metric("imagenet_top1", "ImageNet zero-shot top-1 (%)", per_run=_score("imagenet_zeroshot", "top1")),
+    Metric("imagenet_top1", "ImageNet zero-shot top-1 (%)",
+           per_run=_final_or_score("imagenet_top1", "imagenet_zeroshot", "top1"), ci=True),
+    Metric("imagenet_top5", "ImageNet top-5 (%)",
+           per_run=_final_or_score("imagenet_top5", "imagenet_zeroshot", "top5"), ci=True),
     Metric("sts_avg_7", "STS avg, 7 sets (Spearman x100)", per_run=_score("sts", "avg_7")),
     Metric("sts_avg_6_seed", "STS avg, 6 sets (seed paper)", per_run=_score("sts", "avg_6_seed")),
+    *(Metric(f"word_order_{task.replace('-', '_')}", f"word order {task} top-1 (%)",
+             per_run=_score("word_order", "tasks", task, "top1"), decimals=1) for task in WORD_ORDER_TASKS),
+    *(Metric(f"word_order_{task.replace('-', '_')}_blind", f"word order {task}, blind text prior (%)",
+             per_run=_score("word_order", "tasks", task, "blind_top1"), decimals=1)
+      for task in WORD_ORDER_TASKS),
+    Metric("word_order_bag_of_words", "bag-of-words score (100: order-blind text)",
+           per_run=_score("word_order", "text_only", "bag_of_words_score"), decimals=1),
     Metric("retrieval_i2t_r1", "retrieval image->text R@1 (%)", per_run=_score("retrieval", "i2t_R@1")),
     Metric("retrieval_t2i_r1", "retrieval text->image R@1 (%)", per_run=_score("retrieval", "t2i_R@1")),
     Metric("train_samples_per_s", "train samples/s (benchmark)",
@@ -98,10 +136,22 @@ def headline_frame(arms: list[Arm], scores: list[Score]) -> pd.DataFrame:
             row[f"{metric.key}_mean"] = series.mean() if values else math.nan
             row[f"{metric.key}_std"] = series.std(ddof=1) if len(values) > 1 else math.nan
             row[f"{metric.key}_n"] = len(values)
+            if metric.ci:
+                row[f"{metric.key}_ci_lo"], row[f"{metric.key}_ci_hi"] = _headline_ci(metric, arm, values,
+                                                                                      scores)
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("arm")
     empty = [metric.key for metric in HEADLINE if (frame[f"{metric.key}_n"] == 0).all()]
     return frame.drop(columns=[f"{key}_{stat}" for key in empty for stat in ("mean", "std", "n")])
+
+
+def _headline_ci(metric: Metric, arm: Arm, values: list[float], scores: list[Score]) -> tuple[float, float]:
+    """95% CI of the arm's number: the t interval of the seed mean, or the one run's bootstrap CI."""
+    if len(values) >= 2:
+        low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+        return float(low), float(high)
+    ci = run_ci(metric.key, arm.runs[0], scores) if len(values) == 1 and len(arm.runs) == 1 else None
+    return ci if ci is not None else (math.nan, math.nan)
 
 
 def _mean_std(mean: float, std: float, n: int, seeds: int, decimals: int, per_arm: bool) -> str:
@@ -116,7 +166,8 @@ def _mean_std(mean: float, std: float, n: int, seeds: int, decimals: int, per_ar
 
 
 def headline_display(frame: pd.DataFrame, arms: list[Arm]) -> pd.DataFrame:
-    """The headline as text: ``mean ± std`` per cell, ``(n=k)`` where fewer seeds than the arm has."""
+    """The headline as text: ``mean ± std`` per cell, ``(n=k)`` where fewer seeds than the arm has, and
+    ``[low, high]`` (95% CI) for the metrics that show one."""
     seeds = {arm.label: arm for arm in arms}
     rows = []
     for label, numbers in frame.iterrows():
@@ -127,6 +178,9 @@ def headline_display(frame: pd.DataFrame, arms: list[Arm]) -> pd.DataFrame:
                 row[metric.label] = _mean_std(numbers[f"{metric.key}_mean"], numbers[f"{metric.key}_std"],
                                               int(numbers[f"{metric.key}_n"]), len(arm.runs),
                                               metric.decimals, metric.per_run is None)
+                if metric.ci and row[metric.label] != MISSING:
+                    ci = _ci(numbers[f"{metric.key}_ci_lo"], numbers[f"{metric.key}_ci_hi"], metric.decimals)
+                    row[metric.label] += f" {ci}" if ci != MISSING else ""
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -168,22 +222,25 @@ def runs_frame(arms: list[Arm]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+FINAL_EVAL_METRICS = (("top1", "top-1 (%)"), ("top5", "top-5 (%)"),
+                      ("mean_per_class_recall", "mean per-class recall (%)"),
+                      ("colour_acc", "colour accuracy (%)"), ("shape_acc", "shape accuracy (%)"))
+
+
 def scores_frame(runs: list[Run], scores: list[Score]) -> pd.DataFrame:
     """Every number: the runs' final in-training evaluations, then every score file's metrics."""
     rows = []
     for run in runs:
         final = run.final_eval
         source = "final_eval.json" if (run.path / "final_eval.json").is_file() else "metrics.jsonl"
-        for key, label in (("toy_top1", "top-1 (%)"), ("toy_top5", "top-5 (%)"),
-                           ("toy_mean_per_class_recall", "mean per-class recall (%)"),
-                           ("toy_colour_acc", "colour accuracy (%)"),
-                           ("toy_shape_acc", "shape accuracy (%)")):
+        for name, metric, label in [(name, *p) for name in ("toy", "imagenet") for p in FINAL_EVAL_METRICS]:
+            key = f"{name}_{metric}"
             if key in final:
-                ci = ((final.get("toy_top1_ci_lo"), final.get("toy_top1_ci_hi")) if key == "toy_top1"
+                ci = ((final.get(f"{key}_ci_lo"), final.get(f"{key}_ci_hi")) if metric == "top1"
                       else (None, None))
-                rows.append({"benchmark": "toy (in training)", "model": run.name, "belongs to": run.label,
+                rows.append({"benchmark": f"{name} (in training)", "model": run.name, "belongs to": run.label,
                              "metric": label, "value": _fmt(final[key]), "95% CI": _ci(*ci, decimals=2),
-                             "n": _fmt(final.get("toy_n"), 0), "note": f"step {final.get('step', '?')}",
+                             "n": _fmt(final.get(f"{name}_n"), 0), "note": f"step {final.get('step', '?')}",
                              "file": f"{run.label}/{source}"})
     for score in scores:
         note = score_note(score)

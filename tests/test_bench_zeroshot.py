@@ -15,6 +15,7 @@ from PIL import Image
 
 import towers
 from benchmarks import imagenet_zeroshot as zs
+from benchmarks import zeroshot_classifier
 from benchmarks.data import imagenet
 from benchmarks.data import toy as toy_data
 from benchmarks.encoder import FakeEncoder, ModelEncoder, load_open_clip
@@ -303,7 +304,7 @@ def test_text_only_model_is_refused():
 
 
 def test_template_strings_and_shard_spec_detection(tmp_path):
-    assert zs.template_strings(SIMPLE_IMAGENET_TEMPLATES)[0] == "itap of a {}."
+    assert zeroshot_classifier.template_strings(SIMPLE_IMAGENET_TEMPLATES)[0] == "itap of a {}."
     assert imagenet.is_shard_spec("val/{00000..00009}.tar") and not imagenet.is_shard_spec(tmp_path)
     (tmp_path / "00000.tar").write_bytes(b"")
     assert imagenet.is_shard_spec(tmp_path)  # a folder of shards

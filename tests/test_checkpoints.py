@@ -74,3 +74,58 @@ def test_pickled_code_is_refused(tmp_path):
 def test_name_loads_a_random_model():
     model, preprocess = towers.load("transformer-tiny")
     assert not model.training and model.model_name == "transformer-tiny"
+
+
+# --- launch.checkpointing: the requeue mode's reader, pruning, and the `latest` pointer -----------------
+
+def _step_files(folder):
+    return sorted(p.name for p in folder.glob("step_*.pt"))
+
+
+def test_newest_readable_falls_back_past_a_truncated_file_and_a_bad_pointer(tmp_path):
+    from launch.checkpointing import newest_readable, save_checkpoint
+
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"step": step, "weights": torch.full((64,), float(step))})
+    reports = []
+    path, state = newest_readable(tmp_path, reports.append)
+    assert (path.name, state["step"], reports) == ("step_00000003.pt", 3, [])
+
+    data = (tmp_path / "step_00000003.pt").read_bytes()
+    (tmp_path / "step_00000003.pt").write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
+    path, state = newest_readable(tmp_path, reports.append)
+    assert state["step"] == 2 and torch.equal(state["weights"], torch.full((64,), 2.0))
+    assert len(reports) == 1 and "step_00000003.pt: not a readable torch checkpoint" in reports[0]
+    assert "\n" not in reports[0]
+
+    reports.clear()
+    (tmp_path / "latest").write_text("step_00000009.pt\n")  # names a file that is not there
+    path, state = newest_readable(tmp_path, reports.append)
+    assert state["step"] == 2 and len(reports) == 2 and "names 'step_00000009.pt'" in reports[0]
+
+    for name in _step_files(tmp_path):
+        (tmp_path / name).write_bytes(b"junk")
+    assert newest_readable(tmp_path, reports.append) is None
+
+
+def test_nothing_latest_names_is_overwritten_and_pruning_keeps_the_newest(tmp_path):
+    from launch.checkpointing import point_latest, prune_checkpoints, save_checkpoint
+
+    for step in range(1, 6):
+        path = save_checkpoint(tmp_path, step, {"step": step})
+        prune_checkpoints(tmp_path, 2, path)
+    assert _step_files(tmp_path) == ["step_00000004.pt", "step_00000005.pt"]
+    with pytest.raises(FileExistsError, match="'latest' names it"):
+        save_checkpoint(tmp_path, 5, {"step": 5})
+    # A run that fell back to step 4 (5 unreadable) points latest at 4, trains on, and replaces 5.
+    point_latest(tmp_path, tmp_path / "step_00000004.pt")
+    save_checkpoint(tmp_path, 5, {"step": 55})
+    assert torch.load(tmp_path / "step_00000005.pt", weights_only=True)["step"] == 55
+    # files of steps beyond the current one are not pruned (the run will replace them)
+    save_checkpoint(tmp_path, 9, {"step": 9})
+    point_latest(tmp_path, tmp_path / "step_00000004.pt")
+    prune_checkpoints(tmp_path, 1, tmp_path / "step_00000004.pt")
+    assert _step_files(tmp_path) == ["step_00000004.pt", "step_00000005.pt", "step_00000009.pt"]
+    for step in (10, 11, 12):  # 0 keeps all
+        prune_checkpoints(tmp_path, 0, save_checkpoint(tmp_path, step, {"step": step}))
+    assert len(_step_files(tmp_path)) == 6

@@ -203,6 +203,29 @@ def test_mixed_recipes_refused_naming_fields(tmp_path):
     assert cli.stderr.startswith("error: runs trained with different recipes: lr")
 
 
+def test_runs_of_another_global_batch_or_data_are_refused_by_name_whatever_the_data_path(tmp_path):
+    # launch/train.py records recipe_identity: the recipe with the global batch and the data by identity
+    def with_identity(run: Path, global_batch: int, data: dict, path: str) -> Path:
+        config = json.loads((run / "config.json").read_text())
+        config["experiment"]["recipe"]["train_data"] = path
+        config["recipe_identity"] = {**config["experiment"]["recipe"], "train_data": data,
+                                     "global_batch_size": global_batch}
+        (run / "config.json").write_text(json.dumps(config))
+        return run
+
+    shards = {"shards": 4, "shard_names_sha256": "a" * 64}
+    one_gpu = with_identity(make_run(tmp_path / "a", "mixer", 0), 256, shards, "/mnt/a/{0..3}.tar")
+    same_elsewhere = with_identity(make_run(tmp_path / "b", "transformer", 0), 256, shards, "/d/{0..3}.tar")
+    report.write_report([one_gpu, same_elsewhere], None, tmp_path / "out")  # same data, another mount
+    sixteen = with_identity(make_run(tmp_path / "c", "transformer", 0), 4096, shards, "/mnt/a/{0..3}.tar")
+    refusal = rf"global_batch_size \(256 in {one_gpu} vs 4096 in {sixteen}\)"
+    with pytest.raises(ReportInputError, match=refusal):
+        report.write_report([one_gpu, sixteen], None, tmp_path / "out2")
+    other = with_identity(make_run(tmp_path / "d", "transformer", 0), 256, {**shards, "shards": 5}, "/x")
+    with pytest.raises(ReportInputError, match=r"train_data \(\{"):
+        report.write_report([one_gpu, other], None, tmp_path / "out3")
+
+
 def test_seed_replicates_with_equal_recipes_are_not_refused_but_a_hash_mismatch_is(tmp_path):
     runs = [make_run(tmp_path, "mixer", 0), make_run(tmp_path, "transformer", 0)]
     config = json.loads((runs[1] / "config.json").read_text())
@@ -295,3 +318,29 @@ def test_results_reads_files_only():
             "if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_word_order_scores_enter_the_headline_with_a_verdict(study, tmp_path):
+    """Mixer seeds 80 / 82 and Transformer 60 / 61 on swap-attribute: means 81 and 60.5, a Welch interval
+    far from 0, so the Transformer (compared with the first arm, the Mixer) is 'worse'; the blind prior
+    (50 / 52 vs 49 / 51) ties."""
+    runs, scores = study
+    values = {"mixer-s0": (80.0, 50.0), "mixer-s1": (82.0, 52.0), "transformer-s0": (60.0, 49.0),
+              "transformer-s1": (61.0, 51.0)}
+    for run in runs:
+        top1, blind = values[run.name]
+        tasks = {task: {"top1": top1, "blind_top1": blind, "n": 100, "chance": 50.0}
+                 for task in ("swap-attribute", "swap-background", "swap-object", "shuffle")}
+        metrics = {"tasks": tasks, "text_only": {"bag_of_words_score": 90.0 + blind / 10}}
+        write_score(scores, "word_order", run.name, metrics,
+                    {"source": "run", "run_dir": str(run), "run_name": run.name})
+    result = report.write_report(runs, scores, tmp_path / "report")
+    headline = result["headline"]
+    assert headline.loc["mixer-tiny", "word_order_swap_attribute_mean"] == 81.0
+    assert headline.loc["transformer-tiny", "word_order_swap_attribute_mean"] == 60.5
+    text = (tmp_path / "report" / "report.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| word order swap-attribute top-1"))
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[2:4] == ["transformer-tiny", "mixer-tiny"] and cells[4] == "-20.50" and cells[6] == "worse"
+    blind = next(line for line in text.splitlines() if line.startswith("| word order swap-attribute, blind"))
+    assert blind.split("|")[6].strip() == "tie"

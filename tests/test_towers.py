@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import towers
 from towers.registry import FAMILIES, MODALITIES, all_variants
@@ -62,11 +65,34 @@ def test_same_seed_same_weights(name):
     assert not all(torch.equal(first[k], third[k]) for k in first)
 
 
-def test_logit_scale_is_clamped_at_100():
-    model = towers.create_model("mixer-tiny")
+def test_temperature_at_the_cap_still_takes_gradient_towards_cooler():
+    # The trainer stores the cap as float32(ln 100), whose exp is just above 100: a clamp in the forward
+    # pass would make the gradient exactly 0 there for ever. Mismatched pairs want a cooler temperature.
+    from open_clip.loss import ClipLoss
+
+    torch.manual_seed(0)
+    model = towers.create_model("mixer-tiny", text_overrides={"context_length": 16})
     with torch.no_grad():
-        model.logit_scale.fill_(10.0)
-    assert model.temperature().item() == 100.0
+        model.logit_scale.fill_(math.log(100))
+    images = torch.randn(8, 3, 64, 64)
+    tokens = towers.tokenize([f"caption {i}" for i in range(8)], 16)
+    image_features, text_features, scale = model(images, tokens)
+    assert scale.item() == pytest.approx(100, abs=1e-4) and scale.item() > 100  # not clamped to 100.0
+    ClipLoss()(image_features, text_features, scale).backward()
+    grad = model.logit_scale.grad.item()
+
+    # Reference: central difference of the same contrastive loss in float64, by hand.
+    img, txt = image_features.detach().double(), text_features.detach().double()
+    labels = torch.arange(8)
+
+    def loss(log_scale: float) -> float:
+        logits = math.exp(log_scale) * img @ txt.T
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)).item()
+
+    s, h = model.logit_scale.item(), 1e-5
+    expected = (loss(s + h) - loss(s - h)) / (2 * h)
+    print(f"d loss / d logit_scale at logit_scale = ln 100: {grad:.6f} (float64 reference {expected:.6f})")
+    assert expected > 0.1 and grad == pytest.approx(expected, rel=1e-3)
 
 
 def test_b32_parameter_counts_on_meta():

@@ -19,6 +19,7 @@ import towers
 from benchmarks.data import toy as toy_data
 from benchmarks.data.shards import SKIP_KINDS, ShardSpecError
 from launch import data as launch_data
+from launch import train_stream
 from launch.data import get_train_loader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_resampled_stream_is_endless_and_shaped(dataset):
     spec, captions = dataset
     loader = loader_for(spec, num_samples=100, world_size=2)
     assert loader.batches_per_epoch == 100 // (8 * 2)
-    batches = take(loader, 20)  # 160 samples from a 48-sample set: it keeps going
+    batches = take(loader, 40)  # 320 samples from a 48-sample set: it keeps going
     images, tokens = batches[0]
     assert images.shape == (8, 3, 16, 16) and images.dtype == torch.float32
     assert tokens.shape == (8, 77) and tokens.dtype == torch.long
@@ -82,14 +83,54 @@ def test_same_arguments_same_batches(dataset, workers):
         assert torch.equal(ia, ib) and torch.equal(ta, tb)
 
 
-@pytest.mark.parametrize(("workers", "start"), [(0, 5), (1, 3), (2, 4), (2, 7)])
-def test_start_batch_resumes_exactly(dataset, workers, start):
+@pytest.mark.parametrize(("workers", "start"), [(0, 5), (1, 3), (2, 4), (2, 7), (2, 1)])
+def test_state_dict_resumes_exactly(dataset, workers, start):
     spec, _ = dataset
     full = take(loader_for(spec, workers=workers), start + 4)
-    resumed = take(loader_for(spec, workers=workers, start_batch=start), 4)
+    first = loader_for(spec, workers=workers)
+    take(first, start)
+    state = first.state_dict()
+    assert state["batches"] == start and state["workers"] == workers
+    resumed_loader = loader_for(spec, workers=workers, state=state)
+    resumed = take(resumed_loader, 4)
     for (ia, ta), (ib, tb) in zip(full[start:], resumed, strict=True):
         assert torch.equal(ta, tb)
         assert torch.equal(ia, ib)  # the random crops too
+    assert resumed_loader.state_dict()["batches"] == start + 4
+
+
+def test_resume_reads_the_buffer_and_current_shard_not_the_past(dataset, monkeypatch):
+    # The state names the buffered samples by (shard, member): a resume after 30 batches opens no
+    # more shards than one after 3 (the buffer's shards and the current one, 5 at most here).
+    spec, _ = dataset
+    opened = []
+    real = train_stream.iter_shard
+
+    def counting(url, counts):
+        opened.append(url)
+        return real(url, counts)
+
+    for start in (3, 30):
+        first = loader_for(spec)
+        take(first, start)
+        state = first.state_dict()
+        assert len(state["roles"][0]["buffer"]) == 19  # the shuffle buffer (20), less the sample just taken
+        opened.clear()
+        monkeypatch.setattr(train_stream, "iter_shard", counting)
+        resumed = loader_for(spec, state=state)
+        stream = iter(resumed)
+        next(stream)
+        monkeypatch.setattr(train_stream, "iter_shard", real)
+        buffered_shards = {int(u) for u in state["roles"][0]["buffer"][:, 0]}
+        assert len(opened) <= len(buffered_shards) + 2, (start, opened)
+
+
+def test_a_state_of_another_worker_count_is_refused(dataset):
+    spec, _ = dataset
+    first = loader_for(spec, workers=2)
+    take(first, 3)
+    with pytest.raises(ValueError, match="state of 2 workers over 4 shards given to a loader of 1 workers"):
+        loader_for(spec, workers=1, state=first.state_dict())
 
 
 def test_ranks_and_seeds_draw_different_streams(dataset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -17,9 +18,11 @@ from open_clip.loss import ClipLoss
 import towers
 from launch import train
 from launch.config import parse_experiment
+from launch.data import data_identity
 from launch.trainer import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
+TOY = data_identity(None)
 FAST = ["--batch-size", "16", "--eval-samples", "64", "--workers", "1", "--log-every", "2"]
 
 
@@ -37,9 +40,9 @@ def test_recipe_is_blind_to_the_tower():
     mixer, _ = parse_experiment(["--tower", "mixer", *common])
     transformer, _ = parse_experiment(["--tower", "transformer", *common])
     assert mixer.recipe == transformer.recipe
-    assert mixer.recipe.sha256() == transformer.recipe.sha256()
+    assert mixer.recipe.sha256(1, TOY) == transformer.recipe.sha256(1, TOY)
     longer, _ = parse_experiment(["--tower", "mixer", "--steps", "101"])
-    assert mixer.recipe.sha256() != longer.recipe.sha256()
+    assert mixer.recipe.sha256(1, TOY) != longer.recipe.sha256(1, TOY)
 
     groups = [build_optimizer(towers.build_model(**e.model_kwargs()), e.recipe).param_groups
               for e in (mixer, transformer)]
@@ -84,7 +87,9 @@ def test_run_writes_its_record_and_refuses_another_tower_on_resume(tmp_path, cap
     run_dir = tmp_path / "run"
     config = json.loads((run_dir / "config.json").read_text())
     expected, _ = parse_experiment(_args(tmp_path, "x", "--steps", "4"))
-    assert config["recipe_sha256"] == expected.recipe.sha256()
+    assert config["recipe_sha256"] == expected.recipe.sha256(1, TOY)
+    identity = config["recipe_identity"]
+    assert identity["global_batch_size"] == 16 and identity["train_data"] == TOY
     with torch.device("meta"):
         expected_params = towers.profile(towers.build_model(**expected.model_kwargs()))["total_params"]
     assert config["params"]["total_params"] == expected_params and config["world_size"] == 1
@@ -94,13 +99,21 @@ def test_run_writes_its_record_and_refuses_another_tower_on_resume(tmp_path, cap
     assert [line["step"] for line in steps] == [2, 4]
     fields = {"samples_seen", "lr", "logit_scale", "samples_per_s", "data_wait_frac", "skipped"}
     assert fields <= set(steps[0])
+    for line in lines:  # every line, evaluations too, says when it was written
+        written = datetime.datetime.fromisoformat(line["time"])
+        assert abs((written - datetime.datetime.now(datetime.UTC)).total_seconds()) < 600
+        assert 0 < line["elapsed_s"] < 600
+    assert [line["elapsed_s"] for line in lines] == sorted(line["elapsed_s"] for line in lines)
     assert steps[-1]["samples_seen"] == 64
     assert "eval/toy_top1" in lines[-1] and lines[-1]["eval/toy_n"] == 64
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000004.pt"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == \
         ["latest", "step_00000002.pt", "step_00000004.pt"]
     assert list((run_dir / "tensorboard").iterdir())
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert f"run written to {run_dir}/" in out
+    assert f"python -m benchmarks.imagenet_zeroshot --model {run_dir} --dataset toy" in out
+    assert f"python -m results.report {run_dir} " in out
     # the same run name again without --resume is refused (never overwrites a run)
     assert train.main(_args(tmp_path, "run", "--steps", "4")) == 2
     assert "already holds a run" in capsys.readouterr().err
@@ -112,6 +125,44 @@ def test_run_writes_its_record_and_refuses_another_tower_on_resume(tmp_path, cap
     assert "image_tower ('mixer' vs 'transformer')" in err[0] and "text_tower" in err[0]
     code = train.main(_args(tmp_path, "run", "--steps", "4", "--resume", "latest", "--lr", "0.1"))
     assert code == 2 and "recipe.lr (0.001 vs 0.1)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_auto_starts_without_a_checkpoint_and_falls_back_past_an_unreadable_one(tmp_path, capsys):
+    run_dir = tmp_path / "requeued"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")  # preempted before its first checkpoint
+    auto = _args(tmp_path, "requeued", "--steps", "4", "--save-every", "1", "--keep-checkpoints", "2",
+                 "--resume", "auto")
+    assert train.main(auto) == 0
+    checkpoints = run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step_*.pt")) == ["step_00000003.pt", "step_00000004.pt"]
+    uninterrupted = _weights(run_dir, 4)
+    capsys.readouterr()
+
+    data = (checkpoints / "step_00000004.pt").read_bytes()
+    (checkpoints / "step_00000004.pt").write_bytes(data[:1000])  # torn by a full disk, say
+    assert train.main(auto) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(err) == 1 and "step_00000004.pt: not a readable torch checkpoint" in err[0], err
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["resumed_from"].endswith("step_00000003.pt")
+    resumed = _weights(run_dir, 4)  # step 3 -> 4 again, exactly
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+    (checkpoints / "latest").write_text("no such file\n")  # a bad pointer: the newest step file
+    assert train.main(auto) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(err) == 1 and "names 'no such file'" in err[0], err
+    assert json.loads((run_dir / "config.json").read_text())["resumed_from"].endswith("step_00000004.pt")
+
+
+def test_resume_with_another_worker_count_is_refused_naming_both(tmp_path, capsys):
+    assert train.main(_args(tmp_path, "w", "--steps", "2", "--save-every", "1")) == 0
+    capsys.readouterr()
+    assert train.main(_args(tmp_path, "w", "--steps", "2", "--resume", "latest", "--workers", "0")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "--workers 1, this run has --workers 0" in err[0], err
 
 
 @pytest.mark.slow

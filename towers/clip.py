@@ -3,7 +3,7 @@
 `CLIP(image_tower, text_tower, embed_dim)` takes any image tower and any text tower (each mapping its
 input to pooled features of its own `.width`) and owns everything else, identically for every family:
 the two linear projections to `embed_dim`, L2 normalisation, and the learned temperature
-(`logit_scale`, init log(1/0.07), its exp clamped at 100). `forward` returns what open_clip's CLIP
+(`logit_scale`, init log(1/0.07); the trainer keeps its exp <= 100). `forward` returns what open_clip's CLIP
 returns, `logits` what openai/CLIP's returns.
 
 Model names: `"{family}-{variant}"` (both towers of one family, e.g. `mixer-B-32`) or
@@ -26,6 +26,11 @@ from towers.registry import FAMILIES, all_variants, build_tower, canonical_varia
 
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = 100.0
+
+
+def longest_eot(tokens: torch.Tensor) -> int:
+    """Length of the batch up to and including its last EOT (the largest id of each row, as CLIP pools)."""
+    return int(tokens.argmax(dim=-1).max()) + 1 if tokens.numel() else tokens.shape[-1]
 
 
 class CLIP(nn.Module):
@@ -63,13 +68,23 @@ class CLIP(nn.Module):
         features = self.visual(images) @ self.image_projection
         return F.normalize(features, dim=-1) if normalize else features
 
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False,
+                    stop_at_eot: bool | None = None) -> torch.Tensor:
+        """(B, context_length) token ids -> (B, embed_dim). ``stop_at_eot`` (default: in eval mode) runs
+        a causal text tower only up to the batch's longest EOT, which gives the same features (its
+        positions never read later ones) at the cost of the tokens; training keeps the fixed length,
+        so a step's shapes, and a GPU step's host syncs, do not depend on the batch."""
+        if stop_at_eot is None:
+            stop_at_eot = not self.training
+        if stop_at_eot and getattr(self.text, "stops_at_eot", False):
+            tokens = tokens[:, :longest_eot(tokens)]
         features = self.text(tokens) @ self.text_projection
         return F.normalize(features, dim=-1) if normalize else features
 
     def temperature(self) -> torch.Tensor:
-        """exp(logit_scale), clamped at 100 like CLIP."""
-        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        """exp(logit_scale). Not clamped here: the trainer clamps `logit_scale` in place after each
+        optimizer step (as open_clip does), so the gradient can still lower a temperature at the cap."""
+        return self.logit_scale.exp()
 
     def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None):
         """(image_features, text_features, logit_scale): normalised features, exp'd scale."""

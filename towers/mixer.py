@@ -21,6 +21,7 @@ Build one with `towers.build_tower("mixer", "text", "B/32")`.
 
 from __future__ import annotations
 
+import bisect
 from functools import partial
 
 import torch
@@ -97,14 +98,25 @@ class TokenMixingMlp(nn.Module):
             # Buffers, not parameters: the mask is architecture, and it travels with the module.
             self.register_buffer("mask1", (position[None, :] <= degree[:, None]).float(), persistent=False)
             self.register_buffer("mask2", (degree[None, :] <= position[:, None]).float(), persistent=False)
+            # units_below[L]: hidden units of degree < L, the ones that positions < L can read
+            # (plain Python: the model may be built on the meta device)
+            degrees = [k * positions // hidden for k in range(hidden)]  # made_degrees, ascending
+            self.units_below = [bisect.bisect_left(degrees, length) for length in range(positions + 1)]
         else:
             self.mask1 = self.mask2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w1, w2 = self.fc1.weight, self.fc2.weight
+        """(B, C, L) -> (B, C, L); causal mixing takes L <= positions (the first L positions)."""
+        w1, w2, b1, b2 = self.fc1.weight, self.fc2.weight, self.fc1.bias, self.fc2.bias
         if self.mask1 is not None:
             w1, w2 = w1 * self.mask1, w2 * self.mask2
-        return F.linear(self.act(F.linear(x, w1, self.fc1.bias)), w2, self.fc2.bias)
+            length = x.shape[-1]
+            if length < self.fc1.in_features:
+                # Positions < L read only hidden units of degree < L (the first ones: degrees ascend),
+                # and those read only positions < L: slicing drops terms that the masks make zero.
+                hidden = self.units_below[length]
+                w1, b1, w2, b2 = w1[:hidden, :length], b1[:hidden], w2[:length, :hidden], b2[:length]
+        return F.linear(self.act(F.linear(x, w1, b1)), w2, b2)
 
 
 class MixerTextBlock(nn.Module):
@@ -158,11 +170,20 @@ class MixerTextTower(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    @property
+    def stops_at_eot(self) -> bool:
+        """Causal token mixing never reads a later position, so a batch may stop at its longest EOT;
+        full mixing reads all of them, padding included."""
+        return self.token_mixing == "causal"
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if tokens.shape[1] != self.context_length:
-            raise ValueError(f"Mixer text tower takes exactly {self.context_length} tokens per text, "
-                             f"got {tokens.shape[1]}")
-        x = self.token_embedding(tokens) + self.positional_embedding
+        """(B, context_length) token ids -> (B, width); causal mixing also takes the first L positions."""
+        length = tokens.shape[1]
+        if length != self.context_length and not (self.stops_at_eot and length < self.context_length):
+            expected = "at most" if self.stops_at_eot else "exactly"
+            raise ValueError(f"Mixer text tower ({self.token_mixing} token mixing) takes {expected} "
+                             f"{self.context_length} tokens per text, got {length}")
+        x = self.token_embedding(tokens) + self.positional_embedding[:length]
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, use_reentrant=False)

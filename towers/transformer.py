@@ -13,7 +13,7 @@ tests. Build one with `towers.build_tower("transformer", "image", "B/32")`.
 from __future__ import annotations
 
 import torch
-from open_clip.transformer import QuickGELU, TextTransformer, VisionTransformer
+from open_clip.transformer import QuickGELU, TextTransformer, VisionTransformer, text_global_pool
 from torch import nn
 
 from towers.preprocess import CONTEXT_LENGTH, VOCAB_SIZE
@@ -75,9 +75,20 @@ class TransformerTextTower(TextTransformer):
                          heads=heads, layers=layers, mlp_ratio=mlp_ratio, output_dim=None,
                          proj_type="none", act_layer=_activation(quick_gelu))
 
+    # Causal attention: position i reads positions <= i, so the batch may stop at its longest EOT.
+    stops_at_eot = True
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, context_length) token ids -> (B, width)."""
-        return super().forward(tokens)
+        """(B, L) token ids, L <= context_length -> (B, width), pooled at each row's EOT."""
+        length = tokens.shape[1]
+        if length == self.num_pos:
+            return super().forward(tokens)
+        if length > self.num_pos:
+            raise ValueError(f"text tower takes at most {self.num_pos} tokens per text, got {length}")
+        # open_clip's own pieces; its `_embeds` slices the positional embedding but not the causal mask
+        x, attn_mask = self._embeds(tokens)
+        x = self.transformer(x, attn_mask=attn_mask[:length, :length])
+        return text_global_pool(self.ln_final(x), tokens, pool_type=self.pool_type)
 
 
 def build(modality: str, **config) -> nn.Module:

@@ -1,0 +1,170 @@
+"""Resume benchmark: the time from launch to the first trained step when resuming at step k, for two k.
+
+    python -m launch.resume_bench                       # resume at steps 10 and 3,000 (toy, batch 32)
+    python -m launch.resume_bench --repo /tmp/old-tree  # the same, timing another checkout's train.py
+
+It trains the tiny Mixer (`--steps 3010`, batch 32, toy set) until its step-10 checkpoint exists, then
+writes a step-3,000 checkpoint of the same run: the same weights and optimizer state with step 3,000
+and, where the checkpoint format holds the data position (`data`), the loader state after 3,000
+batches, computed here by iterating the loader. Each resume is a fresh `train.py --resume latest`
+process; the time runs from its start until `metrics.jsonl` holds step k + 1. Exact resume in O(1)
+means the two times are about equal (the ratio printed last); a loader that replays the data to
+reach its position takes time in proportion to k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil  # an Accelerate dependency
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 3010  # the recipe's length: both resume points lie inside it
+
+
+def _flags(batch_size: int, workers: int, runs: Path, name: str) -> list[str]:
+    """Flags both this tree's and older train.py versions understand."""
+    return ["--tower", "mixer", "--batch-size", str(batch_size), "--steps", str(STEPS),
+            "--workers", str(workers), "--log-every", "1", "--save-every", "10", "--runs-dir", str(runs),
+            "--name", name]
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for member in tree:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait()
+
+
+def _start(repo: Path, flags: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(repo / "launch" / "train.py"), *flags], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(process: subprocess.Popen, ready, what: str, timeout: float = 900) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        if process.poll() is not None:
+            raise SystemExit(f"error: train.py ended before {what}: {process.stderr.read()[-1500:]}")
+        if time.time() > deadline:
+            _kill_tree(process)
+            raise SystemExit(f"error: no {what} within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def _logged(run: Path, step: int) -> bool:
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    lines = metrics.read_text().splitlines()
+    if lines and not lines[-1].endswith("}"):
+        lines = lines[:-1]  # being written
+    return any(record.get("step") == step and "loss" in record for record in map(json.loads, lines))
+
+
+def _state_after(batches: int, checkpoint: dict, batch_size: int, workers: int) -> list[dict]:
+    """The data position after `batches` batches, for every rank of the checkpoint (one here)."""
+    from launch.data import get_train_loader
+
+    recipe = checkpoint["experiment"]["recipe"]
+    loader = get_train_loader(recipe["train_data"], image_size=64, batch_size=batch_size, num_samples=10**9,
+                              workers=workers, seed=recipe["seed"], context_length=recipe["context_length"])
+    stream = iter(loader)
+    for _ in range(batches):
+        next(stream)
+    state = loader.state_dict()
+    del stream
+    return [state]
+
+
+def prepare(repo: Path, root: Path, at: list[int], batch_size: int, workers: int) -> dict[int, Path]:
+    """A run folder per resume point, holding that step's checkpoint as `latest`."""
+    runs = root / "runs"
+    process = _start(repo, _flags(batch_size, workers, runs, "source"))
+    source = runs / "source"
+    first = source / "checkpoints" / "step_00000010.pt"
+    _wait_for(process, lambda: first.is_file() and (source / "checkpoints" / "latest").is_file(),
+              "its step-10 checkpoint")
+    _kill_tree(process)
+    base = torch.load(first, map_location="cpu", weights_only=True)
+    folders = {}
+    for step in at:
+        checkpoint = dict(base, step=step, samples_seen=step * batch_size)
+        if "data" in checkpoint and step != base["step"]:
+            print(f"computing the loader state after {step} batches ...", flush=True)
+            checkpoint["data"] = _state_after(step, checkpoint, batch_size, workers)
+        folder = runs / f"at{step}"
+        (folder / "checkpoints").mkdir(parents=True)
+        shutil.copy(source / "config.json", folder / "config.json")
+        name = f"step_{step:08d}.pt"
+        torch.save(checkpoint, folder / "checkpoints" / name)
+        (folder / "checkpoints" / "latest").write_text(name + "\n")
+        folders[step] = folder
+    return folders
+
+
+def time_resume(repo: Path, folder: Path, step: int, batch_size: int, workers: int) -> float:
+    """Seconds from starting `train.py --resume latest` to its first trained step being logged."""
+    work = folder.parent / f"{folder.name}-try"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(folder, work)
+    started = time.perf_counter()
+    process = _start(repo, [*_flags(batch_size, workers, work.parent, work.name), "--resume", "latest"])
+    _wait_for(process, lambda: _logged(work, step + 1), f"step {step + 1}")
+    elapsed = time.perf_counter() - started
+    _kill_tree(process)
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m launch.resume_bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose launch/train.py is timed")
+    parser.add_argument("--at", type=int, nargs=2, default=[10, 3000], help="the two resume steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="resumes timed per step (median reported)")
+    args = parser.parse_args(argv)
+    if not (args.repo / "launch" / "train.py").is_file():
+        parser.error(f"--repo {args.repo}: expected a checkout holding launch/train.py")
+    if not (0 < args.at[0] < args.at[1] < STEPS) or args.repeats < 1 or args.batch_size < 1:
+        parser.error(f"--at: expected 0 < a < b < {STEPS}; --repeats, --batch-size >= 1")
+    with tempfile.TemporaryDirectory(prefix="resume-bench-") as tmp:
+        folders = prepare(args.repo.resolve(), Path(tmp), args.at, args.batch_size, args.workers)
+        times = {step: [] for step in args.at}
+        for _ in range(args.repeats):  # interleaved, so that machine load hits both alike
+            for step in args.at:
+                times[step].append(time_resume(args.repo.resolve(), folders[step], step, args.batch_size,
+                                               args.workers))
+    medians = {step: statistics.median(values) for step, values in times.items()}
+    low, high = args.at
+    ratio = medians[high] / medians[low]
+    for step in args.at:
+        shown = ", ".join(f"{t:.1f}" for t in times[step])
+        print(f"resume at step {step:>5}: launch -> first trained step {medians[step]:6.1f} s "
+              f"(median of {shown})")
+    print(f"ratio (step {high} / step {low}): {ratio:.2f}")
+    result = {"repo": str(args.repo), "batch_size": args.batch_size, "workers": args.workers,
+              "times_s": {str(k): v for k, v in times.items()}, "ratio": ratio}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

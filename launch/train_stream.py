@@ -1,0 +1,176 @@
+"""The per-worker training stream, whose whole position is a small state dict (exact resume in O(1)).
+
+One stream per (seed, rank, role): it draws shards with replacement, reads their samples into a
+shuffle buffer of undecoded bytes, picks samples out of the buffer at random, decodes them (bad ones
+skipped and counted), and yields batches of uint8 images and tokens. Every random choice is a pure
+function of a counter, never of an RNG's history:
+
+- shard n of the stream is `urls[draw(seed, rank, role, "shard", n)]`;
+- the picks while batch b is assembled come from an RNG seeded by (seed, rank, role, "pick", b);
+- the random crops of batch b are seeded by (seed, rank, role, "crop", b).
+
+So the position after any batch is `state()`: the shards drawn so far, the current shard and the next
+member's ordinal in it, the buffer as (url index, member ordinal) references in buffer order, the
+batch counter, the skip counts. `restore(state)` re-reads the referenced members (the shuffle buffer
+and the current shard, not the run's past) and the stream then continues bit for bit as it would have.
+
+    stream = TrainStream(urls, transform, batch_size=256, seed=0, rank=0, context_length=77,
+                         shuffle_buffer=5000)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+import towers
+from benchmarks.data.shards import SkipCounts, decode_sample, iter_shard, transform_images, worker_info
+
+SHUFFLE_INITIAL = 1000  # samples read before the first one leaves the buffer
+# A worker stops with an error instead of resampling forever when this many shards in a row give no
+# sample (e.g. every shard missing), or this many samples in a row are bad (e.g. every image corrupt).
+MAX_EMPTY_SHARDS = 100
+MAX_BAD_SAMPLES = 100_000
+NO_SHARD = -1
+
+
+def draw(*parts: int | str) -> int:
+    """A 63-bit number from the parts, stable across processes and Python runs."""
+    return random.Random("/".join(map(str, parts))).getrandbits(63)
+
+
+class _Position:
+    """Where one stream is: the reader (shards drawn, current shard and member) and the buffer."""
+
+    def __init__(self, buffer_size: int) -> None:
+        self.shards_drawn, self.shard, self.member, self.empty_run = 0, NO_SHARD, 0, 0
+        self.members: Iterator[dict] | None = None  # the current shard's reader
+        self.raws: list[dict] = []
+        self.refs = np.zeros((buffer_size, 2), dtype=np.int64)  # (url index, member ordinal) per raw
+        self.picks, self.batches, self.bad_run = 0, 0, 0
+        self.counts = SkipCounts()
+
+
+class TrainStream(IterableDataset):
+    """Yields (uint8 images, tokens, role, state after this batch); see the module docstring.
+
+    `start_batch` and `states` resume it: batch i of the loader comes from role i % workers (the
+    DataLoader's round-robin), and resuming after `start_batch` batches worker w plays role
+    (w + start_batch) % workers from `states[role]` (None: that role had not yielded yet)."""
+
+    def __init__(self, urls: list[str], transform: Callable, *, batch_size: int, seed: int, rank: int,
+                 context_length: int, shuffle_buffer: int, start_batch: int = 0,
+                 states: list[dict | None] | None = None) -> None:
+        super().__init__()
+        self.urls, self.transform, self.batch_size = urls, transform, batch_size
+        self.seed, self.rank, self.context_length = seed, rank, context_length
+        self.shuffle_buffer, self.start_batch, self.states = shuffle_buffer, start_batch, states
+
+    # --- reading ----------------------------------------------------------------------------------
+    def _open(self, url_index: int, skip: int, counts: SkipCounts) -> Iterator[dict]:
+        members = iter_shard(self.urls[url_index], counts)
+        for _ in range(skip):
+            next(members, None)
+        return members
+
+    def _next_raw(self, role: int, at: _Position) -> tuple[dict, int, int]:
+        while True:
+            if at.members is None:
+                at.shard = draw(self.seed, self.rank, role, "shard", at.shards_drawn) % len(self.urls)
+                at.shards_drawn, at.member = at.shards_drawn + 1, 0
+                at.members = self._open(at.shard, 0, at.counts)
+            raw = next(at.members, None)
+            if raw is not None:
+                at.member += 1
+                at.empty_run = 0
+                return raw, at.shard, at.member - 1
+            at.empty_run = at.empty_run + 1 if at.member == 0 else 0
+            at.members, at.shard = None, NO_SHARD
+            if at.empty_run >= MAX_EMPTY_SHARDS:
+                raise RuntimeError(f"{at.empty_run} shards in a row gave no sample ({len(self.urls)} shards "
+                                   f"from {self.urls[0]}); skipped: {at.counts.as_dict()}")
+
+    def _fill(self, role: int, at: _Position) -> None:
+        # Like webdataset's shuffle: the first sample leaves after SHUFFLE_INITIAL are read, then
+        # two are read per sample taken until the buffer is full.
+        target = min(self.shuffle_buffer, SHUFFLE_INITIAL + at.picks)
+        while len(at.raws) < target:
+            raw, url_index, member = self._next_raw(role, at)
+            at.refs[len(at.raws)] = (url_index, member)
+            at.raws.append(raw)
+
+    def _pick(self, rng: random.Random, at: _Position) -> dict:
+        i, last = rng.randrange(len(at.raws)), len(at.raws) - 1
+        at.raws[i], at.raws[last] = at.raws[last], at.raws[i]
+        at.refs[[i, last]] = at.refs[[last, i]]
+        at.picks += 1
+        return at.raws.pop()
+
+    # --- state ------------------------------------------------------------------------------------
+    def state(self, at: _Position) -> dict:
+        return {"shards_drawn": at.shards_drawn, "shard": at.shard, "member": at.member,
+                "empty_run": at.empty_run, "buffer": torch.from_numpy(at.refs[:len(at.raws)].copy()),
+                "picks": at.picks, "batches": at.batches, "bad_run": at.bad_run,
+                "counts": at.counts.as_dict()}
+
+    def restore(self, state: dict, at: _Position) -> None:
+        """Put `at` where `state` says: re-read the buffer's members and reopen the current shard."""
+        for key in ("shards_drawn", "shard", "member", "empty_run", "picks", "batches", "bad_run"):
+            setattr(at, key, int(state[key]))
+        at.counts = SkipCounts({k: int(v) for k, v in state["counts"].items()})
+        refs = state["buffer"].numpy()
+        # url index -> {member ordinal: buffer slots}; a shard drawn twice can be in the buffer twice
+        wanted: dict[int, dict[int, list[int]]] = {}
+        for slot, (url_index, member) in enumerate(refs.tolist()):
+            wanted.setdefault(url_index, {}).setdefault(member, []).append(slot)
+        raws: list[dict | None] = [None] * len(refs)
+        for url_index, members in wanted.items():
+            last = max(members)
+            for ordinal, raw in enumerate(iter_shard(self.urls[url_index], SkipCounts())):
+                for slot in members.get(ordinal, ()):
+                    raws[slot] = raw
+                if ordinal >= last:
+                    break
+        missing = [tuple(refs[i]) for i, raw in enumerate(raws) if raw is None]
+        if missing:
+            url_index, member = missing[0]
+            raise RuntimeError(f"resume: {self.urls[url_index]} no longer holds member {member} that the "
+                               f"checkpoint's shuffle buffer refers to ({len(missing)} such members)")
+        at.raws = raws
+        at.refs[:len(refs)] = refs
+        # Skipping the reopened shard's first members counts nothing: the reader counts only a missing
+        # shard (it was there) and damage, which lies after every member already read.
+        at.members = None if at.shard == NO_SHARD else self._open(at.shard, at.member, at.counts)
+
+    # --- batches ----------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[tuple]:
+        worker, workers = worker_info()
+        role = (worker + self.start_batch) % workers
+        at = _Position(self.shuffle_buffer)
+        if self.states is not None and self.states[role] is not None:
+            self.restore(self.states[role], at)
+        while True:
+            rng = random.Random(draw(self.seed, self.rank, role, "pick", at.batches))
+            batch = []
+            while len(batch) < self.batch_size:
+                self._fill(role, at)
+                sample = decode_sample(self._pick(rng, at), at.counts)
+                if sample is None:
+                    at.bad_run += 1
+                    if at.bad_run >= MAX_BAD_SAMPLES:
+                        raise RuntimeError(f"{at.bad_run} bad samples in a row from {self.urls[0]} ... "
+                                           f"({len(self.urls)} shards); skipped: {at.counts.as_dict()}")
+                    continue
+                at.bad_run = 0
+                batch.append(sample)
+            # fork_rng keeps the caller's RNG untouched when there are no worker processes.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(draw(self.seed, self.rank, role, "crop", at.batches))
+                images = transform_images(self.transform, [s.image for s in batch])
+            tokens = towers.tokenize([s.caption for s in batch], self.context_length)
+            at.batches += 1
+            yield images, tokens, role, self.state(at)

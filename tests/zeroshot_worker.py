@@ -1,0 +1,38 @@
+"""Worker for tests/test_bench_zeroshot_processes.py: ImageNet zero-shot of one checkpoint on a folder,
+in 1 or 2 processes (under `accelerate launch`); rank 0 saves the result with its predictions to --out.
+
+Every process uses one torch thread, so a single process and each of two run the same kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from benchmarks.encoder import load_our_model
+from benchmarks.imagenet_zeroshot import zero_shot_eval
+from benchmarks.process_group import join_launched_processes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rank, world_size, device = join_launched_processes()
+    encoder = load_our_model(args.model, device or "cpu")
+    result = zero_shot_eval(encoder, "imagenet", args.data, batch_size=16, limit=args.limit,
+                            templates="simple", cache=False, progress=False, keep_predictions=True,
+                            rank=rank, world_size=world_size)
+    if rank == 0:
+        with open(args.out, "w") as f:
+            json.dump({"world_size": world_size, **result}, f)
+
+
+if __name__ == "__main__":
+    main()
