@@ -78,4 +78,5 @@ def test_the_whole_check_runs_on_cpu_at_tiny_size(tmp_path, tmp_path_factory, ca
         assert run["steps"] == 2 and math.isfinite(run["final_loss"]) and run["samples_per_s"] > 0
         config = json.loads((tmp_path / "work" / "runs" / f"gpu-check-{tower}" / "config.json").read_text())
         assert config["experiment"]["recipe"]["train_data"].startswith(str(tmp_path / "work" / "shards"))
-    assert "keeps up" in out and "transformer / open_clip" in out and "train.py mixer, 2 steps" in out
+    assert ("keeps up" if verdict["keeps_up"] else "does NOT keep up") in out  # timing decides which
+    assert "transformer / open_clip" in out and "train.py mixer, 2 steps" in out
