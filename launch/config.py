@@ -52,7 +52,6 @@ class Recipe:
     local_loss: bool = False  # open_clip's local_loss: same gradients, less memory
     seed: int = 0
     train_data: str | None = None  # shards (brace pattern, '::' list or directory); None: the toy set
-    train_num_samples: int | None = None  # samples per epoch; None: the data set's size
     image_size: int | None = None  # None: the tower variant's size
     # None: resolved on construction to TOY_CONTEXT_LENGTH on the toy set (its captions and prompts
     # fit with room to spare, so nothing is cut) and to CLIP's 77 on shards, where a shorter context

@@ -1,8 +1,8 @@
 """Training data pipeline: WebDataset shards in the LAION / img2dataset layout, or the embedded toy set.
 
     loader = get_train_loader("shards/{00000..01023}.tar", image_size=224, batch_size=256,
-                              num_samples=10_000_000, workers=8, seed=0, rank=rank, world_size=world)
-    for step, (images, tokens) in enumerate(loader):   # endless; count steps, use batches_per_epoch
+                              workers=8, seed=0, rank=rank, world_size=world)
+    for step, (images, tokens) in enumerate(loader):   # endless (shards resampled): count steps
         ...
     loader.skipped()                                    # {kind: count} of bad samples skipped so far
 
@@ -41,12 +41,10 @@ from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
 
 import towers
 from benchmarks.data.shards import (
-    EvalLoader,
     ShardSpecError,
     SkipCounts,
     WorkerCounts,
     decode_sample,
-    eval_dataset,
     expand_shards,
     iter_shard,
     load_rgb,
@@ -94,18 +92,17 @@ def _no_collate(item: tuple) -> tuple:
 
 
 class TrainLoader:
-    """Endless iterable over (images, tokens) batches. `batches_per_epoch` = num_samples //
-    (batch_size * world_size); `skipped()` = bad samples by kind, merged over the workers;
-    `state_dict()` = the position after the last batch handed out (give it to `get_train_loader`'s
-    `state` to continue exactly there)."""
+    """Endless iterable over (images, tokens) batches. `skipped()` = bad samples by kind, merged over
+    the workers; `state_dict()` = the position after the last batch handed out (give it to
+    `get_train_loader`'s `state` to continue exactly there)."""
 
-    def __init__(self, stream: TrainStream, *, workers: int, batches_per_epoch: int, num_shards: int,
+    def __init__(self, stream: TrainStream, *, workers: int, num_shards: int,
                  finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  pin_memory: bool = False, finish_images: bool = True) -> None:
         self.stream, self.workers, self.pin_memory = stream, workers, pin_memory
         self.finish = finish  # the images' last transform steps (Uint8Images)
         self.finish_images = finish_images  # False: the consumer applies `finish` (on its device)
-        self.batches_per_epoch, self.num_shards = batches_per_epoch, num_shards
+        self.num_shards = num_shards
         self.batch_size = stream.batch_size
         self._start()
 
@@ -156,9 +153,8 @@ def data_identity(spec: str | None) -> dict:
     return {"shards": len(names), "shard_names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
 
 
-def get_train_loader(spec: str | None, *, image_size: int, batch_size: int, num_samples: int, workers: int,
-                     seed: int, rank: int = 0, world_size: int = 1, state: dict | None = None,
-                     context_length: int = 77,
+def get_train_loader(spec: str | None, *, image_size: int, batch_size: int, workers: int, seed: int,
+                     rank: int = 0, world_size: int = 1, state: dict | None = None, context_length: int = 77,
                      shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, pin_memory: bool = False,
                      finish_images: bool = True) -> TrainLoader:
     """The training loader of this rank (see the module docstring); `state` (a `TrainLoader.state_dict()`)
@@ -175,19 +171,8 @@ def get_train_loader(spec: str | None, *, image_size: int, batch_size: int, num_
                          context_length=context_length, shuffle_buffer=max(1, shuffle_buffer),
                          start_batch=state["batches"] if state else 0,
                          states=state["roles"] if state else None)
-    return TrainLoader(stream, workers=workers, batches_per_epoch=num_samples // (batch_size * world_size),
-                       num_shards=len(urls), finish=finish, pin_memory=pin_memory,
+    return TrainLoader(stream, workers=workers, num_shards=len(urls), finish=finish, pin_memory=pin_memory,
                        finish_images=finish_images)
-
-
-def get_eval_loader(spec: str | None, *, image_size: int, batch_size: int, workers: int = 0,
-                    with_class: bool = False) -> EvalLoader:
-    """Ordered, finite eval batches (images, captions, classes, keys) of `spec`, or of the toy val
-    split (with classes) for None."""
-    if not spec:
-        spec, with_class = ensure_toy().val, True
-    dataset = eval_dataset(spec, towers.image_transform(image_size, train=False), batch_size, with_class)
-    return EvalLoader(dataset, workers)
 
 
 # ---------------------------------------------------------------- bench
@@ -255,7 +240,7 @@ def bench(spec: str | None, workers: int, image_size: int, batch_size: int, batc
           f"read {1e6 / pure['tar_read']:.0f} us, tokenize {1e6 / pure['tokenize']:.0f} us")
     rows = []
     for w in range(workers + 1):
-        loader = get_train_loader(spec, image_size=image_size, batch_size=batch_size, num_samples=10**9,
+        loader = get_train_loader(spec, image_size=image_size, batch_size=batch_size,
                                   workers=w, seed=0, shuffle_buffer=shuffle_buffer)
         it = iter(loader)
         # Warm-up: worker start, and each worker's shuffle buffer filled (until then it reads two

@@ -84,7 +84,7 @@ def _state_after(batches: int, checkpoint: dict, batch_size: int, workers: int) 
     from launch.data import get_train_loader
 
     recipe = checkpoint["experiment"]["recipe"]
-    loader = get_train_loader(recipe["train_data"], image_size=64, batch_size=batch_size, num_samples=10**9,
+    loader = get_train_loader(recipe["train_data"], image_size=64, batch_size=batch_size,
                               workers=workers, seed=recipe["seed"], context_length=recipe["context_length"])
     stream = iter(loader)
     for _ in range(batches):

@@ -104,8 +104,7 @@ class TrainingRun:
         self.step_fn = ContrastiveStep(accelerator, self.ddp_model, self.optimizer, self.recipe)
         self.loader = get_train_loader(
             self.recipe.train_data, image_size=self.model.image_size, batch_size=self.recipe.batch_size,
-            num_samples=self.recipe.train_num_samples or self.recipe.steps * self.recipe.batch_size
-            * accelerator.num_processes * self.recipe.accum, workers=options.workers, seed=self.recipe.seed,
+            workers=options.workers, seed=self.recipe.seed,
             rank=accelerator.process_index, world_size=accelerator.num_processes,
             state=resume_state["data"][accelerator.process_index] if resume_state else None,
             context_length=self.recipe.context_length,

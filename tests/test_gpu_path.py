@@ -55,7 +55,7 @@ def test_pinned_uint8_batches_are_finished_on_the_gpu_with_the_cpu_bits(tmp_path
     from test_train_loader import write_dataset
 
     spec, _ = write_dataset(tmp_path / "shards")
-    common = dict(image_size=16, batch_size=8, num_samples=1000, workers=1, seed=0)
+    common = dict(image_size=16, batch_size=8, workers=1, seed=0)
     expected = next(iter(launch_data.get_train_loader(spec, **common)))[0]
     raw = launch_data.get_train_loader(spec, **common, pin_memory=True, finish_images=False)
     images, _ = next(iter(raw))

@@ -19,7 +19,7 @@ from results.runs import ReportInputError, load_run
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = {"accum": 1, "batch_size": 32, "betas": [0.9, 0.98], "context_length": 77, "eps": 1e-06,
           "grad_clip": 1.0, "image_size": None, "local_loss": False, "lr": 0.002, "precision": "fp32",
-          "seed": 0, "steps": 40, "train_data": None, "train_num_samples": None, "warmup_steps": 10,
+          "seed": 0, "steps": 40, "train_data": None, "warmup_steps": 10,
           "weight_decay": 0.2}
 ARMS = {  # tower -> (params, GFLOPs image/text, final toy top-1 per seed, STS avg_7 per seed)
     "mixer": ({"image_params": 603520, "text_params": 6919604, "total_params": 7523125}, (0.0787, 0.0909),

@@ -58,15 +58,14 @@ def take(loader, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def loader_for(spec: str, **kw):
-    args = {"image_size": 16, "batch_size": 8, "num_samples": 1000, "workers": 0, "seed": 0,
+    args = {"image_size": 16, "batch_size": 8, "workers": 0, "seed": 0,
             "shuffle_buffer": 20, **kw}
     return get_train_loader(spec, **args)
 
 
 def test_resampled_stream_is_endless_and_shaped(dataset):
     spec, captions = dataset
-    loader = loader_for(spec, num_samples=100, world_size=2)
-    assert loader.batches_per_epoch == 100 // (8 * 2)
+    loader = loader_for(spec, world_size=2)
     batches = take(loader, 40)  # 320 samples from a 48-sample set: it keeps going
     images, tokens = batches[0]
     assert images.shape == (8, 3, 16, 16) and images.dtype == torch.float32
@@ -192,8 +191,6 @@ def test_default_is_the_toy_train_split(tmp_path, monkeypatch):
     assert images.shape == (8, 3, 64, 64)
     texts = [open_clip_decode(row) for row in tokens]
     assert all(any(name in text for name in toy_data.CLASS_NAMES) for text in texts)
-    batch = next(iter(launch_data.get_eval_loader(None, image_size=32, batch_size=16)))
-    assert batch[0].shape == (16, 3, 32, 32) and batch[2].shape == (16,)
 
 
 def open_clip_decode(row: torch.Tensor) -> str:

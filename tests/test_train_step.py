@@ -103,7 +103,7 @@ def test_uint8_batches_are_finished_after_the_copy_with_the_loaders_bits(tmp_pat
     from test_train_loader import write_dataset
 
     spec, _ = write_dataset(tmp_path / "shards")
-    common = dict(image_size=16, batch_size=8, num_samples=1000, workers=0, seed=0)
+    common = dict(image_size=16, batch_size=8, workers=0, seed=0)
     finished = launch_data.get_train_loader(spec, **common)
     raw = launch_data.get_train_loader(spec, **common, finish_images=False)
     timer = {"data_wait": 0.0}
