@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -51,6 +49,7 @@ from benchmarks.data.shards import (
 )
 from benchmarks.data.toy import VERSION as TOY_VERSION
 from benchmarks.data.toy import ensure_toy
+from benchmarks.provenance import write_json
 from launch.train_stream import TrainStream
 
 DEFAULT_SHUFFLE_BUFFER = 5000  # samples, undecoded; open_clip's LAION default
@@ -253,8 +252,9 @@ def bench(spec: str | None, workers: int, image_size: int, batch_size: int, batc
         rate = batches * batch_size / (time.perf_counter() - start)
         cpu_us = (_cpu_seconds() - cpu) / (batches * batch_size) * 1e6
         del it
+        # A few tiny batches can take less CPU time than the clock's resolution: no ratio then.
         row = {"workers": w, "samples_per_s": rate, "ratio": rate / decode_rate,
-               "cpu_us_per_sample": cpu_us, "cpu_ratio": decode_cpu / cpu_us}
+               "cpu_us_per_sample": cpu_us, "cpu_ratio": decode_cpu / cpu_us if cpu_us > 0 else float("nan")}
         rows.append(row)
         skipped = sum(loader.skipped().values())
         print(f"loader, {w} worker(s): {rate:8.0f} samples/s = {row['ratio']:.2f}x pure decode+transform; "
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: --data: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":
