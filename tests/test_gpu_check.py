@@ -35,7 +35,7 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_2():
 def test_peak_table_by_device_name(name, peak):
     assert gpu_check.peak_tflops(name, None) == peak
     assert gpu_check.peak_tflops(name, 123.0) == 123.0  # --peak-tflops wins
-    # 44.4 GFLOPs per sample at 9000 samples/s = 400 TFLOP/s
+    # the arithmetic: 44.4 GFLOP per sample x 9000 samples/s = 399.6 TFLOP/s
     assert gpu_check.mfu(44.4, 9000, peak) == (None if peak is None else pytest.approx(399.6 / peak))
 
 
