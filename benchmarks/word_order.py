@@ -65,11 +65,6 @@ def mean_with_ci(outcomes: np.ndarray, seed: int = 0) -> dict[str, Any]:
     return {"top1": mean, "ci95": [float(interval.low * 100), float(interval.high * 100)]}
 
 
-def _encode_texts(encoder: Encoder, texts: Sequence[str], batch_size: int) -> torch.Tensor:
-    return torch.cat([encoder.encode_text(list(texts[i:i + batch_size]))
-                      for i in range(0, len(texts), batch_size)])
-
-
 def _encode_images(encoder: Encoder, items: Sequence[Item], batch_size: int, progress: bool) -> torch.Tensor:
     parts = []
     for start in tqdm(range(0, len(items), batch_size), desc="images", unit="batch", disable=not progress):
@@ -83,8 +78,8 @@ def score_items(encoder: Encoder, items: Sequence[Item], batch_size: int = 64, s
     """Image-text top-1 (when the encoder has an image tower) and the blind baseline of one task."""
     if not items:
         raise InputError("no items: the task's rule applies to none of the captions")
-    positives = _encode_texts(encoder, [item.positive for item in items], batch_size)
-    negatives = _encode_texts(encoder, [item.negative for item in items], batch_size)
+    positives = encoder.encode_text([item.positive for item in items])
+    negatives = encoder.encode_text([item.negative for item in items])
     prior = positives.float().mean(dim=0)
     blind = mean_with_ci(pair_outcomes(positives.float() @ prior, negatives.float() @ prior), seed)
     result: dict[str, Any] = {"n": len(items), "chance": 50.0, "blind_top1": blind["top1"],
@@ -97,13 +92,13 @@ def score_items(encoder: Encoder, items: Sequence[Item], batch_size: int = 64, s
     return result
 
 
-def bag_of_words_score(encoder: Encoder, sentences: Sequence[str], batch_size: int = 256) -> dict[str, Any]:
+def bag_of_words_score(encoder: Encoder, sentences: Sequence[str]) -> dict[str, Any]:
     """How little the embedding moves when a sentence's words are shuffled (100: not at all)."""
     pairs = [(s, shuffled) for i, s in enumerate(sentences) if (shuffled := shuffle_words(s, i)) is not None]
     if not pairs:
         raise InputError("no sentence with two different words to shuffle")
-    original = _encode_texts(encoder, [a for a, _ in pairs], batch_size).float()
-    shuffled = _encode_texts(encoder, [b for _, b in pairs], batch_size).float()
+    original = encoder.encode_text([a for a, _ in pairs]).float()
+    shuffled = encoder.encode_text([b for _, b in pairs]).float()
     cosine = (original * shuffled).sum(1).cpu().numpy()
     return {"bag_of_words_score": float(cosine.mean() * 100),
             "shuffle_cosine_median": float(np.median(cosine)), "n": len(pairs)}
