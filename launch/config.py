@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from towers.registry import FAMILIES, canonical_variant, variant_table
+from towers.token_mixing import TOKEN_MIXING_MODES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVAL_TEMPLATES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                               default=argparse.SUPPRESS)
     towers_group.add_argument("--variant", default=argparse.SUPPRESS, help="tiny, S/32, B/32, B/16")
     towers_group.add_argument("--embed-dim", dest="embed_dim", type=int, default=argparse.SUPPRESS)
-    towers_group.add_argument("--token-mixing", dest="token_mixing", choices=("causal", "full"),
+    towers_group.add_argument("--token-mixing", dest="token_mixing", choices=TOKEN_MIXING_MODES,
                               default=argparse.SUPPRESS, help="Mixer text tower token mixing")
     _add_fields(parser.add_argument_group("recipe"), Recipe)
     _add_fields(parser.add_argument_group("run"), RunOptions)

@@ -9,6 +9,8 @@ val split comes from the run's own final evaluation), throughput is timed for bo
     python -m results.reference --seeds 0 --towers mixer transformer --out /tmp/ref
     python -m results.reference --seeds 0 --out results/lr_sweep/lr5e-4 --train-flags "--lr 5e-4" \
         --skip-sts --skip-word-order --skip-throughput --no-report   # one point of an lr sweep
+    python -m results.reference --towers mixer --run-prefix mixer-caption --out results/token_mixing \
+        --train-flags "--token-mixing caption" --skip-throughput --no-report   # one token-mixing arm
 
 Writes into `--out` (default `results/reference/`): `runs/<tower>-seed<k>/` (config.json,
 metrics.jsonl, final_eval.json; checkpoints are deleted afterwards unless --keep-checkpoints, they are
@@ -70,7 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-flags", default="",
                         help="extra launch/train.py flags for every run, e.g. \"--lr 5e-4\" (for a sweep; "
                         "the reference itself is the default recipe)")
+    parser.add_argument("--run-prefix", default=None,
+                        help="name the runs <prefix>-seed<k> instead of <tower>-seed<k> (one tower only), so "
+                        "the arms of a sweep share one --out, e.g. --run-prefix mixer-caption")
     args = parser.parse_args(argv)
+    if args.run_prefix and len(args.towers) != 1:
+        parser.error(f"--run-prefix {args.run_prefix}: expected one --towers entry, got {args.towers}")
     out = args.out
     runs_dir, scores_dir = out / "runs", out / "scores"
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dirs = []
     for seed in args.seeds:
         for tower in args.towers:
-            name = f"{tower}-seed{seed}"
+            name = f"{args.run_prefix or tower}-seed{seed}"
             run_dirs.append(runs_dir / name)
             if args.skip_training or (runs_dir / name / "final_eval.json").is_file():
                 continue  # finished runs are kept: the command resumes an interrupted regeneration

@@ -1,4 +1,4 @@
-"""The Mixer text tower's token mixing: causal mode ignores everything after EOT, full mode does not."""
+"""The Mixer text tower's token mixing: every pad-inert mode ignores everything after EOT, `full` does not."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import towers
-from towers.mixer import TokenMixingMlp
+from towers.token_mixing import PAD_INERT_MODES, build_token_mixing
 
 
 def _tower(mode: str):
@@ -21,9 +21,10 @@ def _tokens():
     return tokens, eot
 
 
+@pytest.mark.parametrize("mode", PAD_INERT_MODES)
 @pytest.mark.parametrize("position_after_eot", [1, 5, 40])
-def test_causal_ignores_any_token_after_eot(position_after_eot):
-    tower = _tower("causal")
+def test_pad_inert_modes_ignore_any_token_after_eot(mode, position_after_eot):
+    tower = _tower(mode)
     tokens, eot = _tokens()
     changed = tokens.clone()
     for row, end in enumerate(eot.tolist()):
@@ -32,8 +33,9 @@ def test_causal_ignores_any_token_after_eot(position_after_eot):
         assert torch.equal(tower(tokens), tower(changed))  # bit-identical
 
 
-def test_causal_sees_every_token_before_eot():
-    tower = _tower("causal")
+@pytest.mark.parametrize("mode", PAD_INERT_MODES)
+def test_pad_inert_modes_see_every_token_before_eot(mode):
+    tower = _tower(mode)
     tokens, eot = _tokens()
     with torch.no_grad():
         base = tower(tokens)
@@ -54,10 +56,26 @@ def test_full_mode_lets_padding_change_the_embedding():
         assert (tower(tokens)[0] - tower(changed)[0]).abs().max() > 1e-4
 
 
-def test_causal_token_mixing_jacobian_is_lower_triangular():
+@pytest.mark.parametrize("mode", ["causal", "causal-front", "triangular"])
+def test_causal_token_mixing_jacobian_is_lower_triangular(mode):
     torch.manual_seed(0)
-    mlp = TokenMixingMlp(positions=77, hidden=256, mode="causal")
+    mlp = build_token_mixing(mode, positions=77, hidden=256)
     x = torch.randn(77)
     jacobian = torch.autograd.functional.jacobian(lambda v: mlp(v[None])[0], x)  # (out 77, in 77)
     assert torch.count_nonzero(torch.triu(jacobian, diagonal=1)) == 0
     assert torch.count_nonzero(torch.diagonal(jacobian)) > 70  # and it does mix the past
+
+
+def test_caption_mixing_is_bidirectional_inside_the_caption():
+    """`caption` lets an early position read a later one, as long as both are up to EOT."""
+    tower = _tower("caption")
+    tokens, eot = _tokens()
+    outputs = []
+    tower.blocks[0].register_forward_hook(lambda module, args, out: outputs.append(out))
+    changed = tokens.clone()
+    changed[0, int(eot[0]) - 1] = 1234  # the last word of the first text
+    with torch.no_grad():
+        tower(tokens), tower(changed)
+    base, after = outputs
+    assert (after[0, 1] - base[0, 1]).abs().max() > 1e-4  # position 1 read the later word
+    assert torch.equal(after[1], base[1])

@@ -8,6 +8,7 @@ from open_clip import IMAGENET_CLASSNAMES
 
 import towers
 from towers.clip import longest_eot
+from towers.token_mixing import PAD_INERT_MODES
 
 TOLERANCE = 1e-6
 # ragged: 3 to 14 tokens up to EOT in a 77-token context, plus one that fills the context
@@ -20,9 +21,10 @@ def _model(name: str, **text_overrides) -> towers.CLIP:
     return towers.create_model(name, text_overrides=text_overrides or None).eval()
 
 
-@pytest.mark.parametrize("name", ["transformer-tiny", "mixer-tiny"])
-def test_features_equal_the_full_length_ones(name):
-    model = _model(name)
+@pytest.mark.parametrize("name, mode", [("transformer-tiny", None), *(("mixer-tiny", mode) for mode in
+                                                                  PAD_INERT_MODES)])
+def test_features_equal_the_full_length_ones(name, mode):
+    model = _model(name, **({"token_mixing": mode} if mode else {}))
     tokens = towers.tokenize(PROMPTS)
     length = longest_eot(tokens)
     assert length == int(tokens.argmax(dim=-1).max()) + 1 < 20  # far fewer than 77 positions
@@ -68,10 +70,11 @@ def test_full_token_mixing_keeps_every_position():
             model.text(tokens[:, :20])
 
 
-def test_sliced_causal_token_mixing_equals_the_masked_full_one():
+@pytest.mark.parametrize("mode", ["causal", "causal-front"])
+def test_sliced_causal_token_mixing_equals_the_masked_full_one(mode):
     """The sliced token-mixing MLP against an independent reference: the masked full product, cut."""
     torch.manual_seed(1)
-    mixing = towers.mixer.TokenMixingMlp(positions=77, hidden=256, mode="causal")
+    mixing = towers.token_mixing.build_token_mixing(mode, positions=77, hidden=256)
     x = torch.randn(3, 8, 77)
     w1, w2 = mixing.fc1.weight * mixing.mask1, mixing.fc2.weight * mixing.mask2
     full = torch.nn.functional.linear(mixing.act(torch.nn.functional.linear(x, w1, mixing.fc1.bias)),

@@ -15,6 +15,7 @@ from PIL import Image
 
 from benchmarks import word_order
 from benchmarks.data import toy as toy_data
+from benchmarks.data import toy_captions
 from benchmarks.data import word_order_sets as sets
 from benchmarks.data.captions import load_caption_folder
 from benchmarks.data.files import InputError
@@ -94,7 +95,7 @@ def assert_toy_generator_could_write(template: str, caption: str) -> None:
 
 
 def test_toy_negatives_are_valid_toy_captions_like_their_positives(toy):
-    toy_templates = set(toy_data.CAPTION_TEMPLATES)
+    toy_templates = set(toy_captions.CAPTION_TEMPLATES)
     for task, template in sets.TOY_TASK_TEMPLATES.items():
         assert template in toy_templates, task
         items = sets.toy_items(task, toy.val)

@@ -9,31 +9,32 @@ fixed 77-token context, L blocks of [LayerNorm -> token-mixing MLP across the 77
 residual, LayerNorm -> channel MLP (timm's `Mlp`) -> residual], a final LayerNorm, and pooling at the
 EOT token (the largest id of each row), exactly where CLIP's text Transformer pools.
 
-Token mixing has two modes:
-- `causal` (default): position i mixes only positions <= i. The two token-mixing matrices are masked
-  MADE-style: hidden unit k gets a degree d(k) in [0, 76]; the first layer lets it read positions
-  j <= d(k), the second lets position i read it when d(k) <= i. So the EOT feature never depends on
-  padding or on anything written after EOT, like the causal Transformer.
-- `full`: the seed paper's behaviour, mixing all 77 positions, padding included (for replication).
+Token mixing (`token_mixing`, `--token-mixing`) is one of the modes of `towers.token_mixing`: `causal`
+(MADE masks, uniform degrees), `causal-front` (MADE, degrees front-loaded where captions end),
+`caption` (bidirectional inside the caption, positions after EOT zeroed), `triangular` (one
+lower-triangular L x L map), all pad-inert like the causal Transformer; and `full`, the seed paper's
+mixing of all 77 positions, padding included (for replication).
 
 Build one with `towers.build_tower("mixer", "text", "B/32")`.
 """
 
 from __future__ import annotations
 
-import bisect
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from timm.models.mlp_mixer import MlpMixer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from towers.preprocess import CONTEXT_LENGTH, VOCAB_SIZE
-
-TOKEN_MIXING_MODES = ("causal", "full")
+from towers.token_mixing import (  # noqa: F401  (made_degrees, the modes: re-exported)
+    PAD_INERT_MODES,
+    TOKEN_MIXING_MODES,
+    build_token_mixing,
+    made_degrees,
+)
 
 VARIANTS: dict[str, dict] = {
     # Token-mixing hidden 2 x width = 4 units per token, inside the Mixer paper's 2-8 per token; timm's
@@ -76,49 +77,6 @@ class MixerImageTower(MlpMixer):
         self.image_size = (image_size, image_size)
 
 
-def made_degrees(hidden: int, positions: int) -> torch.Tensor:
-    """Degree of each hidden unit, spread evenly over the positions (MADE's deterministic order)."""
-    return torch.arange(hidden) * positions // hidden
-
-
-class TokenMixingMlp(nn.Module):
-    """Two-layer MLP across sequence positions: (B, C, L) -> (B, C, L), optionally causal."""
-
-    def __init__(self, positions: int, hidden: int, mode: str = "causal"):
-        super().__init__()
-        if mode not in TOKEN_MIXING_MODES:
-            raise ValueError(f"token mixing mode {mode!r}: expected one of {TOKEN_MIXING_MODES}")
-        self.mode = mode
-        self.fc1 = nn.Linear(positions, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, positions)
-        if mode == "causal":
-            degree = made_degrees(hidden, positions)
-            position = torch.arange(positions)
-            # Buffers, not parameters: the mask is architecture, and it travels with the module.
-            self.register_buffer("mask1", (position[None, :] <= degree[:, None]).float(), persistent=False)
-            self.register_buffer("mask2", (degree[None, :] <= position[:, None]).float(), persistent=False)
-            # units_below[L]: hidden units of degree < L, the ones that positions < L can read
-            # (plain Python: the model may be built on the meta device)
-            degrees = [k * positions // hidden for k in range(hidden)]  # made_degrees, ascending
-            self.units_below = [bisect.bisect_left(degrees, length) for length in range(positions + 1)]
-        else:
-            self.mask1 = self.mask2 = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, L) -> (B, C, L); causal mixing takes L <= positions (the first L positions)."""
-        w1, w2, b1, b2 = self.fc1.weight, self.fc2.weight, self.fc1.bias, self.fc2.bias
-        if self.mask1 is not None:
-            w1, w2 = w1 * self.mask1, w2 * self.mask2
-            length = x.shape[-1]
-            if length < self.fc1.in_features:
-                # Positions < L read only hidden units of degree < L (the first ones: degrees ascend),
-                # and those read only positions < L: slicing drops terms that the masks make zero.
-                hidden = self.units_below[length]
-                w1, b1, w2, b2 = w1[:hidden, :length], b1[:hidden], w2[:length, :hidden], b2[:length]
-        return F.linear(self.act(F.linear(x, w1, b1)), w2, b2)
-
-
 class MixerTextBlock(nn.Module):
     """One Mixer block over a token sequence (B, L, C): token mixing, then channel mixing."""
 
@@ -127,13 +85,14 @@ class MixerTextBlock(nn.Module):
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)  # timm's Mixer norm
         self.norm1 = norm(width)
-        self.mlp_tokens = TokenMixingMlp(positions, token_hidden, mode)
+        self.mlp_tokens = build_token_mixing(mode, positions, token_hidden)
         self.norm2 = norm(width)
         self.mlp_channels = Mlp(width, channel_hidden, act_layer=nn.GELU)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.mlp_tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2))
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, C) -> (B, L, C); `keep` (B, 1, L): positions up to each row's EOT (`caption` mixing)."""
+        x = x + self.drop_path(self.mlp_tokens(self.norm1(x).transpose(1, 2), keep).transpose(1, 2))
         return x + self.drop_path(self.mlp_channels(self.norm2(x)))
 
 
@@ -172,25 +131,29 @@ class MixerTextTower(nn.Module):
 
     @property
     def stops_at_eot(self) -> bool:
-        """Causal token mixing never reads a later position, so a batch may stop at its longest EOT;
-        full mixing reads all of them, padding included."""
-        return self.token_mixing == "causal"
+        """Pad-inert token mixing never lets a position after EOT reach the EOT feature, so a batch may
+        stop at its longest EOT; full mixing reads all of them, padding included."""
+        return self.token_mixing in PAD_INERT_MODES
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, context_length) token ids -> (B, width); causal mixing also takes the first L positions."""
+        """(B, context_length) token ids -> (B, width); pad-inert mixing also takes the first L positions."""
         length = tokens.shape[1]
         if length != self.context_length and not (self.stops_at_eot and length < self.context_length):
             expected = "at most" if self.stops_at_eot else "exactly"
             raise ValueError(f"Mixer text tower ({self.token_mixing} token mixing) takes {expected} "
                              f"{self.context_length} tokens per text, got {length}")
+        eot = tokens.argmax(dim=-1)
+        keep = None
+        if self.token_mixing == "caption":
+            keep = (torch.arange(length, device=tokens.device) <= eot[:, None])[:, None, :]
         x = self.token_embedding(tokens) + self.positional_embedding[:length]
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, keep, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, keep)
         x = self.ln_final(x)
-        return x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        return x[torch.arange(x.shape[0], device=x.device), eot]
 
 
 def build(modality: str, **config) -> nn.Module:

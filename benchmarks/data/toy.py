@@ -8,8 +8,9 @@ Content: one 64x64 px JPEG per sample with a *target* object (8 colours x 8 shap
 size, position and rotation) on a background of another colour, plus one smaller *distractor* object
 of another colour and shape. The caption always names the target as "<colour> <shape>" (e.g. "a small
 red triangle on a blue background", "red triangle, top left"); background, position, size and the
-distractor are mentioned only sometimes, and the distractor always after the target and as "small",
-"little" or "tiny", so colour + shape of the target is the one cue every caption shares.
+distractor are mentioned only sometimes (2 in 7 captions name the background, 2 in 7 the distractor;
+`benchmarks.data.toy_captions`), the distractor always after the target and as "small", "little" or
+"tiny", so colour + shape of the target is the one cue every caption shares.
 
 Layout under `$MIXCLIP_CACHE` (default `~/.cache/mixclip`) / `toy-<seed>-v<VERSION>`:
 
@@ -54,10 +55,11 @@ from pathlib import Path
 from PIL import Image
 
 from benchmarks.data import files as data_files
+from benchmarks.data.toy_captions import position_words, write_caption
 from benchmarks.data.toy_drawing import draw_object
 
 # Bump whenever the generator's output changes: the cache folder name carries it.
-VERSION = 3
+VERSION = 4
 DEFAULT_NUM_TRAIN = 20_000
 DEFAULT_NUM_VAL = 2_000
 DEFAULT_SHARD_SIZE = 1_000
@@ -99,24 +101,6 @@ TOY_TEMPLATES = (
     "a simple {} shape.",
 )
 
-# Caption templates. {t} is the target "<colour> <shape>"; {size} a size word or nothing; {pos} a
-# position phrase ("in the top left"), {at} its short form ("top left"); {bg} the background colour;
-# {d} the distractor "<colour> <shape>". About 1 in 8 mentions the distractor, always second.
-CAPTION_TEMPLATES = (
-    # plain
-    "a {t}", "{t}", "the {t}", "one {t}", "a picture of a {t}", "a drawing of a {t}", "a simple {t} shape",
-    "a rotated {t}", "a flat {t} icon",
-    # size
-    "a {size} {t}", "an image of a {size} {t}", "clip art of a {size} {t}",
-    # background
-    "a {t} on a {bg} background", "a {size} {t} on a {bg} background", "{t} on {bg}",
-    "a {bg} background with a {t}", "{size} {t}, {bg} background",
-    # position
-    "{t}, {at}", "a {t} {pos}", "there is a {t} {pos}", "a {t} {pos}, on a {bg} background",
-    # distractor, always second and small
-    "a {t} next to a little {d}", "a picture of a {t} and a tiny {d}", "a {t}; a small {d} sits nearby",
-)
-
 # Radii as a fraction of the image side: the target spans 50% to 80% of the image; the distractor 14% to
 # 20%, so even a thin target (star, triangle) at its smallest covers twice the area of a large distractor.
 TARGET_RADIUS = (0.25, 0.40)
@@ -155,27 +139,6 @@ def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 14) -> 
     return tuple(min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)
 
 
-def _position_words(x: float, y: float) -> tuple[str, str]:
-    """(phrase, short form) for a centre in [0, 1]^2, e.g. ("in the top left", "top left")."""
-    col = "left" if x < 0.42 else "right" if x > 0.58 else ""
-    row = "top" if y < 0.42 else "bottom" if y > 0.58 else ""
-    if row and col:
-        return f"in the {row} {col}", f"{row} {col}"
-    if row:
-        return f"at the {row}", row
-    if col:
-        return f"on the {col}", col
-    return "in the center", "center"
-
-
-def _size_word(radius: float, rng: random.Random) -> str:
-    if radius < 0.29:
-        return rng.choice(("small", "little"))
-    if radius > 0.36:
-        return rng.choice(("large", "big"))
-    return rng.choice(("", "medium-sized"))
-
-
 def make_sample(rng: random.Random, class_index: int) -> tuple[bytes, str, dict]:
     """Draw one sample of class `class_index`: (JPEG bytes, caption, attributes)."""
     colour, shape = CLASS_ATTRIBUTES[class_index]["colour"], CLASS_ATTRIBUTES[class_index]["shape"]
@@ -210,15 +173,11 @@ def make_sample(rng: random.Random, class_index: int) -> tuple[bytes, str, dict]
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=JPEG_QUALITY)
 
-    pos, at = _position_words(x, y)
-    template = rng.choice(CAPTION_TEMPLATES)
-    caption = template.format(t=f"{colour} {shape}", size=_size_word(radius, rng), pos=pos, at=at,
-                              bg=background, d=f"{d_colour} {d_shape}")
-    caption = " ".join(caption.split())  # an empty {size} leaves a double space
+    caption = write_caption(rng, colour, shape, radius, (x, y), background, d_colour, d_shape)
     attributes = {
         "class": class_index, "colour": colour, "shape": shape, "radius": round(radius, 4),
         "center": [round(x, 4), round(y, 4)], "rotation_deg": round(math.degrees(rotation), 2),
-        "background": background, "position": at,
+        "background": background, "position": position_words(x, y)[1],
         "distractor": {"colour": d_colour, "shape": d_shape, "radius": round(d_radius, 4),
                        "center": [round(dx, 4), round(dy, 4)]},
     }

@@ -31,7 +31,7 @@ from benchmarks.data.shards import SkipCounts, decode_sample, expand_shards, ite
 
 TOY_TASKS = ("swap-attribute", "swap-background", "swap-object", "shuffle")
 CAPTION_TASKS = ("swap-attribute", "swap-object", "shuffle")
-# The toy templates each swap task writes its pair with (both are CAPTION_TEMPLATES entries).
+# The toy templates each swap task writes its pair with (both are toy_captions.CAPTION_TEMPLATES entries).
 TOY_TASK_TEMPLATES = {
     "swap-attribute": "a {t} next to a little {d}",
     "swap-background": "a {t} on a {bg} background",
