@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from towers.registry import FAMILIES, canonical_variant, variant_table
-from towers.token_mixing import TOKEN_MIXING_MODES
+from towers.token_mixing import DEFAULT_TOKEN_MIXING, TOKEN_MIXING_MODES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVAL_TEMPLATES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
@@ -87,7 +87,7 @@ class Experiment:
     text_tower: str = "mixer"
     variant: str = "tiny"
     embed_dim: int | None = None  # None: the variant's
-    token_mixing: str = "causal"  # Mixer text tower only
+    token_mixing: str = DEFAULT_TOKEN_MIXING  # Mixer text tower only
     recipe: Recipe = field(default_factory=Recipe)
 
     def model_kwargs(self) -> dict:

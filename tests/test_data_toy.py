@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.data import toy as toy_data
-from benchmarks.data import toy_drawing
+from benchmarks.data import toy_captions, toy_drawing
 from benchmarks.data.shards import SkipCounts, expand_shards, iter_samples, iter_shard
 
 SMALL = {"num_train": 150, "num_val": 128, "shard_size": 64}
@@ -182,3 +183,15 @@ def test_cli_prints_the_patterns(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         toy_data.main(["--out", str(tmp_path), "--num-train", "0"])
     assert info.value.code == 2
+
+
+def test_caption_kinds_come_in_their_weights_and_the_distractor_always_second():
+    """2 in 7 captions name the distractor (always after the target), 2 in 7 + 2/49 the background."""
+    rng = random.Random(0)
+    captions = [toy_captions.write_caption(rng, "red", "circle", 0.3, (0.2, 0.5), "blue", "green", "star")
+                for _ in range(14_000)]
+    with_distractor = [c for c in captions if "green star" in c]
+    assert abs(len(with_distractor) / len(captions) - 2 / 7) < 0.015
+    assert all(c.index("red circle") < c.index("green star") for c in with_distractor)
+    assert abs(sum("blue" in c for c in captions) / len(captions) - (2 / 7 + 2 / 49)) < 0.015
+    assert all("red circle" in c for c in captions)

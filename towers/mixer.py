@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from towers.preprocess import CONTEXT_LENGTH, VOCAB_SIZE
 from towers.token_mixing import (  # noqa: F401  (made_degrees, the modes: re-exported)
+    DEFAULT_TOKEN_MIXING,
     PAD_INERT_MODES,
     TOKEN_MIXING_MODES,
     build_token_mixing,
@@ -81,7 +82,7 @@ class MixerTextBlock(nn.Module):
     """One Mixer block over a token sequence (B, L, C): token mixing, then channel mixing."""
 
     def __init__(self, width: int, positions: int, token_hidden: int, channel_hidden: int,
-                 mode: str = "causal", drop_path: float = 0.0):
+                 mode: str = DEFAULT_TOKEN_MIXING, drop_path: float = 0.0):
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)  # timm's Mixer norm
         self.norm1 = norm(width)
@@ -100,7 +101,7 @@ class MixerTextTower(nn.Module):
     """Mixer text tower: (B, context_length) token ids -> (B, width) feature at the EOT token."""
 
     def __init__(self, width: int, layers: int, token_hidden: int, channel_hidden: int,
-                 token_mixing: str = "causal", context_length: int = CONTEXT_LENGTH,
+                 token_mixing: str = DEFAULT_TOKEN_MIXING, context_length: int = CONTEXT_LENGTH,
                  vocab_size: int = VOCAB_SIZE, drop_path_rate: float = 0.0):
         super().__init__()
         self.width = width

@@ -31,6 +31,7 @@ from torch import nn
 
 TOKEN_MIXING_MODES = ("causal", "causal-front", "caption", "triangular", "full")
 PAD_INERT_MODES = tuple(mode for mode in TOKEN_MIXING_MODES if mode != "full")
+DEFAULT_TOKEN_MIXING = "caption"  # chosen by the toy comparison in docs/token-mixing.md
 
 
 def made_degrees(hidden: int, positions: int) -> torch.Tensor:
