@@ -71,8 +71,8 @@ class CLIP(nn.Module):
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False,
                     stop_at_eot: bool | None = None) -> torch.Tensor:
         """(B, context_length) token ids -> (B, embed_dim). ``stop_at_eot`` (default: in eval mode) runs
-        a causal text tower only up to the batch's longest EOT, which gives the same features (its
-        positions never read later ones) at the cost of the tokens; training keeps the fixed length,
+        a pad-inert text tower only up to the batch's longest EOT, which gives the same features (no
+        position after EOT reaches the EOT feature) at the cost of the tokens; training keeps the fixed length,
         so a step's shapes, and a GPU step's host syncs, do not depend on the batch."""
         if stop_at_eot is None:
             stop_at_eot = not self.training
