@@ -72,8 +72,8 @@ class CLIP(nn.Module):
                     stop_at_eot: bool | None = None) -> torch.Tensor:
         """(B, context_length) token ids -> (B, embed_dim). ``stop_at_eot`` (default: in eval mode) runs
         a pad-inert text tower only up to the batch's longest EOT, which gives the same features (no
-        position after EOT reaches the EOT feature) at the cost of the tokens; training keeps the fixed length,
-        so a step's shapes, and a GPU step's host syncs, do not depend on the batch."""
+        position after EOT reaches the EOT feature) at the cost of the tokens; training keeps the fixed
+        length, so a step's shapes, and a GPU step's host syncs, do not depend on the batch."""
         if stop_at_eot is None:
             stop_at_eot = not self.training
         if stop_at_eot and getattr(self.text, "stops_at_eot", False):
