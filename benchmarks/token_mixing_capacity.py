@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from towers.clip import create_model
+from towers.profile import count_flops
 from towers.token_mixing import TOKEN_MIXING_MODES
 
 # variant -> the context it is trained with (B/32 on LAION: CLIP's 77; tiny on toy: the recipe's 32)
@@ -35,11 +35,8 @@ def eot_positions(context: int) -> tuple[int, ...]:
 
 def _text_gflops(model, length: int) -> float:
     tokens = torch.zeros(1, length, dtype=torch.long, device="meta")
-    tokens[:, length - 1] = 1  # EOT: the row's largest id, at the last position (meta: value unused)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model.text(tokens)
-    return counter.get_total_flops() / 1e9
+    with torch.no_grad():
+        return count_flops(lambda: model.text(tokens)) / 1e9
 
 
 def capacity_row(variant: str, mode: str) -> dict:

@@ -16,7 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from towers.clip import CLIP, create_model
 
 
-def _count_flops(fn) -> int:
+def count_flops(fn) -> int:
+    """FLOPs of calling `fn()`, by torch's FLOP counter (one multiply-add = 2)."""
     counter = FlopCounterMode(display=False)
     with counter:
         fn()
@@ -48,8 +49,8 @@ def profile(model: str | CLIP | torch.nn.Module) -> dict:
     model.train()
     try:
         with torch.no_grad():
-            image_flops = _count_flops(lambda: model.encode_image(images))
-            text_flops = _count_flops(lambda: model.encode_text(tokens))
+            image_flops = count_flops(lambda: model.encode_image(images))
+            text_flops = count_flops(lambda: model.encode_text(tokens))
     finally:
         model.train(was_training)
     return dict(model=getattr(model, "model_name", type(model).__name__), image_params=image_params,

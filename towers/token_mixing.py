@@ -34,13 +34,9 @@ PAD_INERT_MODES = tuple(mode for mode in TOKEN_MIXING_MODES if mode != "full")
 DEFAULT_TOKEN_MIXING = "caption"  # chosen by the toy comparison in docs/token-mixing.md
 
 
-def made_degrees(hidden: int, positions: int) -> torch.Tensor:
-    """Degree of each hidden unit, spread evenly over the positions (MADE's deterministic order)."""
-    return torch.tensor(uniform_degrees(hidden, positions), device="cpu")
-
-
-def uniform_degrees(hidden: int, positions: int) -> list[int]:
-    """made_degrees as plain Python (the model may be built on the meta device)."""
+def made_degrees(hidden: int, positions: int) -> list[int]:
+    """Degree of each hidden unit, spread evenly over the positions (MADE's deterministic order); plain
+    Python, as the model may be built on the meta device."""
     return [k * positions // hidden for k in range(hidden)]
 
 
@@ -131,7 +127,7 @@ class TriangularTokenMixing(nn.Module):
 def build_token_mixing(mode: str, positions: int, hidden: int) -> nn.Module:
     """The token-mixing module of one block for `mode` (see the module docstring)."""
     if mode == "causal":
-        return MadeTokenMixing(positions, hidden, uniform_degrees(hidden, positions))
+        return MadeTokenMixing(positions, hidden, made_degrees(hidden, positions))
     if mode == "causal-front":
         return MadeTokenMixing(positions, hidden, front_loaded_degrees(hidden, positions))
     if mode in ("caption", "full"):
