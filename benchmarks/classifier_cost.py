@@ -12,7 +12,6 @@ time extrapolated to the 1000 classes and the ratio, and checks that the two cla
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -21,6 +20,7 @@ from open_clip import IMAGENET_CLASSNAMES
 import towers
 from benchmarks.encoder import ModelEncoder
 from benchmarks.provenance import fail
+from benchmarks.runner_flags import RunnerParser
 from benchmarks.zeroshot_classifier import TEMPLATE_SETS, zero_shot_classifier
 
 
@@ -41,7 +41,7 @@ def time_classifier(model: torch.nn.Module, classnames: list[str], templates: st
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.classifier_cost",
+    parser = RunnerParser(prog="python -m benchmarks.classifier_cost",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="transformer-B-32", choices=towers.available_models(),
                         help="towers model name, random weights (default: %(default)s)")

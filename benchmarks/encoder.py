@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.data.files import InputError, file_sha256
+from runfolder import RunFolder
 
 Preprocess = Callable[[Any], torch.Tensor]
 
@@ -249,7 +249,8 @@ def locate_model(spec: str) -> tuple[Path | None, dict[str, Any]]:
 
     path = Path(spec)
     if path.is_dir():
-        checkpoint = towers.checkpoints.latest_checkpoint(path / "checkpoints")
+        run = RunFolder(path)
+        checkpoint = run.latest()
         if checkpoint is None:
             raise InputError(f"--model {spec}: run dir without checkpoints/latest "
                              f"(expected RUN/checkpoints/latest naming a checkpoint file)")
@@ -257,16 +258,14 @@ def locate_model(spec: str) -> tuple[Path | None, dict[str, Any]]:
             raise InputError(f"--model {spec}: checkpoints/latest names {checkpoint.name}, "
                              "which does not exist")
         info: dict[str, Any] = {"model_id": path.resolve().name, "source": "run", "run_dir": str(path)}
-        config_file = path / "config.json"
-        if config_file.is_file():
-            config = json.loads(config_file.read_text())
+        if run.is_run():
+            config = run.read_config()
             info.update(run_name=config.get("name"), recipe_sha256=config.get("recipe_sha256"),
                         train_git_commit=config.get("git_commit"))
         return checkpoint, info
     if path.is_file():
-        run_dir = path.resolve().parent.parent
-        in_run = path.resolve().parent.name == "checkpoints" and (run_dir / "config.json").is_file()
-        model_id = f"{run_dir.name}-{path.stem}" if in_run else path.stem
+        owner = RunFolder.of_checkpoint(path)
+        model_id = f"{owner.path.name}-{path.stem}" if owner else path.stem
         return path, {"model_id": model_id, "source": "checkpoint"}
     if spec in towers.available_models():
         return None, {"model_id": f"{spec}-random", "source": "towers model name (random weights)"}

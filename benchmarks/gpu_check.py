@@ -10,8 +10,10 @@ In one run, at B/32, bf16 autocast, batch 256:
 2. MFU: train FLOPs per sample (torch's FLOP counter, 3 x forward) x samples/s / the device's dense
    bf16 peak (PEAK_BF16_TFLOPS, or `--peak-tflops`);
 3. loader: `python -m launch.data --bench` at 224 px on JPEG shards generated here, 0..N workers, its
-   samples/s against the step's: whether the loader keeps up;
-4. a `--train-steps` (200) step training run of each tower through `launch/train.py` on those shards
+   samples/s against the step's: whether the loader keeps up; the same with `--decoder device` (workers
+   ship the JPEG bytes, this GPU decodes them with nvJPEG and crops them, docs/gpu_path.md);
+4. a `--train-steps` (200) step training run of each tower through `launch/train.py` on those shards,
+   the committed `launch/configs/laion400m-b32.yaml` recipe cut to one GPU's batch and those steps
    (samples/s and data-wait fraction from its metrics.jsonl).
 The JSON result goes to results/scores/gpu_check/. Without a CUDA device it says so in one line and
 exits 2; `--device cpu --variant tiny` runs the same code at toy size (for the tests only).
@@ -37,6 +39,11 @@ from benchmarks import throughput
 from benchmarks.data.files import REPO_ROOT
 from benchmarks.data.jpeg_shards import write_jpeg_shards
 from benchmarks.provenance import add_output_arguments, fail, finish
+from benchmarks.runner_flags import RunnerParser
+from runfolder import RunFolder
+from towers.precision import resolve_precision
+
+GPU_CHECK_RECIPE = REPO_ROOT / "launch" / "configs" / "laion400m-b32.yaml"  # the run of step 4
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets; first match wins.
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
@@ -115,27 +122,32 @@ def _run(command: list[str], what: str, timeout: float) -> float:
     return time.perf_counter() - started
 
 
-def measure_loader(spec: str, work: Path, args: argparse.Namespace, image_size: int) -> dict[str, Any]:
-    out = work / "loader.json"
+def measure_loader(spec: str, work: Path, args: argparse.Namespace, image_size: int,
+                   decoder: str = "pil", device: str = "cpu") -> dict[str, Any]:
+    """`python -m launch.data --bench` with this decoder (`device`: decoding on `device`)."""
+    out = work / f"loader-{decoder}.json"
     _run([sys.executable, "-m", "launch.data", "--bench", "--data", spec, "--workers", str(args.workers),
           "--image-size", str(image_size), "--batch-size", str(args.batch_size),
           "--batches", str(args.loader_batches), "--shuffle-buffer", str(args.batch_size),
-          "--json", str(out)], "loader bench", timeout=600)
+          "--decoder", decoder, "--decode-device", device, "--json", str(out)], f"loader bench ({decoder})",
+         timeout=600)
     result = json.loads(out.read_text())
-    return {"image_size": image_size, "rows": [{k: row[k] for k in ("workers", "samples_per_s")}
-                                               for row in result["loader"]]}
+    return {"image_size": image_size, "decoder": decoder, "decode_device": device,
+            "rows": [{k: row[k] for k in ("workers", "samples_per_s")} for row in result["loader"]]}
 
 
 def training_run(tower: str, spec: str, work: Path, args: argparse.Namespace, precision: str) -> dict:
     name = f"gpu-check-{tower}"
     log_every = max(1, args.train_steps // 10)
-    seconds = _run([sys.executable, str(REPO_ROOT / "launch" / "train.py"), "--tower", tower,
-                    "--variant", args.variant, "--precision", precision, "--batch-size", str(args.batch_size),
-                    "--steps", str(args.train_steps), "--warmup-steps", str(min(20, args.train_steps)),
-                    "--lr", "5e-4", "--context-length", "77", "--workers", str(args.workers),
-                    "--train-data", spec, "--eval-samples", "64", "--log-every", str(log_every),
+    # the LAION B/32 recipe file, shortened to a few steps of one GPU's batch on the generated shards
+    seconds = _run([sys.executable, str(REPO_ROOT / "launch" / "train.py"), "--config", str(GPU_CHECK_RECIPE),
+                    "--tower", tower, "--variant", args.variant, "--precision", precision,
+                    "--batch-size", str(args.batch_size), "--steps", str(args.train_steps),
+                    "--warmup-steps", str(min(20, args.train_steps)), "--workers", str(args.workers),
+                    "--train-data", spec, "--save-every", "0", "--eval-every", "0", "--eval-samples", "64",
+                    "--log-every", str(log_every),
                     "--runs-dir", str(work / "runs"), "--name", name], f"training run ({tower})", timeout=900)
-    lines = [json.loads(line) for line in (work / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+    lines = RunFolder(work / "runs" / name).read_metrics()
     steps = [line for line in lines if "loss" in line]
     steady = steps[1:] or steps  # the first interval holds start-up (and cuDNN/allocator warm-up)
     return {"tower": tower, "steps": args.train_steps, "wall_s": seconds, "final_loss": steps[-1]["loss"],
@@ -186,6 +198,12 @@ def format_report(result: dict[str, Any]) -> str:
                  f"{verdict['loader_over_step']:.2f} x the fastest step ({fastest['model']}, "
                  f"{fastest['phase']}, {fastest['samples_per_s']:.0f}/s): "
                  f"{'keeps up' if verdict['keeps_up'] else 'does NOT keep up'}")
+    decode, verdict = result["loader_device_decode"], result["device_decode_verdict"]
+    lines.append(f"loader, JPEGs decoded on {decode['decode_device']} (--decode-on-device): "
+                 + ", ".join(f"{row['workers']} workers {row['samples_per_s']:.0f}/s"
+                             for row in decode["rows"])
+                 + f"; best = {verdict['loader_over_step']:.2f} x the fastest step: "
+                 + ("keeps up" if verdict["keeps_up"] else "does NOT keep up"))
     for run in result["training_runs"]:
         lines.append(f"train.py {run['tower']}, {run['steps']} steps: {run['samples_per_s']:.1f} samples/s, "
                      f"data wait {_percent(run['data_wait_frac'])}, final loss {run['final_loss']:.3f}, "
@@ -194,7 +212,7 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check",
+    parser = RunnerParser(prog="python -m benchmarks.gpu_check",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 peak in TFLOP/s (default: from the table by name)")
@@ -239,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.reference not in open_clip.list_models():
         fail(f"--reference {args.reference}: not an open_clip architecture (e.g. ViT-B-32)")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = resolve_precision("auto", device)[0]  # as launch/train.py resolves its default
     peak = peak_tflops(device_name, args.peak_tflops)
     started = time.perf_counter()
 
@@ -255,10 +273,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         spec = write_jpeg_shards(work / "shards", args.shard_samples, side=max(image_size + 32, 64),
                                  processes=min(8, os.cpu_count() or 1))
         loader = measure_loader(spec, work, args, image_size)
+        # --decode-on-device: workers ship JPEG bytes, this device decodes (nvJPEG on CUDA) and crops.
+        device_decode = measure_loader(spec, work, args, image_size, "device", str(device))
         runs = [training_run(tower, spec, work, args, precision) for tower in TOWERS]
     result = {"device_name": device_name, "variant": args.variant, "precision": precision,
               "batch_size": args.batch_size, "peak_tflops": peak, "steps": steps, "loader": loader,
-              "loader_verdict": loader_verdict(loader, steps), "training_runs": runs,
+              "loader_verdict": loader_verdict(loader, steps), "loader_device_decode": device_decode,
+              "device_decode_verdict": loader_verdict(device_decode, steps), "training_runs": runs,
               "wall_s": time.perf_counter() - started}
     print(format_report(result))
     print(f"gpu check took {result['wall_s']:.0f} s")

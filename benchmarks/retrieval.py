@@ -2,17 +2,18 @@
 
 Data: a captioned folder (``DIR/captions.tsv`` with ``file<TAB>caption`` rows, ``file`` relative to DIR,
 several captions per image; default: the shared COCO subset ``captions/``) or the toy data set's val
-split (``--data toy``). An image query hits when any of its captions is in the top k; a text query hits
+split (``--dataset toy``). An image query hits when any of its captions is in the top k; a text query hits
 when an image carrying that exact caption is in the top k (with unique captions: its own image, the
 standard COCO/Flickr protocol). Ties rank by data order (stable sort).
 
-    python -m benchmarks.retrieval --model runs/mixer-tiny --data toy
+    python -m benchmarks.retrieval --model runs/mixer-tiny --dataset toy
     python -m benchmarks.retrieval --open-clip ViT-B-32 --query "a red circle" --grid-out grid.png
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from benchmarks.provenance import (
     finish,
     safe_model_id,
 )
+from benchmarks.runner_flags import RunnerParser, add_deprecated_alias, add_limit_argument
 
 KS = (1, 5, 10)
 
@@ -115,15 +117,16 @@ def query_grid(encoder: Encoder, data: CaptionedImages, image_features: torch.Te
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.retrieval",
+    parser = RunnerParser(prog="python -m benchmarks.retrieval",
                                      description=__doc__.split("\n\n")[0])
     add_model_arguments(parser, text_only_ok=False)
+    parser.add_argument("--dataset", choices=("captions", "toy"), default="captions",
+                        help="a captioned image folder, or the toy val split (default: %(default)s)")
     parser.add_argument("--data", default=None,
-                        help=f"'toy' for the toy val split, or {CAPTIONS_LAYOUT} "
-                             "(default: <shared data>/captions)")
-    parser.add_argument("--toy-root", default=None,
-                        help="with --data toy: toy cache root or val shard pattern (default: the toy cache)")
-    parser.add_argument("--limit", type=int, default=None, help="toy: first N val images (quick checks)")
+                        help=f"captions: {CAPTIONS_LAYOUT} (default: <shared data>/captions); toy: cache "
+                             "root or val shard pattern (default: the toy cache)")
+    add_deprecated_alias(parser, "--toy-root", "--data")
+    add_limit_argument(parser, "toy val images")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="images/captions per encoder call (default: %(default)s)")
     parser.add_argument("--query", default=None, help="also save a grid of the top-9 images for this text")
@@ -136,13 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
-    data_arg = args.data or str(shared_data_dir() / "captions")
-    if data_arg != "toy" and not (Path(data_arg) / "captions.tsv").is_file():
-        fail(f"--data {data_arg}: no captions.tsv; expected {CAPTIONS_LAYOUT}, or --data toy")
+    if args.data == "toy":  # the old spelling of --dataset toy
+        print("warning: --data toy is deprecated; use --dataset toy", file=sys.stderr)
+        args.dataset, args.data = "toy", None
+    toy = args.dataset == "toy"
+    data_arg = args.data or (None if toy else str(shared_data_dir() / "captions"))
+    if not toy and not (Path(data_arg) / "captions.tsv").is_file():
+        fail(f"--data {data_arg}: no captions.tsv; expected {CAPTIONS_LAYOUT}, or --dataset toy")
     encoder = encoder_from_args(args)
     try:
-        if data_arg == "toy":
-            data = load_toy_split(args.toy_root, args.limit)
+        if toy:
+            data = load_toy_split(data_arg, args.limit)
         else:
             data = load_caption_folder(data_arg)
         metrics, image_features = retrieval_eval(encoder, data, args.batch_size)
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metrics["query"] = {"text": args.query, "grid": str(out),
                             "top": query_grid(encoder, data, image_features, args.query, out)}
         print(f"query {args.query!r}: grid saved to {out}")
-    settings = {"data": data_arg, "limit": args.limit, "query": args.query}
+    settings = {"dataset": args.dataset, "data": data_arg or "toy", "limit": args.limit, "query": args.query}
     return finish("retrieval", metrics, args, encoder=encoder, settings=settings)
 
 

@@ -35,6 +35,7 @@ from benchmarks.provenance import (
     fail,
     finish,
 )
+from benchmarks.runner_flags import RunnerParser, add_limit_argument
 
 SEED_PAPER_SETS = ("SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16")
 
@@ -119,7 +120,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.sts", description=__doc__.split("\n\n")[0])
+    parser = RunnerParser(prog="python -m benchmarks.sts", description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--sets", nargs="+", choices=list(STS_FILES), default=list(STS_FILES),
                         help="which STS sets to score")
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, default=None,
                         help="shared data folder holding sts/*.tsv (default: $MIXCLIP_SHARED_DATA or "
                              "<repo>/../shared/data)")
-    parser.add_argument("--limit", type=int, default=None, help="first N pairs per set (quick checks only)")
+    add_limit_argument(parser, "pairs per set")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="sentences per encoder call (default: %(default)s)")
     add_output_arguments(parser)

@@ -1,17 +1,19 @@
 """Training and inference throughput of any tower pair, against open_clip's own ViT-B-32 in the same run.
 
 Both models get the same batch (random images at each model's size, real tokenised captions), the same
-training step (the model's forward, open_clip's ClipLoss, backward, fused AdamW step where torch has
-it, as the trainer) and the same inference step (encode_image + encode_text without gradients).
+training step (the trainer's own `launch.trainer.ContrastiveStep` on the default `Recipe`: forward,
+fp32 ClipLoss, backward, loss all-reduce, gradient clipping, fused AdamW over the trainer's parameter
+groups, temperature clamp; `tests/test_bench_throughput.py` checks that one step leaves the weights a
+trainer step leaves) and the same inference step (encode_image + encode_text without gradients). It
+is the one benchmark that imports `launch`: what it times is launch's step.
 Steps alternate between the two models so a change in machine load hits both alike; each figure is
 the median of ``--steps`` timed steps after ``--warmup``. On CUDA the towers run under bf16 autocast
 (``--precision auto``) and every step ends in a synchronize. Prints samples/s, their ratio (ours /
 reference), parameters and GFLOPs per sample. ``benchmarks.gpu_check`` times the same step on a GPU,
 compiled too, with MFU and peak memory.
 
-    python -m benchmarks.throughput --image-tower mixer --text-tower mixer --variant B/32 --batch-size 32
-    python -m benchmarks.throughput --image-tower mixer --text-tower transformer --variant tiny \\
-        --batch-size 8 --reference none
+    python -m benchmarks.throughput --model mixer-B-32 --batch-size 32
+    python -m benchmarks.throughput --model mixer+transformer-tiny --batch-size 8 --reference none
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +31,14 @@ from tqdm import tqdm
 
 import towers
 from benchmarks.provenance import add_output_arguments, fail, finish
+from benchmarks.runner_flags import (
+    RunnerParser,
+    add_device_argument,
+    add_precision_argument,
+    resolve_precision,
+)
+from launch.config import Recipe
+from launch.trainer import ContrastiveStep, build_optimizer
 from towers.profile import image_size_of
 
 MODES = ("train", "infer")
@@ -39,32 +50,37 @@ def _sync(device: torch.device) -> None:
 
 
 class Contender:
-    """One model with its batch, optimizer and the two step functions being timed."""
+    """One model with its batch and the two steps being timed. The training step is the trainer's own
+    (`launch.trainer.ContrastiveStep` with `build_optimizer`'s parameter groups, on `recipe`): AdamW
+    with weight decay on >= 2-d weights, the fp32 loss, the loss all-reduce, gradient clipping and the
+    temperature clamp, so what is timed is what trains."""
 
     def __init__(self, label: str, model: torch.nn.Module, tokenizer: Callable, batch_size: int,
-                 device: torch.device, precision: str, seed: int = 0):
-        import open_clip
+                 device: torch.device, precision: str, seed: int = 0, recipe: Recipe | None = None):
+        from accelerate import Accelerator
 
         self.label, self.model, self.device = label, model.to(device), device
+        self.recipe = recipe or Recipe()
         image_size = image_size_of(model)
         generator = torch.Generator().manual_seed(seed)
         self.images = torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(device)
         captions = [f"a photo of object number {i}, seen from the side" for i in range(batch_size)]
         self.tokens = tokenizer(captions).to(device)
-        self.loss = open_clip.ClipLoss()
-        try:
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.1, fused=True)
-        except RuntimeError:  # no fused kernel for this device
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.1)
-        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                         else contextlib.nullcontext())
-        self.forward: Callable = self.model  # (images, tokens) -> (image, text features, scale, ...)
+        # One process, no DDP wrapper; the precision is this contender's, not the process-wide
+        # AcceleratorState's (fixed by the first Accelerator a process makes).
+        accelerator = Accelerator(cpu=device.type == "cpu")
+        self.optimizer = build_optimizer(self.model, self.recipe)
+        self.step = ContrastiveStep(accelerator, self.model, self.optimizer, self.recipe)
+        self.autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16"
+                         else contextlib.nullcontext)
+        self.step.autocast = self.autocast
+        self.steps_done = 0  # the lr schedule's step
         self.times: dict[str, list[float]] = {mode: [] for mode in MODES}
         self.peak_step_bytes = 0  # CUDA: the most memory one training step added over what it started with
 
     def compile(self, backend: str = "inductor") -> None:
         """Time the torch.compile'd forward from now on (the first step compiles; keep it in warm-up)."""
-        self.forward = torch.compile(self.model, backend=backend)
+        self.step.model = torch.compile(self.model, backend=backend)
         self.times = {mode: [] for mode in MODES}
         self.peak_step_bytes = 0
 
@@ -76,17 +92,12 @@ class Contender:
 
     def train_step(self) -> None:
         self.model.train()
-        with self.autocast, towers.attention_kernels(self.device):
-            image_features, text_features, scale = self.forward(self.images, self.tokens)[:3]
-        # the loss in fp32, as the trainer takes it (bf16 logits are too coarse for the softmax)
-        loss = self.loss(image_features.float(), text_features.float(), scale)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.step([(self.images, self.tokens)], self.steps_done)
+        self.steps_done += 1
 
     def infer_step(self) -> None:
         self.model.eval()
-        with torch.no_grad(), self.autocast, towers.attention_kernels(self.device):
+        with torch.no_grad(), self.autocast(), towers.attention_kernels(self.device):
             self.model.encode_image(self.images, normalize=True)
             self.model.encode_text(self.tokens, normalize=True)
 
@@ -129,12 +140,14 @@ def summarise(contender: Contender, batch_size: int, modes: tuple[str, ...]) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput",
+    parser = RunnerParser(prog="python -m benchmarks.throughput",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image-tower", required=True, help="image tower family (e.g. mixer, transformer)")
-    parser.add_argument("--text-tower", required=True, help="text tower family (e.g. mixer, transformer)")
-    parser.add_argument("--variant", default="B/32",
-                        help="size variant (tiny, S/32, B/32, B/16, ...) (default: %(default)s)")
+    parser.add_argument("--model", metavar="NAME",
+                        help="a towers model name, e.g. mixer-B-32 or transformer+mixer-tiny (random "
+                             "weights; `python -m towers` lists them)")
+    # the spelling before the runner convention, one version: --image-tower X --text-tower Y --variant V
+    for old in ("--image-tower", "--text-tower", "--variant"):
+        parser.add_argument(old, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=32,
                         help="samples per step, same for both models (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=10,
@@ -145,13 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference", default="ViT-B-32",
                         help="open_clip architecture timed alongside (random weights), or 'none' "
                              "(default: %(default)s)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 autocast on CUDA, fp32 on CPU (default: %(default)s)")
+    add_device_argument(parser)
+    add_precision_argument(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for weights and inputs (default: %(default)s)")
     add_output_arguments(parser)
     return parser
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    import towers
+
+    old = (args.image_tower, args.text_tower, args.variant)
+    if args.model and any(old):
+        fail("--model NAME replaces --image-tower/--text-tower/--variant: give one spelling")
+    if args.model:
+        return args.model
+    if not (args.image_tower and args.text_tower):
+        fail("--model NAME is required (e.g. mixer-B-32; `python -m towers` lists them)")
+    print("warning: --image-tower/--text-tower/--variant are deprecated; use --model NAME", file=sys.stderr)
+    return towers.model_name(args.image_tower, args.text_tower, args.variant or "B/32")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -165,15 +191,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--batch-size must be at least 2 (the contrastive loss needs negatives)")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
-    name = towers.model_name(args.image_tower, args.text_tower, args.variant)
+    name = _model_name(args)
     if name not in towers.available_models():
-        fail(f"--image-tower {args.image_tower} --text-tower {args.text_tower} --variant {args.variant}: "
-             f"no such model (families {sorted(towers.FAMILIES)}; models: "
+        fail(f"--model {name}: no such model (families {sorted(towers.FAMILIES)}; models: "
              f"{', '.join(towers.available_models())})")
     if args.reference != "none" and args.reference not in open_clip.list_models():
         fail(f"--reference {args.reference}: not an open_clip architecture (e.g. ViT-B-32) or 'none'")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = resolve_precision(args.precision, device.type)
 
     torch.manual_seed(args.seed)
     ours = towers.create_model(name)
@@ -204,8 +229,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 (rows[1]["image_gflops"] + rows[1]["text_gflops"]))
     print(format_table(result, modes))
     model_id = f"{name}-bs{args.batch_size}-{device.type}"
-    settings = {key: getattr(args, key) for key in ("image_tower", "text_tower", "variant", "batch_size",
-                                                    "steps", "warmup", "reference", "seed")}
+    settings = {"model": name, **{key: getattr(args, key) for key in ("batch_size", "steps", "warmup",
+                                                                      "reference", "seed")}}
     return finish("throughput", result, args, model_info={"model_id": model_id, "architecture": name},
                   settings={**settings, "modes": list(modes), "precision": precision})
 

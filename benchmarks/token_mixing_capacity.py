@@ -14,11 +14,12 @@ a second.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
+from benchmarks.provenance import write_json
+from benchmarks.runner_flags import RunnerParser
 from towers.clip import create_model
 from towers.profile import count_flops
 from towers.token_mixing import TOKEN_MIXING_MODES
@@ -80,7 +81,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.token_mixing_capacity", description=__doc__,
+    parser = RunnerParser(prog="python -m benchmarks.token_mixing_capacity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(markdown(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        write_json(args.out, rows)  # strict JSON (NaN -> null), atomic, like every result
         print(f"wrote {args.out}")
     return rows
 

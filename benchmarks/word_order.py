@@ -42,6 +42,7 @@ from benchmarks.data.word_order_sets import (
 )
 from benchmarks.encoder import Encoder
 from benchmarks.provenance import add_model_arguments, add_output_arguments, encoder_from_args, fail, finish
+from benchmarks.runner_flags import RunnerParser, add_limit_argument
 
 # Cosines this close are one score: an order-blind encoder's sums of the same vectors in another order
 # differ only by float rounding, and such a pair must count as the tie it is.
@@ -151,7 +152,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.word_order",
+    parser = RunnerParser(prog="python -m benchmarks.word_order",
                                      description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--dataset", choices=("toy", "captions", "sugarcrepe"), default="toy",
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", nargs="+", default=None,
                         help=f"toy: {' '.join(TOY_TASKS)}; captions: {' '.join(CAPTION_TASKS)} "
                              "(default: all)")
-    parser.add_argument("--limit", type=int, default=None, help="at most N items per task (quick checks)")
+    add_limit_argument(parser, "items per task")
     parser.add_argument("--sts-sentences", type=int, default=500,
                         help="STS-B sentences for the bag-of-words score; 0 skips it (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="per encoder call (default: %(default)s)")

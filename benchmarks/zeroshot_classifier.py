@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from open_clip import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES, buil
 from benchmarks.data.files import cache_dir
 from benchmarks.encoder import Encoder
 from benchmarks.process_group import gather_objects
+from runfolder import atomic_write
 
 TEMPLATE_SETS = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}
 CLASSES_PER_BATCH = 10  # open_clip's default: 800 prompts per forward with the 80 templates
@@ -87,11 +87,9 @@ def _read_cache(path: Path | None, model_key: str | None, num_classes: int) -> t
 
 def _write_cache(path: Path, classifier: torch.Tensor, model_key: str, classnames: Sequence[str],
                  templates: Sequence) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"classifier": classifier.cpu(), "model_key": model_key,
-                "templates": template_strings(templates), "classnames": list(classnames)}, tmp)
-    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    stored = {"classifier": classifier.cpu(), "model_key": model_key,
+              "templates": template_strings(templates), "classnames": list(classnames)}
+    atomic_write(path, lambda f: torch.save(stored, f))  # a concurrent reader never sees half a file
 
 
 def zero_shot_classifier(encoder: Encoder, classnames: Sequence[str], templates: Sequence,

@@ -1,4 +1,5 @@
-"""Atomic training checkpoints with a `latest` pointer, and the RNG state of every process.
+"""Atomic training checkpoints with a `latest` pointer, and the RNG state of every process (the
+folder's layout, the pointer and the atomic writer are `runfolder`'s).
 
 A checkpoint is one `torch.save`d dict: `model_config` + `state_dict` (so `towers.load` reads it as a
 model), plus `experiment`, `recipe_sha256`, `step`, `samples_seen`, `optimizer`, `scaler`, and
@@ -14,54 +15,24 @@ newest N step files up to the current one (never the one `latest` names).
 
 from __future__ import annotations
 
-import os
 import random
-import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from towers.checkpoints import LATEST_POINTER as LATEST
-from towers.checkpoints import CheckpointError, latest_checkpoint, read_checkpoint
-
-STEP_FILE = re.compile(r"step_(\d{8})\.pt")
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:08d}.pt"
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def point_latest(folder: Path, path: Path | None) -> None:
-    """Make `latest` name `path` (atomically), or remove the pointer for None."""
-    if path is None:
-        (folder / LATEST).unlink(missing_ok=True)
-    else:
-        _atomic_write(folder / LATEST, lambda f: f.write(path.name.encode() + b"\n"))
+# checkpoint_name, point_latest and step_files are the run folder's, re-exported for launch's callers
+from runfolder import (  # noqa: F401
+    LATEST,
+    STEP_FILE,
+    atomic_write,
+    checkpoint_name,
+    latest_checkpoint,
+    point_latest,
+    step_files,
+)
+from towers.checkpoints import CheckpointError, read_checkpoint
 
 
 def save_checkpoint(folder: Path, step: int, payload: dict) -> Path:
@@ -70,15 +41,9 @@ def save_checkpoint(folder: Path, step: int, payload: dict) -> Path:
     path = folder / checkpoint_name(step)
     if latest_checkpoint(folder) == path:
         raise FileExistsError(f"{path}: 'latest' names it; a checkpoint is never overwritten in place")
-    _atomic_write(path, lambda f: torch.save(payload, f))
+    atomic_write(path, lambda f: torch.save(payload, f))
     point_latest(folder, path)
     return path
-
-
-def step_files(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the folder's step checkpoints, newest first."""
-    found = [(int(m.group(1)), p) for p in folder.glob("step_*.pt") if (m := STEP_FILE.fullmatch(p.name))]
-    return sorted(found, reverse=True)
 
 
 def newest_readable(folder: Path, report: Callable[[str], None]) -> tuple[Path, dict] | None:
@@ -102,12 +67,13 @@ def newest_readable(folder: Path, report: Callable[[str], None]) -> tuple[Path, 
     return None
 
 
-def prune_checkpoints(folder: Path, keep: int, current: Path) -> list[Path]:
+def prune_checkpoints(folder: Path, keep: int, current: Path, pinned: tuple[int, ...] = ()) -> list[Path]:
     """Delete all but the newest `keep` step files up to `current` (0 keeps all); files of later steps
-    (left by a run that fell back to an older checkpoint) are replaced as the run reaches them."""
+    (left by a run that fell back to an older checkpoint) are replaced as the run reaches them. Steps in
+    `pinned` (cooldown branch points) are never deleted and not counted."""
     if keep == 0:
         return []
-    steps = dict((path, step) for step, path in step_files(folder))
+    steps = dict((path, step) for step, path in step_files(folder) if step not in pinned)
     older = [path for path, step in steps.items() if step <= steps.get(current, -1) and path != current]
     older.sort(key=steps.get, reverse=True)
     removed = older[keep - 1:]

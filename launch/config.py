@@ -5,11 +5,14 @@ touches the recipe: `--tower mixer` and `--tower transformer` with the same othe
 `recipe_sha256` (the sha256 of the Recipe's canonical JSON, with the data by identity and the global
 batch: `Recipe.identity`), and nothing in `launch/` branches on the tower family. Flags are the
 fields' names in kebab case (`--warmup-steps`); `--config FILE.yaml|json` supplies values that flags
-then override.
+then override. The committed recipes are `launch/configs/*.yaml` (CONFIGS_DIR); a config may give
+`global_batch_size` instead of `batch_size`, split over the launch's processes (torchrun's WORLD_SIZE)
+and `accum`, so one file gives one recipe_sha256 on 1, 8 or 16 GPUs.
 
     from launch.config import parse_experiment
     experiment, run = parse_experiment(["--tower", "mixer", "--steps", "100"])
-    experiment.recipe.sha256(processes=1, data={"toy_seed": 0, "toy_version": 3})
+    recipe, why, warning = experiment.recipe.with_precision("cpu")   # --precision auto -> bf16 or fp32
+    recipe.sha256(processes=1, data=launch.data.data_identity(None))
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,31 +29,38 @@ from pathlib import Path
 
 import yaml
 
-from towers.registry import FAMILIES, canonical_variant, variant_table
-from towers.token_mixing import DEFAULT_TOKEN_MIXING, TOKEN_MIXING_MODES
+from benchmarks.runner_flags import RunnerParser
+from launch.decoders import DECODERS
+from towers.precision import PRECISIONS, resolve_precision
+from towers.registry import FAMILIES, canonical_variant, text_mask_overrides, variant_table
+from towers.text_mask import DEFAULT_TEXT_MASK, TEXT_MASKS, legacy_text_reading, resolve_token_mixing
+from towers.token_mixing import TOKEN_MIXING_MODES
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("cosine", "constant")
 EVAL_TEMPLATES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
+REPORT_TO = ("tensorboard", "wandb", "all")  # launch.run_record.make_trackers
 TOY_CONTEXT_LENGTH = 32
 CLIP_CONTEXT_LENGTH = 77
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the committed recipes (README: Training)
 
 
 @dataclass(frozen=True)
 class Recipe:
     """Every number that trains a model. The defaults were tuned once on `toy`, for all towers alike."""
 
-    steps: int = 750  # optimizer steps; sized so the default run fits 10 minutes on a 2-core CPU
-    batch_size: int = 128  # per process; global batch = batch_size x processes x accum
+    # steps and batch: the default run's budget and how they were chosen, docs/results.md#default-run
+    steps: int = 800  # optimizer steps
+    batch_size: int = 64  # per process; global batch = batch_size x processes x accum
     accum: int = 1  # micro-batches per step; the contrastive loss still sees the whole batch
     lr: float = 1e-3
-    warmup_steps: int = 40  # linear warmup, then cosine decay to 0 at `steps`
+    warmup_steps: int = 80  # linear warmup, then cosine decay to 0 at `steps`
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     weight_decay: float = 0.2  # on >= 2-d weights only (chosen by shape, never by name)
     grad_clip: float = 1.0  # max global grad norm; 0 disables
-    # bf16 autocast (fp32 weights, optimizer state and loss), as CLIP is trained on GPUs; on a CPU
-    # without bf16 instructions pass --precision fp32 (docs/design.md: speed and accuracy of both).
-    precision: str = "bf16"
+    # auto: bf16 autocast (fp32 weights, optimizer state and loss) where the device runs bf16 natively,
+    # fp32 elsewhere (towers.precision); resolved before hashing, so the hash names what trained.
+    precision: str = "auto"
     local_loss: bool = False  # open_clip's local_loss: same gradients, less memory
     seed: int = 0
     train_data: str | None = None  # shards (brace pattern, '::' list or directory); None: the toy set
@@ -58,17 +69,33 @@ class Recipe:
     # fit with room to spare, so nothing is cut) and to CLIP's 77 on shards, where a shorter context
     # would cut real captions (docs/design.md: why 32 and not 16).
     context_length: int | None = None
+    # The JPEG decode path of the train transform (launch.decoders): it changes pixels, so it is hashed.
+    decoder: str = "pil"
+    # issue 25: how every text tower reads a caption, causal or caption (towers.text_mask)
+    text_mask: str = DEFAULT_TEXT_MASK
+    # Scaling-law sweeps (docs/scaling-laws.md): `constant` is warmup, then the constant lr, then a linear
+    # cooldown to 0 over the last `cooldown_steps`, so one run's checkpoints branch into every budget.
+    lr_schedule: str = "cosine"
+    cooldown_steps: int = 0  # `constant` only
 
     def __post_init__(self) -> None:
         if self.context_length is None:
             resolved = TOY_CONTEXT_LENGTH if self.train_data is None else CLIP_CONTEXT_LENGTH
             object.__setattr__(self, "context_length", resolved)
 
+    def with_precision(self, device) -> tuple[Recipe, str, str | None]:
+        """(this recipe with `precision` resolved for `device`, why, warning or None): `auto` becomes bf16
+        or fp32 here, before anything is hashed or recorded."""
+        resolved, why, warning = resolve_precision(self.precision, device)
+        return dataclasses.replace(self, precision=resolved), why, warning
+
     def identity(self, processes: int, data: dict) -> dict:
         """What trained the model, at this scale: every field, the data by its identity (`data`, from
         launch.data.data_identity) instead of its path, and the global batch instead of its split
         into processes x batch_size x accum (every split trains the same model: the loss gathers the
         global batch)."""
+        if self.precision == "auto":
+            raise ValueError("Recipe.identity: resolve --precision auto first (Recipe.with_precision)")
         fields = dataclasses.asdict(self)
         global_batch = fields.pop("batch_size") * processes * fields.pop("accum")
         return {**fields, "train_data": data, "global_batch_size": global_batch}
@@ -87,13 +114,20 @@ class Experiment:
     text_tower: str = "mixer"
     variant: str = "tiny"
     embed_dim: int | None = None  # None: the variant's
-    token_mixing: str = DEFAULT_TOKEN_MIXING  # Mixer text tower only
+    # Mixer text tower only; None: the mode the recipe's text_mask selects (resolved on construction),
+    # an explicit mode must read with that mask (ValueError otherwise)
+    token_mixing: str | None = None
     recipe: Recipe = field(default_factory=Recipe)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "token_mixing", resolve_token_mixing(self.recipe.text_mask,
+                                                                      self.token_mixing))
 
     def model_kwargs(self) -> dict:
         """Arguments of `towers.build_model` for this experiment."""
         image_overrides = {"image_size": self.recipe.image_size} if self.recipe.image_size else {}
-        text_overrides = {"token_mixing": self.token_mixing} if self.text_tower == "mixer" else {}
+        # each family applies the text mask its own way (towers.registry), launch/ does not branch on it
+        text_overrides = text_mask_overrides(self.text_tower, self.recipe.text_mask, self.token_mixing)
         if self.recipe.context_length != 77:
             text_overrides["context_length"] = self.recipe.context_length
         return dict(image_family=self.image_tower, text_family=self.text_tower, variant=self.variant,
@@ -126,6 +160,21 @@ class RunOptions:
     # without --cpu or a config pins every process to 1 thread (OMP_NUM_THREADS=1, its GPU default),
     # which on a CPU-only machine would leave all but one core idle.
     cpu_threads: int | None = None
+    # issue 26: the zero-shot sets scored while training, by name (toy, imagenet; comma-separated), resolved
+    # by benchmarks.imagenet_zeroshot.eval_set; None: toy on the toy set, imagenet with --imagenet-val
+    evals: str | None = None
+    # Faults (launch/faults.py; docs/training-at-scale.md "Faults"): a collective that waits longer
+    # fails, so a dead or hung process ends the job instead of idling the others; a shard whose bytes
+    # stop arriving this long is abandoned and counted as `timeout` (sized for LAION on object storage)
+    collective_timeout: float = 60.0
+    shard_read_timeout: float = 60.0
+    # Experiment trackers (issue 29): open_clip's --report-to; wandb needs the [wandb] extra
+    report_to: str = "tensorboard"  # tensorboard, wandb or all (both)
+    wandb_project: str = "mixclip-bench"
+    # Scaling-law cooldown branches: start from a `constant`-schedule checkpoint of another run (weights,
+    # optimizer, data position, step) when this run's lr agrees with it at every earlier step.
+    branch_from: str | None = None
+    keep_steps: tuple[int, ...] = ()  # also checkpoint at these steps and never prune them (branch points)
 
 
 def _flag(name: str) -> str:
@@ -144,26 +193,32 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is tuple:
-            kwargs.update(type=type(args[0]), nargs=len(args))
+            # the element type (`type(args[0])` was `type` itself: --betas parsed to the str class)
+            kwargs.update(type=args[0], nargs="+" if args[-1] is Ellipsis else len(args))
         else:
             base = next((a for a in args if a is not type(None)), hint) \
                 if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
             kwargs["type"] = base
         if f.name == "precision":
             kwargs["choices"] = PRECISIONS
+        if f.name == "lr_schedule":
+            kwargs["choices"] = LR_SCHEDULES
         if f.name == "eval_templates":
             kwargs["choices"] = EVAL_TEMPLATES
+        if f.name == "decoder":
+            kwargs["choices"] = DECODERS
+            kwargs["help"] = "JPEG decode path of the train transform (launch/decoders.py; default: pil)"
+        if f.name == "report_to":
+            kwargs["choices"] = REPORT_TO
+        if f.name == "text_mask":
+            kwargs["choices"] = TEXT_MASKS
         if f.name == "context_length":
             kwargs["help"] = (f"(default: {TOY_CONTEXT_LENGTH} on the toy set, {CLIP_CONTEXT_LENGTH} with "
                               "--train-data)")
         parser.add_argument(_flag(f.name), **kwargs)
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Bad flags end the program with exit status 2 and one line, not a usage dump."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message}\n")
+OneLineParser = RunnerParser  # bad flags: one line and exit status 2, as in every runner
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="launch/train.py", description="Train a CLIP tower pair with the one recipe "
         "(run it with `accelerate launch launch/train.py ...`).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="YAML or JSON file of flag values (flags override it)")
+    parser.add_argument("--config", help="YAML or JSON file of flag values (flags override it); the "
+                        "committed recipes are launch/configs/*.yaml")
+    parser.add_argument("--global-batch-size", dest="global_batch_size", type=int, default=argparse.SUPPRESS,
+                        help="instead of --batch-size: split over this launch's processes (WORLD_SIZE) "
+                        "and --accum")
     towers_group = parser.add_argument_group("towers (the only thing that differs between compared runs)")
     towers_group.add_argument("--tower", choices=sorted(FAMILIES), default=argparse.SUPPRESS,
                               help="family of both towers")
@@ -182,8 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     towers_group.add_argument("--variant", default=argparse.SUPPRESS, help="tiny, S/32, B/32, B/16")
     towers_group.add_argument("--embed-dim", dest="embed_dim", type=int, default=argparse.SUPPRESS)
     towers_group.add_argument("--token-mixing", dest="token_mixing", choices=TOKEN_MIXING_MODES,
-                              default=argparse.SUPPRESS, help="Mixer text tower token mixing")
-    _add_fields(parser.add_argument_group("recipe"), Recipe)
+                              default=argparse.SUPPRESS,
+                              help="Mixer text tower token mixing (default: the one --text-mask selects; "
+                              "an explicit mode must read with --text-mask)")
+    recipe = parser.add_argument_group("recipe")
+    _add_fields(recipe, Recipe)
+    recipe.add_argument("--decode-on-device", dest="decoder", action="store_const", const="device",
+                        default=argparse.SUPPRESS, help="= --decoder device: workers ship JPEG bytes, the "
+                        "training process decodes them on its device")
     _add_fields(parser.add_argument_group("run"), RunOptions)
     return parser
 
@@ -207,7 +272,15 @@ def parse_experiment(argv: list[str] | None = None) -> tuple[Experiment, RunOpti
     args = vars(parser.parse_args(argv))
     values = _read_config_file(args.pop("config"), parser) if args.get("config") else {}
     args.pop("config", None)
+    # a flag overrides the config's batch, whichever of the two spellings either uses
+    if "batch_size" in args:
+        values.pop("global_batch_size", None)
+    if "global_batch_size" in args:
+        values.pop("batch_size", None)
     values.update(args)
+    if "global_batch_size" in values:
+        values["batch_size"] = _split_global_batch(parser, values.pop("global_batch_size"),
+                                                   values.get("accum", Recipe.accum), values)
     if "tower" in values:
         tower = values.pop("tower")
         values.setdefault("image_tower", tower)
@@ -220,7 +293,12 @@ def parse_experiment(argv: list[str] | None = None) -> tuple[Experiment, RunOpti
     if "betas" in recipe_values:
         recipe_values["betas"] = tuple(recipe_values["betas"])
     run_values = {k: values.pop(k) for k in list(values) if k in RunOptions.__dataclass_fields__}
-    experiment = Experiment(**values, recipe=Recipe(**recipe_values))
+    if "keep_steps" in run_values:
+        run_values["keep_steps"] = tuple(run_values["keep_steps"])
+    try:
+        experiment = Experiment(**values, recipe=Recipe(**recipe_values))
+    except ValueError as error:  # a --token-mixing that reads with the other --text-mask
+        parser.error(str(error))
     try:
         variant_table(experiment.image_tower, experiment.variant)
         variant_table(experiment.text_tower, experiment.variant)
@@ -231,6 +309,16 @@ def parse_experiment(argv: list[str] | None = None) -> tuple[Experiment, RunOpti
     return experiment, RunOptions(**run_values)
 
 
+def _split_global_batch(parser: argparse.ArgumentParser, global_batch: int, accum: int, values: dict) -> int:
+    if "batch_size" in values:
+        parser.error("--config: give batch_size or global_batch_size, not both")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's, set in every launched process
+    if global_batch < 1 or global_batch % (processes * accum):
+        parser.error(f"--global-batch-size {global_batch}: not a positive multiple of {processes} "
+                     f"process(es) x --accum {accum}")
+    return global_batch // (processes * accum)
+
+
 def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOptions) -> None:
     checks = [
         (recipe.steps > 0, "--steps must be > 0"),
@@ -239,9 +327,17 @@ def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOpti
         (recipe.lr > 0, "--lr must be > 0"),
         (0 <= recipe.warmup_steps, "--warmup-steps must be >= 0"),
         (recipe.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}"),
+        (recipe.decoder in DECODERS, f"--decoder must be one of {DECODERS}"),
+        (recipe.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {LR_SCHEDULES}"),
+        (recipe.cooldown_steps == 0 or recipe.lr_schedule == "constant",
+         "--cooldown-steps needs --lr-schedule constant"),
+        (0 <= recipe.cooldown_steps <= recipe.steps - recipe.warmup_steps,
+         "--cooldown-steps must be between 0 and --steps minus --warmup-steps"),
         (run.workers >= 0, "--workers must be >= 0"),
         (run.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0 (0 keeps all)"),
         (run.cpu_threads is None or run.cpu_threads > 0, "--cpu-threads must be > 0"),
+        (run.collective_timeout > 0, "--collective-timeout must be > 0 (seconds)"),
+        (run.shard_read_timeout > 0, "--shard-read-timeout must be > 0 (seconds)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -255,6 +351,17 @@ def experiment_dict(experiment: Experiment) -> dict:
 def experiment_identity(experiment: Experiment, processes: int, data: dict) -> dict:
     """The experiment with its recipe's identity at this scale (what resume and the report compare)."""
     return {**experiment_dict(experiment), "recipe": experiment.recipe.identity(processes, data)}
+
+
+def with_legacy_text_mask(experiment: dict) -> dict:
+    """A recorded experiment (or identity) dict with `recipe.text_mask` filled in where a run from before
+    the text mask lacks it: the mask it trained with (Transformer causal, Mixer its token mixing's)."""
+    recipe = experiment.get("recipe")
+    if not isinstance(recipe, dict) or "text_mask" in recipe:
+        return experiment
+    family, token_mixing = str(experiment.get("text_tower")), experiment.get("token_mixing")
+    mask, token_mixing = legacy_text_reading(family, token_mixing)
+    return {**experiment, "token_mixing": token_mixing, "recipe": {**recipe, "text_mask": mask}}
 
 
 def _plain(value):

@@ -10,8 +10,10 @@
 code as a LAION run. Each (rank, DataLoader worker) reads its own stream (`launch.train_stream`):
 shards drawn with replacement, a shuffle buffer of undecoded bytes, decoding by benchmarks.data.shards
 (bad samples skipped and counted), towers.image_transform(image_size, train=True) and towers.tokenize,
-a batch at a time inside the worker. The worker stops the transform before its last two steps
-(ToTensor, Normalize) and sends uint8 images, 4x fewer bytes between processes; the main process
+a batch at a time inside the worker (`decoder`: the JPEG decode path, launch.decoders; `device`
+leaves the decode and crop to this process, on `decode_device`). The worker stops the transform
+before its last two steps (ToTensor, Normalize) and sends uint8 images, 4x fewer bytes between
+processes; the main process
 finishes them (`float / 255`, then normalise: the same operations, bit for bit), or, with
 `finish_images=False`, yields them as uint8 (pinned with `pin_memory`) and leaves `loader.finish` to
 the trainer, which applies it on the GPU after the copy.
@@ -23,12 +25,14 @@ first loader would have given next, after re-reading only the buffer's members a
 shards. The global torch RNG is never touched.
 
     python -m launch.data --bench [--data SPEC] [--workers N] [--json OUT]   # loader vs pure decode
+    python -m launch.data --bench --decoder device --decode-device cuda      # decoding on the GPU
+    python -m launch.decode_bench        # per-core rates of every decoder path (docs/gpu_path.md)
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -50,6 +54,8 @@ from benchmarks.data.shards import (
 from benchmarks.data.toy import VERSION as TOY_VERSION
 from benchmarks.data.toy import ensure_toy
 from benchmarks.provenance import write_json
+from benchmarks.runner_flags import RunnerParser
+from launch.decoders import DECODERS, DEFAULT_DECODER, DeviceDecoder, WorkerDecoder
 from launch.train_stream import TrainStream
 
 DEFAULT_SHUFFLE_BUFFER = 5000  # samples, undecoded; open_clip's LAION default
@@ -90,6 +96,15 @@ def _no_collate(item: tuple) -> tuple:
     return item
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGTERM and SIGUSR1: SLURM signals every process of a job step, and
+    the trainer, not its loader, decides when to stop (launch.faults). PyTorch's own SIGTERM handler
+    in workers would end the worker, and with it the run, before the trainer could checkpoint; a
+    worker still ends with its trainer (PyTorch's workers watch their parent)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 class TrainLoader:
     """Endless iterable over (images, tokens) batches. `skipped()` = bad samples by kind, merged over
     the workers; `state_dict()` = the position after the last batch handed out (give it to
@@ -97,12 +112,16 @@ class TrainLoader:
 
     def __init__(self, stream: TrainStream, *, workers: int, num_shards: int,
                  finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 pin_memory: bool = False, finish_images: bool = True) -> None:
+                 pin_memory: bool = False, finish_images: bool = True,
+                 device_decoder: DeviceDecoder | None = None, device_state: dict | None = None) -> None:
         self.stream, self.workers, self.pin_memory = stream, workers, pin_memory
+        self.device_decoder = device_decoder  # decoder `device`: the workers' batches are encoded
+        self.device_state = device_state  # its part of a resumed position (see _decode_on_device)
         self.finish = finish  # the images' last transform steps (Uint8Images)
         self.finish_images = finish_images  # False: the consumer applies `finish` (on its device)
         self.num_shards = num_shards
         self.batch_size = stream.batch_size
+        self.worker_pids: list[int] = []
         self._start()
 
     def _start(self) -> None:
@@ -112,6 +131,12 @@ class TrainLoader:
         for role, state in enumerate(self._roles):
             if state is not None:
                 self._counts.update(role, state["counts"])
+        # Decoder `device`: samples decoded but not yet handed out (after a bad JPEG shortened a batch),
+        # and the bad JPEGs found here; both are part of the position.
+        device = self.device_state or {}
+        self._pending = [device.get("images", torch.empty(0, dtype=torch.uint8)),
+                         device.get("tokens", torch.empty(0, dtype=torch.long))]
+        self._device_bad = int(device.get("corrupt_image", 0))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._start()
@@ -120,22 +145,55 @@ class TrainLoader:
         finish_here = self.finish is not None and self.finish_images
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.workers, collate_fn=_no_collate,
                             generator=torch.Generator().manual_seed(self.stream.seed),
+                            worker_init_fn=_ignore_stop_signals if self.workers else None,
                             pin_memory=self.pin_memory and not finish_here)  # in its pinning thread
-        for images, tokens, role, state in loader:
+        batches = iter(loader)
+        # worker index -> pid, to name a worker the OOM killer ends (launch.faults.failure_line)
+        self.worker_pids = [worker.pid for worker in getattr(batches, "_workers", [])]
+        for images, tokens, role, state in batches:
             self._roles[role], self._batches = state, self._batches + 1
             self._counts.update(role, state["counts"])
+            if self.device_decoder is not None:
+                yield from self._decode_on_device(images, tokens, finish_here)
+                continue
             if finish_here:
                 images = self.finish(images)
                 # Pinned here, after finishing: the DataLoader would pin the uint8 batch, not the float one.
                 images = images.pin_memory() if self.pin_memory else images
             yield images, tokens
 
+    def _decode_on_device(self, batch: dict, tokens: torch.Tensor, finish_here: bool) -> Iterator[tuple]:
+        """Decode a worker's encoded batch on the device; bad JPEGs are dropped and counted, and the
+        batch is made whole from the next one (kept whole: the contrastive loss gathers equal batches)."""
+        images, bad = self.device_decoder(batch)
+        if bad:
+            self._device_bad += len(bad)
+            keep = torch.ones(len(tokens), dtype=torch.bool)
+            keep[bad] = False
+            tokens = tokens[keep]
+        pending_images, pending_tokens = self._pending
+        if len(pending_images):
+            images = torch.cat([pending_images.to(images.device), images])
+            tokens = torch.cat([pending_tokens, tokens])
+        while len(images) >= self.batch_size:
+            out_images, out_tokens = images[:self.batch_size], tokens[:self.batch_size]
+            images, tokens = images[self.batch_size:], tokens[self.batch_size:]
+            self._pending = [images, tokens]
+            yield (self.finish.to(out_images.device)(out_images) if finish_here else out_images), out_tokens
+        self._pending = [images, tokens]
+
     def skipped(self) -> dict[str, int]:
-        return self._counts.merged()
+        merged = self._counts.merged()
+        merged["corrupt_image"] += self._device_bad
+        return merged
 
     def state_dict(self) -> dict:
-        return {"batches": self._batches, "workers": self.workers, "num_shards": self.num_shards,
-                "roles": list(self._roles)}
+        state = {"batches": self._batches, "workers": self.workers, "num_shards": self.num_shards,
+                 "roles": list(self._roles)}
+        if self.device_decoder is not None:
+            state["device"] = {"images": self._pending[0].cpu(), "tokens": self._pending[1].cpu(),
+                               "corrupt_image": self._device_bad}
+        return state
 
 
 def resolve_spec(spec: str | None, toy_seed: int = 0) -> str:
@@ -155,23 +213,34 @@ def data_identity(spec: str | None) -> dict:
 def get_train_loader(spec: str | None, *, image_size: int, batch_size: int, workers: int, seed: int,
                      rank: int = 0, world_size: int = 1, state: dict | None = None, context_length: int = 77,
                      shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, pin_memory: bool = False,
-                     finish_images: bool = True) -> TrainLoader:
+                     finish_images: bool = True, decoder: str = DEFAULT_DECODER,
+                     decode_device: torch.device | str = "cpu",
+                     shard_read_timeout: float | None = None) -> TrainLoader:
     """The training loader of this rank (see the module docstring); `state` (a `TrainLoader.state_dict()`)
     continues where that loader was. Raises ShardSpecError when no shard matches `spec`.
-    `finish_images=False`: uint8 images, `loader.finish` left to the caller."""
+    `finish_images=False`: uint8 images, `loader.finish` left to the caller. `decoder`: one of
+    launch.decoders.DECODERS; `device` decodes in this process on `decode_device`. `shard_read_timeout`:
+    seconds without bytes before a shard is abandoned (counted as `timeout`; None waits forever)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"get_train_loader: decoder {decoder!r} is not one of {DECODERS}")
     if batch_size < 1 or workers < 0 or not 0 <= rank < world_size:
         raise ValueError("get_train_loader: need batch_size >= 1, workers >= 0, 0 <= rank < world_size")
     urls = expand_shards(resolve_spec(spec))
     if state is not None and (state["workers"], state["num_shards"]) != (workers, len(urls)):
         raise ValueError(f"loader state of {state['workers']} workers over {state['num_shards']} shards "
                          f"given to a loader of {workers} workers over {len(urls)} shards")
-    uint8_transform, finish = Uint8Images.split(towers.image_transform(image_size, train=True))
+    train_transform = towers.image_transform(image_size, train=True)
+    uint8_transform, finish = Uint8Images.split(train_transform)
     stream = TrainStream(urls, uint8_transform, batch_size=batch_size, seed=seed, rank=rank,
                          context_length=context_length, shuffle_buffer=max(1, shuffle_buffer),
                          start_batch=state["batches"] if state else 0,
-                         states=state["roles"] if state else None)
+                         states=state["roles"] if state else None,
+                         decoder=None if decoder == "pil" else WorkerDecoder(decoder, train_transform),
+                         read_timeout=shard_read_timeout)
+    device_decoder = DeviceDecoder(image_size, decode_device) if decoder == "device" else None
     return TrainLoader(stream, workers=workers, num_shards=len(urls), finish=finish, pin_memory=pin_memory,
-                       finish_images=finish_images)
+                       finish_images=finish_images, device_decoder=device_decoder,
+                       device_state=state.get("device") if state else None)
 
 
 # ---------------------------------------------------------------- bench
@@ -222,10 +291,12 @@ def _pure_rates(urls: list[str], transform: Callable, n: int) -> dict[str, float
 
 
 def bench(spec: str | None, workers: int, image_size: int, batch_size: int, batches: int,
-          shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> dict:
+          shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, decoder: str = DEFAULT_DECODER,
+          decode_device: str = "cpu") -> dict:
     """Loader samples/s (steady state) for 0..workers workers, and in the same run the pure
     decode+transform rate of the same images; ratios of the two, by wall time and by CPU time (the
-    CPU-time ratio is the pipeline's own overhead, robust to other jobs on the machine)."""
+    CPU-time ratio is the pipeline's own overhead, robust to other jobs on the machine). The loader
+    uses `decoder` (`device`: decoded on `decode_device`); the pure rate is always today's pil path."""
     urls = expand_shards(resolve_spec(spec))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker: the comparison is per core
@@ -239,8 +310,8 @@ def bench(spec: str | None, workers: int, image_size: int, batch_size: int, batc
           f"read {1e6 / pure['tar_read']:.0f} us, tokenize {1e6 / pure['tokenize']:.0f} us")
     rows = []
     for w in range(workers + 1):
-        loader = get_train_loader(spec, image_size=image_size, batch_size=batch_size,
-                                  workers=w, seed=0, shuffle_buffer=shuffle_buffer)
+        loader = get_train_loader(spec, image_size=image_size, batch_size=batch_size, workers=w, seed=0,
+                                  shuffle_buffer=shuffle_buffer, decoder=decoder, decode_device=decode_device)
         it = iter(loader)
         # Warm-up: worker start, and each worker's shuffle buffer filled (until then it reads two
         # samples per sample it yields), so that the timed part is the steady state.
@@ -248,7 +319,9 @@ def bench(spec: str | None, workers: int, image_size: int, batch_size: int, batc
             next(it)
         start, cpu = time.perf_counter(), _cpu_seconds()
         for _ in range(batches):
-            next(it)
+            images, _ = next(it)
+        if images.is_cuda:
+            torch.cuda.synchronize(images.device)  # device decoding runs asynchronously
         rate = batches * batch_size / (time.perf_counter() - start)
         cpu_us = (_cpu_seconds() - cpu) / (batches * batch_size) * 1e6
         del it
@@ -259,11 +332,12 @@ def bench(spec: str | None, workers: int, image_size: int, batch_size: int, batc
         skipped = sum(loader.skipped().values())
         print(f"loader, {w} worker(s): {rate:8.0f} samples/s = {row['ratio']:.2f}x pure decode+transform; "
               f"CPU {cpu_us:.0f} us/sample = {row['cpu_ratio']:.2f}x; skipped: {skipped}")
-    return {"image_size": image_size, "batch_size": batch_size, "pure": pure, "loader": rows}
+    return {"image_size": image_size, "batch_size": batch_size, "decoder": decoder,
+            "decode_device": decode_device, "pure": pure, "loader": rows}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m launch.data", description=__doc__.split("\n")[0])
+    parser = RunnerParser(prog="python -m launch.data", description=__doc__.split("\n")[0])
     parser.add_argument("--bench", action="store_true", help="measure loader throughput (the only mode)")
     parser.add_argument("--data", default=None, help="shard spec (brace pattern, '::' list or folder); "
                         "default: the toy train split")
@@ -273,15 +347,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=20, help="timed batches per setting (default 20)")
     parser.add_argument("--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER,
                         help=f"shuffle buffer in samples (default {DEFAULT_SHUFFLE_BUFFER})")
+    parser.add_argument("--decoder", default=DEFAULT_DECODER, choices=DECODERS,
+                        help=f"the loader's decoder (launch/decoders.py; default {DEFAULT_DECODER})")
+    parser.add_argument("--decode-device", default="cpu", help="where --decoder device decodes (default cpu)")
     parser.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     args = parser.parse_args(argv)
     if not args.bench:
         parser.error("nothing to do: pass --bench")
     if min(args.workers + 1, args.batch_size, args.batches, args.image_size, args.shuffle_buffer) < 1:
         parser.error("--workers must be >= 0; --batch-size, --batches, --image-size, --shuffle-buffer >= 1")
+    if args.decode_device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"error: --decode-device {args.decode_device}: no CUDA device here", file=sys.stderr)
+        raise SystemExit(2)
     try:
         result = bench(args.data, args.workers, args.image_size, args.batch_size, args.batches,
-                       args.shuffle_buffer)
+                       args.shuffle_buffer, args.decoder, args.decode_device)
     except ShardSpecError as exc:
         print(f"error: --data: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

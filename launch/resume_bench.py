@@ -14,7 +14,6 @@ reach its position takes time in proportion to k.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -27,6 +26,9 @@ from pathlib import Path
 
 import psutil  # an Accelerate dependency
 import torch
+
+from benchmarks.runner_flags import RunnerParser
+from runfolder import RunFolder, point_latest
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3010  # the recipe's length: both resume points lie inside it
@@ -70,7 +72,7 @@ def _wait_for(process: subprocess.Popen, ready, what: str, timeout: float = 900)
 
 
 def _logged(run: Path, step: int) -> bool:
-    metrics = run / "metrics.jsonl"
+    metrics = RunFolder(run).metrics
     if not metrics.is_file():
         return False
     lines = metrics.read_text().splitlines()
@@ -99,8 +101,8 @@ def prepare(repo: Path, root: Path, at: list[int], batch_size: int, workers: int
     runs = root / "runs"
     process = _start(repo, _flags(batch_size, workers, runs, "source"))
     source = runs / "source"
-    first = source / "checkpoints" / "step_00000010.pt"
-    _wait_for(process, lambda: first.is_file() and (source / "checkpoints" / "latest").is_file(),
+    first = RunFolder(source).checkpoint(10)
+    _wait_for(process, lambda: first.is_file() and RunFolder(source).latest() is not None,
               "its step-10 checkpoint")
     _kill_tree(process)
     base = torch.load(first, map_location="cpu", weights_only=True)
@@ -110,13 +112,12 @@ def prepare(repo: Path, root: Path, at: list[int], batch_size: int, workers: int
         if "data" in checkpoint and step != base["step"]:
             print(f"computing the loader state after {step} batches ...", flush=True)
             checkpoint["data"] = _state_after(step, checkpoint, batch_size, workers)
-        folder = runs / f"at{step}"
-        (folder / "checkpoints").mkdir(parents=True)
-        shutil.copy(source / "config.json", folder / "config.json")
-        name = f"step_{step:08d}.pt"
-        torch.save(checkpoint, folder / "checkpoints" / name)
-        (folder / "checkpoints" / "latest").write_text(name + "\n")
-        folders[step] = folder
+        folder = RunFolder(runs / f"at{step}")
+        folder.checkpoints.mkdir(parents=True)
+        shutil.copy(RunFolder(source).config, folder.config)
+        torch.save(checkpoint, folder.checkpoint(step))
+        point_latest(folder.checkpoints, folder.checkpoint(step))
+        folders[step] = folder.path
     return folders
 
 
@@ -134,7 +135,7 @@ def time_resume(repo: Path, folder: Path, step: int, batch_size: int, workers: i
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m launch.resume_bench", description=__doc__.split("\n")[0])
+    parser = RunnerParser(prog="python -m launch.resume_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose launch/train.py is timed")
     parser.add_argument("--at", type=int, nargs=2, default=[10, 3000], help="the two resume steps")
     parser.add_argument("--batch-size", type=int, default=32)

@@ -28,35 +28,40 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm import tqdm
 
 import towers
 from benchmarks.data.files import InputError
-from benchmarks.data.imagenet import IMAGEFOLDER_LAYOUT, is_shard_spec
 from benchmarks.data.shards import SKIP_KINDS, ShardSpecError
 from benchmarks.encoder import ModelEncoder
-from benchmarks.imagenet_zeroshot import zero_shot_eval
+from benchmarks.imagenet_zeroshot import eval_set, zero_shot_eval
 from benchmarks.provenance import command_line, git_commit, library_versions, write_json
+from benchmarks.toy_zeroshot import summary_line
 from launch.checkpointing import (
     capture_rng_state,
-    newest_readable,
-    point_latest,
     prune_checkpoints,
-    resolve_checkpoint,
-    restore_rng_state,
     save_checkpoint,
 )
 from launch.config import (
     Experiment,
     RunOptions,
     experiment_dict,
-    experiment_differences,
     experiment_identity,
     parse_experiment,
 )
 from launch.data import data_identity, get_train_loader
-from launch.run_record import MetricsLog, next_commands
+from launch.faults import (
+    PREEMPTED_EXIT_STATUS,
+    Preempted,
+    StopRequests,
+    clear_preempted,
+    collective_timeout,
+    failure_line,
+    write_preempted,
+)
+from launch.run_record import MetricsLog, TrackerUnavailableError, make_trackers, next_commands
+from launch.run_resume import RunError, RunResume
 from launch.trainer import (
     ContrastiveStep,
     NonFiniteLossError,
@@ -64,17 +69,31 @@ from launch.trainer import (
     compile_model,
     micro_batch_stream,
 )
+from runfolder import RunFolder
+from towers.checkpoints import latest_checkpoint
+from towers.precision import MIXED_PRECISION
 
-MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+# What each in-training evaluation logs (metrics.jsonl, TensorBoard, final_eval.json), as eval/<set>_<key>
+LOGGED_EVAL_KEYS = (
+    "top1", "top5", "mean_per_class_recall", "top1_ci95", "n", "colour_acc", "shape_acc",
+    "top1_seen", "top1_seen_ci95", "n_seen", "top1_held_out", "top1_held_out_ci95", "n_held_out",
+    "colour_acc_held_out", "shape_acc_held_out", "robust_top1", "i2t_r1", "t2i_r1", "val_loss",
+)
 
 
-class RunError(Exception):
-    """Bad input found while setting a run up; reported as one line, exit status 2."""
+class CheckpointNotWritten(Exception):
+    """The run's last checkpoint could not be written (e.g. a full disk); `latest` names an older one."""
 
 
-class TrainingRun:
-    def __init__(self, experiment: Experiment, options: RunOptions, accelerator: Accelerator):
+class TrainingRun(RunResume):
+    """One run: built here, resumed or branched by `RunResume` (launch/run_resume.py), then `train()`
+    loops the steps and evaluates; checkpoints and stop requests are handled at step boundaries."""
+
+    def __init__(self, experiment: Experiment, options: RunOptions, accelerator: Accelerator,
+                 precision: dict | None = None):
         self.experiment, self.options, self.accelerator = experiment, options, accelerator
+        self.precision = precision or {"requested": experiment.recipe.precision,
+                                       "resolved": experiment.recipe.precision}
         self.recipe = experiment.recipe
         self.main = accelerator.is_main_process
         self.started = time.time()
@@ -83,12 +102,11 @@ class TrainingRun:
         self.recipe_sha256 = self.recipe.sha256(accelerator.num_processes, data)
         set_seed(self.recipe.seed)  # same initial weights on every process
         self.model = towers.build_model(**experiment.model_kwargs())
-        name = options.name or f"{self.model.model_name}-seed{self.recipe.seed}"
-        self.run_dir = Path(options.runs_dir) / name
-        self.checkpoints = self.run_dir / "checkpoints"
+        self.folder = RunFolder(run_directory(experiment, options))
+        self.run_dir, self.checkpoints = self.folder.path, self.folder.checkpoints
         self.step, self.samples_seen, self.resumed_step = 0, 0, None
         self.eval_sets()  # bad --imagenet-val: one line now
-        resume_state = self._resume_state()
+        resume_state = self._resume_state() or self._branch_state()
         if options.init_from and not resume_state:
             self._init_from(options.init_from)
         if options.grad_checkpointing:
@@ -108,90 +126,18 @@ class TrainingRun:
             rank=accelerator.process_index, world_size=accelerator.num_processes,
             state=resume_state["data"][accelerator.process_index] if resume_state else None,
             context_length=self.recipe.context_length,
-            pin_memory=accelerator.device.type == "cuda", finish_images=False)
+            pin_memory=accelerator.device.type == "cuda", finish_images=False,
+            decoder=self.recipe.decoder, decode_device=accelerator.device,
+            shard_read_timeout=options.shard_read_timeout)
         finish = self.loader.finish  # uint8 batches are finished on the device, after the copy
         self.finish = finish.to(accelerator.device) if finish is not None else None
 
     # --- setup ------------------------------------------------------------------------------------
-    def _resume_state(self) -> dict | None:
-        resume = self.options.resume
-        if resume == "auto":  # the requeue mode: the newest readable checkpoint, else start the run
-            found = newest_readable(self.checkpoints, self._report) if self.checkpoints.is_dir() else None
-            if found is None:
-                self._sync_latest(None)
-                return None
-            path, state = found
-        elif not resume:
-            if (self.run_dir / "config.json").exists():
-                raise RunError(f"run folder {self.run_dir} already holds a run: pass --resume latest (or "
-                               f"auto) to continue it, or another --name")
-            return None
-        else:
-            try:
-                path = resolve_checkpoint(resume, self.checkpoints)
-            except FileNotFoundError as error:
-                raise RunError(str(error)) from None
-            state = towers.read_checkpoint(path)
-        self._check_resumable(path, state)
-        if path.resolve().parent == self.checkpoints.resolve():  # e.g. a fallback or an older step
-            self._sync_latest(path)
-        towers.load_weights(self.model, state["state_dict"], str(path))
-        self.resumed_from = str(path)
-        return state
-
-    def _report(self, message: str) -> None:
-        if self.main:
-            print(f"warning: {message}", file=sys.stderr)
-
-    def _sync_latest(self, path) -> None:
-        """`latest` names what the run resumes from (none when auto starts it afresh), so that nothing
-        it names is ever overwritten as the run goes on."""
-        if self.main and (self.checkpoints / "latest").is_file() and \
-                (path is None or (self.checkpoints / "latest").read_text().strip() != path.name):
-            point_latest(self.checkpoints, path)
-        self.accelerator.wait_for_everyone()
-
-    def _check_resumable(self, path, state: dict) -> None:
-        """Refuse, in one line, a checkpoint of another experiment, scale or sample stream."""
-        saved = state.get("experiment_identity")
-        if saved is None or "data" not in state:
-            raise RunError(f"--resume {path}: checkpoint holds no data stream state (written by an older "
-                           "version of launch/train.py); start a new run")
-        differences = experiment_differences(saved, self.identity)
-        if differences:
-            raise RunError(f"--resume {path}: checkpoint was trained with a different experiment: "
-                           + "; ".join(differences))
-        world = self.accelerator.num_processes
-        if len(state["data"]) != world:
-            raise RunError(f"--resume {path}: checkpoint was trained by {len(state['data'])} processes, this "
-                           f"run has {world} (each process reads its own sample stream)")
-        saved_recipe = state["experiment"]["recipe"]
-        split, this_split = (saved_recipe["batch_size"], saved_recipe["accum"]), (self.recipe.batch_size,
-                                                                                 self.recipe.accum)
-        if split != this_split:
-            raise RunError(f"--resume {path}: checkpoint's sample streams give batches of {split[0]} x accum "
-                           f"{split[1]} per process, this run {this_split[0]} x accum {this_split[1]}")
-        workers = state["data"][0]["workers"]
-        if workers != self.options.workers:
-            raise RunError(f"--resume {path}: checkpoint's sample streams come from --workers {workers}, "
-                           f"this run has --workers {self.options.workers}")
-
-    def _init_from(self, spec: str) -> None:
-        state = towers.read_checkpoint(spec)
-        towers.load_weights(self.model, state.get("state_dict", state), spec)
-
-    def _restore(self, state: dict) -> None:
-        self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
-        self.resumed_step = self.step
-        if state.get("scaler") is not None and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"][self.accelerator.process_index])
-
-    def write_config(self) -> None:
+    def write_config(self) -> dict:
         with torch.device("meta"):
             cost = towers.profile(towers.build_model(**self.experiment.model_kwargs()))
         world = self.accelerator.num_processes
-        write_json(self.run_dir / "config.json", {
+        config = {
             "name": self.run_dir.name, "model_name": self.model.model_name,
             "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe_sha256,
             "recipe_identity": self.identity["recipe"], "run_options": dataclasses.asdict(self.options),
@@ -199,39 +145,78 @@ class TrainingRun:
             "git_commit": git_commit(), "versions": library_versions(), "world_size": world,
             "global_batch_size": self.recipe.batch_size * world * self.recipe.accum,
             "device": str(self.accelerator.device), "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "precision": self.precision,
             "params": {k: cost[k] for k in ("image_params", "text_params", "total_params")},
             "flops_per_sample": {"image_gflops": cost["image_gflops"], "text_gflops": cost["text_gflops"],
                                  # forward + backward = 3 x forward, the usual estimate
                                  "train_gflops": 3 * (cost["image_gflops"] + cost["text_gflops"])},
             "resumed_from": getattr(self, "resumed_from", None),
-        })
+            "branched_from": getattr(self, "branched_from", None),
+        }
+        write_json(self.folder.config, config)
+        return config
 
     # --- the loop ---------------------------------------------------------------------------------
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
+        """Write a checkpoint of this step (rank 0) and tell every process whether it was written. A
+        failed write (a full disk) leaves the older checkpoints and `latest` as they were (the file is
+        written beside them and renamed only when whole); training goes on and the next save retries."""
         rng = gather_object([capture_rng_state()])  # every process's RNG, in rank order
         data = gather_object([self.loader.state_dict()])  # and its sample stream's position
+        written = [True]
         if self.main:
             scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
-            path = save_checkpoint(self.checkpoints, self.step, {
-                "model_config": self.model.model_config, "state_dict": self.model.state_dict(),
-                "experiment": experiment_dict(self.experiment), "experiment_identity": self.identity,
-                "recipe_sha256": self.recipe_sha256, "step": self.step, "samples_seen": self.samples_seen,
-                "optimizer": self.optimizer.state_dict(), "scaler": scaler, "rng": rng, "data": data,
-            })
-            prune_checkpoints(self.checkpoints, self.options.keep_checkpoints, path)
+            try:
+                path = save_checkpoint(self.checkpoints, self.step, {
+                    "model_config": self.model.model_config, "state_dict": self.model.state_dict(),
+                    "experiment": experiment_dict(self.experiment), "experiment_identity": self.identity,
+                    "recipe_sha256": self.recipe_sha256, "step": self.step, "samples_seen": self.samples_seen,
+                    "optimizer": self.optimizer.state_dict(), "scaler": scaler, "rng": rng, "data": data,
+                })
+                prune_checkpoints(self.checkpoints, self.options.keep_checkpoints, path,
+                                  pinned=tuple(self.options.keep_steps))
+            except OSError as error:  # ENOSPC, EDQUOT, EIO: nothing already on disk was touched
+                written = [False]
+                self._report(f"checkpoint of step {self.step} not written ({error}); {self._latest_named()}, "
+                             "intact; training goes on and the next save tries again")
+        return bool(broadcast_object_list(written)[0])  # also the barrier: every process waits for it
+
+    def _latest_named(self) -> str:
+        latest = latest_checkpoint(self.checkpoints) if (self.checkpoints / "latest").is_file() else None
+        return f"`latest` names {latest.name}" if latest else "no checkpoint yet (`latest` absent)"
+
+    def _stop_here(self, saved: bool) -> None:
+        """Every process agreed to stop at this step: say so, leave the marker the sbatch script
+        requeues on, and end with Preempted (exit status 75)."""
+        if self.main:
+            latest = latest_checkpoint(self.checkpoints) if (self.checkpoints / "latest").is_file() else None
+            write_preempted(self.run_dir, self.step, self.stop.received, latest.name if latest else None)
         self.accelerator.wait_for_everyone()
+        saved_text = f"checkpoint step {self.step} written" if saved else \
+            f"the checkpoint of step {self.step} was NOT written, {self._latest_named()}"
+        received = self.stop.received or "on another process"
+        raise Preempted(f"preempted: a stop signal ({received}) reached the run; all "
+                        f"{self.accelerator.num_processes} processes stopped at step {self.step}, "
+                        f"{saved_text}; exit status {PREEMPTED_EXIT_STATUS}: continue with --resume auto")
 
     def eval_sets(self) -> dict[str, dict]:
-        """Zero-shot sets scored at each eval: the toy val split when training on toy, ImageNet with
-        --imagenet-val (checked before training starts, not at the first eval hours later)."""
-        sets = {"toy": {"dataset": "toy"}} if self.recipe.train_data is None else {}
-        if self.options.imagenet_val:
-            data = self.options.imagenet_val
-            if not is_shard_spec(data) and not Path(data).is_dir():
-                raise RunError(f"--imagenet-val {data}: no such directory; expected {IMAGEFOLDER_LAYOUT} "
-                               "or WebDataset shards with .cls")
-            sets["imagenet"] = {"dataset": "imagenet", "data": data, "templates": self.options.eval_templates,
-                                "workers": self.options.workers}  # 50k JPEGs: decode beside the model
+        """Zero-shot sets scored at each eval, by name (--evals), resolved by the benchmark runner's own
+        `eval_set` and checked before training starts, not at the first eval hours later. Default: the
+        toy val split when training on toy, ImageNet with --imagenet-val."""
+        options = self.options
+        if options.evals is not None:
+            names = [name.strip() for name in options.evals.split(",") if name.strip()]
+        else:
+            names = ["toy"] if self.recipe.train_data is None else []
+            names += ["imagenet"] if options.imagenet_val else []
+        sets = {}
+        for name in names:
+            data = options.imagenet_val if name == "imagenet" else None
+            try:  # ImageNet's 50k JPEGs decode in --workers processes beside the model
+                sets[name] = eval_set(name, data, options.eval_templates, options.workers)
+            except InputError as error:
+                flag = "--imagenet-val" if name == "imagenet" else "--evals"
+                raise RunError(f"{flag} {data if name == 'imagenet' else options.evals}: {error}") from None
         return sets
 
     def evaluate(self) -> dict:
@@ -240,18 +225,15 @@ class TrainingRun:
         encoder = ModelEncoder(self.model, self.accelerator.device)
         share = {"rank": self.accelerator.process_index, "world_size": self.accelerator.num_processes}
         result, shown = {}, []
-        for name, eval_set in self.eval_sets().items():
+        for name, chosen in self.eval_sets().items():
             try:
                 scores = zero_shot_eval(encoder, limit=self.options.eval_samples, cache=False, progress=False,
-                                        **eval_set, **share)
+                                        **chosen, **share)
             except InputError as error:
                 raise RunError(str(error)) from None
-            result.update({f"eval/{name}_{k}": v for k, v in scores.items()
-                           if k in ("top1", "top5", "mean_per_class_recall", "colour_acc", "shape_acc", "n")})
-            result[f"eval/{name}_top1_ci95"] = scores.get("top1_ci95")
-            shown.append(f"{name} zero-shot top-1 {scores['top1']:.1f}%" + (
-                f" (colour {scores['colour_acc']:.1f}%, shape {scores['shape_acc']:.1f}%)"
-                if "shape_acc" in scores else f", top-5 {scores['top5']:.1f}%"))
+            result.update({f"eval/{name}_{k}": v for k, v in scores.items() if k in LOGGED_EVAL_KEYS})
+            shown.append(summary_line(scores) if name == "toy" else
+                         f"{name} zero-shot top-1 {scores['top1']:.1f}%, top-5 {scores['top5']:.1f}%")
         if self.main and result:
             self.log.log({"step": self.step, "samples_seen": self.samples_seen, **result})
             tqdm.write(f"step {self.step}: " + "; ".join(shown))
@@ -283,8 +265,11 @@ class TrainingRun:
             interval["samples"] += global_batch
             bar.update(1)
             last = self.step == recipe.steps
-            log = self.step % options.log_every == 0 or last
-            save = bool(options.save_every) and self.step % options.save_every == 0 and not last
+            stop = self.stop.agreed()  # a collective: a signal to any process stops all at this step
+            log = self.step % options.log_every == 0 or last or stop
+            save = ((bool(options.save_every) and self.step % options.save_every == 0
+                     or self.step in options.keep_steps) and not last) or stop
+            saved = False
             if log or save:  # other steps read nothing back: the host runs ahead of the device
                 # The step's one host read (a collective: every process takes part); it raises on a
                 # streak of non-finite steps.
@@ -293,38 +278,64 @@ class TrainingRun:
                 if log:
                     self._log_step(info, interval)
                 if save and info["nonfinite_in_a_row"] == 0:  # never checkpoint inside a non-finite streak
-                    self.checkpoint()
+                    saved = self.checkpoint()
+            if stop:
+                self._stop_here(saved)
             if options.eval_every and self.step % options.eval_every == 0 and not last:
                 self.evaluate()
 
     def train(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
-        self.log = MetricsLog(self.run_dir, self.started) if self.main else None
+        self.log = (MetricsLog(self.run_dir, self.started, self.accelerator, self.write_config())
+                    if self.main else None)
         if self.main:
-            self.write_config()
+            clear_preempted(self.run_dir)
+        self.stop = StopRequests()
+        self.stop.install()
         bar = tqdm(total=self.recipe.steps, initial=self.step, disable=not self.main, unit="step",
                    desc=self.run_dir.name, dynamic_ncols=True)
+        self.bar_closed = False
         try:
-            with bar:
+            try:
                 self._loop(bar)
-            if self.step != self.resumed_step:  # a run resumed at its end has its last checkpoint
-                self.checkpoint()
+            finally:  # torch's SIGCHLD handler can raise inside close(), before its newline: main() adds one
+                bar.close()
+                self.bar_closed = True
+            if self.step != self.resumed_step and not self.checkpoint():  # resumed at its end: it has it
+                raise CheckpointNotWritten(f"the final checkpoint (step {self.step}) was not written; "
+                                           f"{self._latest_named()}: free space, then --resume auto")
             final = self.evaluate()
             if self.main:
-                write_json(self.run_dir / "final_eval.json", {"step": self.step, **final})
+                write_json(self.folder.final_eval, {"step": self.step, **final})
                 print(next_commands(self.run_dir), flush=True)
         finally:
+            self.stop.uninstall()
             if self.main:
                 self.log.close()
         return final
 
 
+def run_directory(experiment: Experiment, options: RunOptions) -> Path:
+    """RUN = --runs-dir / (--name, else `<model name>-seed<seed>`)."""
+    model = towers.model_name(experiment.image_tower, experiment.text_tower, experiment.variant)
+    return Path(options.runs_dir) / (options.name or f"{model}-seed{experiment.recipe.seed}")
+
+
+CPU_THREADS_ENV = "MIXCLIP_CPU_THREADS"  # set by whatever shares a node's cores among several jobs
+
+
 def cpu_threads(requested: int | None, processes_on_node: int) -> int:
-    """Torch threads for one CPU training process: `requested`, else the cores this process may run
-    on shared by the processes on this node (as `accelerate launch --cpu` chooses)."""
+    """Torch threads for one CPU training process: `requested`, else $MIXCLIP_CPU_THREADS, else the
+    cores this process may run on shared by the processes on this node (as `accelerate launch --cpu`
+    chooses). Not OMP_NUM_THREADS: plain `accelerate launch` sets it to 1 on a machine without GPUs."""
     if requested:
         return requested
+    shared = os.environ.get(CPU_THREADS_ENV, "")
+    if shared:
+        if not shared.isdigit() or int(shared) < 1:
+            raise RunError(f"{CPU_THREADS_ENV}={shared!r}: expected a whole number of threads >= 1")
+        return int(shared)
     import psutil  # an Accelerate dependency
 
     cores = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
@@ -339,20 +350,59 @@ def no_accelerator() -> bool:
     return not (has_accelerator.is_available() if has_accelerator else torch.cuda.is_available())
 
 
+def training_device(on_cpu: bool) -> torch.device:
+    """The device this process will train on (before the Accelerator exists: its precision depends on it)."""
+    if on_cpu:
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(torch.accelerator.current_accelerator().type)
+
+
 def main(argv: list[str] | None = None) -> int:
     experiment, options = parse_experiment(argv)
-    accelerator = Accelerator(mixed_precision=MIXED_PRECISION[experiment.recipe.precision],
-                              cpu=no_accelerator())
-    if accelerator.device.type == "cpu":
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-        torch.set_num_threads(cpu_threads(options.cpu_threads, local_processes))
     try:
-        TrainingRun(experiment, options, accelerator).train()
+        trackers = make_trackers(options.report_to, run_directory(experiment, options), options.wandb_project)
+    except TrackerUnavailableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    on_cpu = no_accelerator()
+    requested = experiment.recipe.precision
+    recipe, why, warning = experiment.recipe.with_precision(training_device(on_cpu))
+    experiment = dataclasses.replace(experiment, recipe=recipe)
+    accelerator = Accelerator(mixed_precision=MIXED_PRECISION[recipe.precision], cpu=on_cpu,
+                              log_with=trackers,
+                              kwargs_handlers=[collective_timeout(options.collective_timeout)])
+    if accelerator.is_main_process:  # the run's first lines: what it trains in, and why
+        print(f"precision: {recipe.precision} ({why})", flush=True)  # stdout: stderr is for errors
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+    run = None
+    try:
+        if accelerator.device.type == "cpu":
+            local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+            torch.set_num_threads(cpu_threads(options.cpu_threads, local_processes))
+        run = TrainingRun(experiment, options, accelerator,
+                          precision={"requested": requested, "resolved": recipe.precision, "why": why})
+        run.train()
     except (RunError, towers.CheckpointError, ShardSpecError) as error:  # bad input
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as error:
+    except Preempted as stop:
+        if accelerator.is_main_process:
+            print(stop, file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT_STATUS
+    except (NonFiniteLossError, CheckpointNotWritten) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:  # a killed loader worker, a dead or hung peer: one line, status 1
+        hint = (run._latest_named() if run else "no checkpoint yet") + "; `--resume auto` continues from it"
+        line = failure_line(error, accelerator.process_index, getattr(getattr(run, "loader", None),
+                            "worker_pids", []), options.collective_timeout, hint)
+        if line is None:
+            raise
+        fresh_line = "" if run is None or getattr(run, "bar_closed", True) else "\n"
+        print(f"{fresh_line}error: {line}", file=sys.stderr, flush=True)
         return 1
     return 0
 

@@ -7,7 +7,9 @@ function of a counter, never of an RNG's history:
 
 - shard n of the stream is `urls[draw(seed, rank, role, "shard", n)]`;
 - the picks while batch b is assembled come from an RNG seeded by (seed, rank, role, "pick", b);
-- the random crops of batch b are seeded by (seed, rank, role, "crop", b).
+- the random crops of batch b are seeded by (seed, rank, role, "crop", b); with a `decoder`
+  (launch.decoders) each crop box is drawn from that RNG just before its sample's decode, in the
+  same order and so the same boxes as the default path's transform draws after the batch is whole.
 
 So the position after any batch is `state()`: the shards drawn so far, the current shard and the next
 member's ordinal in it, the buffer as (url index, member ordinal) references in buffer order, the
@@ -25,10 +27,18 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, default_collate
 
 import towers
-from benchmarks.data.shards import SkipCounts, decode_sample, iter_shard, transform_images, worker_info
+from benchmarks.data.shards import (
+    SkipCounts,
+    check_sample,
+    decode_sample,
+    iter_shard,
+    transform_images,
+    worker_info,
+)
+from launch.decoders import WorkerDecoder, one_thread, pack_device_batch
 
 SHUFFLE_INITIAL = 1000  # samples read before the first one leaves the buffer
 # A worker stops with an error instead of resampling forever when this many shards in a row give no
@@ -56,7 +66,9 @@ class _Position:
 
 
 class TrainStream(IterableDataset):
-    """Yields (uint8 images, tokens, role, state after this batch); see the module docstring.
+    """Yields (uint8 images, tokens, role, state after this batch); see the module docstring. With a
+    `decoder` (launch.decoders, any but `pil`) the images are that decoder's: a uint8 batch, or for
+    `device` the packed encoded batch (`pack_device_batch`) that the training process decodes.
 
     `start_batch` and `states` resume it: batch i of the loader comes from role i % workers (the
     DataLoader's round-robin), and resuming after `start_batch` batches worker w plays role
@@ -64,15 +76,17 @@ class TrainStream(IterableDataset):
 
     def __init__(self, urls: list[str], transform: Callable, *, batch_size: int, seed: int, rank: int,
                  context_length: int, shuffle_buffer: int, start_batch: int = 0,
-                 states: list[dict | None] | None = None) -> None:
+                 states: list[dict | None] | None = None, decoder: WorkerDecoder | None = None,
+                 read_timeout: float | None = None) -> None:
         super().__init__()
-        self.urls, self.transform, self.batch_size = urls, transform, batch_size
+        self.read_timeout = read_timeout  # seconds without bytes before a shard is abandoned
+        self.urls, self.transform, self.batch_size, self.decoder = urls, transform, batch_size, decoder
         self.seed, self.rank, self.context_length = seed, rank, context_length
         self.shuffle_buffer, self.start_batch, self.states = shuffle_buffer, start_batch, states
 
     # --- reading ----------------------------------------------------------------------------------
     def _open(self, url_index: int, skip: int, counts: SkipCounts) -> Iterator[dict]:
-        members = iter_shard(self.urls[url_index], counts)
+        members = iter_shard(self.urls[url_index], counts, self.read_timeout)
         for _ in range(skip):
             next(members, None)
         return members
@@ -130,7 +144,7 @@ class TrainStream(IterableDataset):
         raws: list[dict | None] = [None] * len(refs)
         for url_index, members in wanted.items():
             last = max(members)
-            for ordinal, raw in enumerate(iter_shard(self.urls[url_index], SkipCounts())):
+            for ordinal, raw in enumerate(iter_shard(self.urls[url_index], SkipCounts(), self.read_timeout)):
                 for slot in members.get(ordinal, ()):
                     raws[slot] = raw
                 if ordinal >= last:
@@ -155,22 +169,48 @@ class TrainStream(IterableDataset):
             self.restore(self.states[role], at)
         while True:
             rng = random.Random(draw(self.seed, self.rank, role, "pick", at.batches))
-            batch = []
-            while len(batch) < self.batch_size:
-                self._fill(role, at)
-                sample = decode_sample(self._pick(rng, at), at.counts)
-                if sample is None:
-                    at.bad_run += 1
-                    if at.bad_run >= MAX_BAD_SAMPLES:
-                        raise RuntimeError(f"{at.bad_run} bad samples in a row from {self.urls[0]} ... "
-                                           f"({len(self.urls)} shards); skipped: {at.counts.as_dict()}")
-                    continue
-                at.bad_run = 0
-                batch.append(sample)
             # fork_rng keeps the caller's RNG untouched when there are no worker processes.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(draw(self.seed, self.rank, role, "crop", at.batches))
-                images = transform_images(self.transform, [s.image for s in batch])
-            tokens = towers.tokenize([s.caption for s in batch], self.context_length)
+                if self.decoder is None:
+                    batch = self._assemble(role, rng, at, lambda raw: decode_sample(raw, at.counts))
+                    images = transform_images(self.transform, [s.image for s in batch])
+                else:  # the crop boxes are drawn sample by sample, before each decode (launch.decoders)
+                    with one_thread():
+                        batch = self._assemble(role, rng, at, lambda raw: self._decode_with(raw, at.counts))
+                    images = self._images([s[1] for s in batch])
+            tokens = towers.tokenize([s[2] for s in batch], self.context_length)  # Sample or tuple: caption
             at.batches += 1
             yield images, tokens, role, self.state(at)
+
+    def _assemble(self, role: int, rng: random.Random, at: _Position, decode: Callable) -> list:
+        batch = []
+        while len(batch) < self.batch_size:
+            self._fill(role, at)
+            sample = decode(self._pick(rng, at))
+            if sample is None:
+                at.bad_run += 1
+                if at.bad_run >= MAX_BAD_SAMPLES:
+                    raise RuntimeError(f"{at.bad_run} bad samples in a row from {self.urls[0]} ... "
+                                       f"({len(self.urls)} shards); skipped: {at.counts.as_dict()}")
+                continue
+            at.bad_run = 0
+            batch.append(sample)
+        return batch
+
+    def _decode_with(self, raw: dict, counts: SkipCounts) -> tuple | None:
+        """(key, (output, box), caption) through the decoder, or None (counted as decode_sample does)."""
+        checked = check_sample(raw, counts)
+        if checked is None:
+            return None
+        decoded = self.decoder(checked.data)
+        if decoded is None:
+            counts.add("corrupt_image")
+            return None
+        return checked.key, decoded, checked.caption
+
+    def _images(self, decoded: list[tuple]) -> torch.Tensor | dict:
+        outputs, boxes = [o for o, _ in decoded], [b for _, b in decoded]
+        if self.decoder.kind == "device":
+            return pack_device_batch(outputs, boxes)
+        return default_collate(outputs)  # into shared memory inside a worker, as transform_images

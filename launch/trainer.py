@@ -59,9 +59,17 @@ def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW
 
 
 def learning_rate(step: int, recipe: Recipe) -> float:
-    """Linear warmup over `warmup_steps`, then cosine decay to 0 at `steps` (open_clip's schedule)."""
+    """Linear warmup over `warmup_steps`, then cosine decay to 0 at `steps` (open_clip's schedule), or,
+    with `lr_schedule: constant`, the constant lr until the last `cooldown_steps`, which decay it
+    linearly to 0 at `steps` (the "WSD" schedule of Hägele et al. 2024: until its cooldown starts, a
+    run's lr does not depend on its length, so shorter budgets branch from its checkpoints)."""
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
+    if recipe.lr_schedule == "constant":
+        cooldown_start = recipe.steps - recipe.cooldown_steps
+        if step < cooldown_start:
+            return recipe.lr
+        return recipe.lr * (recipe.steps - step) / (recipe.cooldown_steps + 1)
     progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
     return 0.5 * recipe.lr * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -89,10 +97,12 @@ class ContrastiveStep:
         self.nonfinite_total = torch.zeros((), device=accelerator.device)
         self.last_loss: torch.Tensor | None = None
         self.last_grad_norm: torch.Tensor | None = None
+        # the forward's autocast; benchmarks.throughput sets its own precision here
+        self.autocast: Callable[[], contextlib.AbstractContextManager] = accelerator.autocast
 
     def _forward(self, images: torch.Tensor, tokens: torch.Tensor):
-        with self.accelerator.autocast(), towers.attention_kernels(self.accelerator.device):
-            image_features, text_features, scale = self.model(images, tokens)
+        with self.autocast(), towers.attention_kernels(self.accelerator.device):
+            image_features, text_features, scale = self.model(images, tokens)[:3]
         # The loss is taken in at least fp32 under every precision: bf16 logits carry 3 significant
         # digits, too few for a softmax over the global batch (a float64 model stays float64).
         dtype = torch.promote_types(image_features.dtype, torch.float32)

@@ -112,7 +112,9 @@ def _eval_arms(arms: list[Arm], column: str) -> list[Arm]:
     return [arm for arm in arms if any(column in run.evals.columns for run in arm.runs)]
 
 
-ZERO_SHOT_SETS = (("toy_top1", "toy"), ("imagenet_top1", "ImageNet"))  # eval column, panel name
+# eval column, panel name; a panel is drawn for each column any arm has (toy v4 runs: toy_top1 only)
+ZERO_SHOT_SETS = (("toy_top1_seen", "toy (seen classes)"), ("toy_top1_held_out", "toy (held-out classes)"),
+                  ("toy_top1", "toy"), ("imagenet_top1", "ImageNet"))
 
 
 def top1_figure(arms: list[Arm], colours: dict[str, str], path: Path, against: str) -> Path:
@@ -120,6 +122,8 @@ def top1_figure(arms: list[Arm], colours: dict[str, str], path: Path, against: s
     training FLOPs: one panel per evaluation set that any arm has (toy, ImageNet)."""
     panels = [(column, name, _eval_arms(arms, column)) for column, name in ZERO_SHOT_SETS]
     panels = [panel for panel in panels if panel[2]]
+    if any(column == "toy_top1_seen" for column, _, _ in panels):  # v5: seen / held-out say more than all
+        panels = [panel for panel in panels if panel[0] != "toy_top1"]
     if not panels:
         raise FigureSkipped("no evaluation lines (eval/toy_top1 or eval/imagenet_top1) in any metrics.jsonl "
                             "and no per-step zero-shot scores: train with --eval-every")

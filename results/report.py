@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from results import figures, significance, tables
+from results import factorial, figures, significance, tables
 from results.runs import (
     ReportInputError,
     duplicate_seed_notes,
@@ -140,6 +140,81 @@ def command_for(run_dirs: list[str], scores_dir: str | Path | None, out_dir: str
     return " ".join(shlex.quote(arg) for arg in argv)
 
 
+def _opening(doc: Document, title: str, warnings: list[str], runs: list, arms: list, command: str) -> None:
+    doc.add("h1", title)
+    for warning in warnings:
+        doc.add("warning", warning)
+    doc.add("p", f"{len(runs)} runs in {len(arms)} arms. Regenerate with:")
+    doc.add("code", command)
+
+
+def _headline_section(doc: Document, headline_table) -> None:
+    doc.add("h2", "Headline (mean ± std over seeds)")
+    doc.add("p", "Toy numbers are each run's final in-training evaluation; benchmark numbers come from score "
+                 "files. std is the sample standard deviation over seeds (ddof=1); (n=k) marks metrics that "
+                 "fewer seeds have. Params, FLOPs and benchmark throughput describe the architecture, one "
+                 "value per arm.")
+    doc.add("table", headline_table)
+
+
+def _significance_section(doc: Document, verdicts: list) -> None:
+    doc.add("h2", "Is the difference real?")
+    doc.add("p", "Each arm against the first, metric by metric: with several seeds on both sides, the "
+                 "difference of the seed means and its 95% Welch t interval; with one seed, the two "
+                 "runs' bootstrap 95% CIs (disjoint: a real difference). better / worse: the interval "
+                 "excludes 0 (lower is better for the loss); tie: it does not.")
+    if verdicts:
+        doc.add("table", significance.verdict_frame(verdicts))
+    doc.add("p", f"In one sentence: {significance.summary_sentence(verdicts)}")
+
+
+def _factorial_section(doc: Document, arms: list, scores: list):
+    """The text-tower 2x2's effects, when the arms form one; returns its table (empty otherwise)."""
+    factorial_table = factorial.effects_frame(arms, scores)
+    if not factorial_table.empty:
+        doc.add("h2", "Factorial analysis: text family x text mask x image family")
+        doc.add("p", "From the seed-level scores, one OLS fit per metric on the saturated cell-means design "
+                     "(one mean per image family x text family x text mask cell): each effect is a contrast "
+                     "of cell means (averaged over the image family where that is not the factor), its 95% "
+                     "interval a t interval with the residual variance pooled over the cells "
+                     "(results/factorial.py, docs/text-mask.md). Differences read mixer - transformer and "
+                     "caption - causal; the interaction is the mask effect in the Mixer text tower minus "
+                     "that in the Transformer one.")
+        doc.add("table", factorial_table)
+    return factorial_table
+
+
+def _recipe_section(doc: Document, runs: list, differing: list[str], mixed: bool) -> None:
+    doc.add("h2", "Recipe")
+    doc.add("p", "Every run was trained with this recipe; only the seed differs between replicates."
+            if not mixed else "The recipe; fields marked DIFFERS are not shared (--allow-mixed).")
+    doc.add("table", tables.recipe_frame(runs, differing))
+
+
+def _figures_section(doc: Document, written: dict, skipped: dict) -> None:
+    doc.add("h2", "Figures")
+    for name, (section, caption) in FIGURES.items():
+        if name in written:
+            doc.add("figure", (name, f"{section}. {caption}"))
+        else:
+            doc.add("p", f"{section}: not drawn ({skipped[name]}).")
+
+
+def _runs_and_scores_sections(doc: Document, runs: list, arms: list, scores) -> None:
+    provenance_runs, provenance_scores = tables.provenance_frames(runs, scores)
+    doc.add("h2", "Runs")
+    doc.add("table", tables.runs_frame(arms))
+    doc.add("h2", "Every score")
+    doc.add("p", "Each number with its 95% confidence interval where the benchmark computes one (bootstrap "
+                 "of top-1 over the evaluation images), the number of items n, and the file it comes from.")
+    doc.add("table", tables.scores_frame(runs, scores))
+    doc.add("h2", "Provenance")
+    doc.add("p", "Runs: the recipe hash and code commit that trained them.")
+    doc.add("table", provenance_runs)
+    doc.add("p", "Score files: which run each belongs to, and whether the report uses it.")
+    doc.add("table", provenance_scores)
+
+
 def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_dir: str | Path,
                  allow_mixed: bool = False, scores_required: bool = True) -> dict[str, Any]:
     """Write the report; returns {"report_md", "report_html", "headline_csv": Path, "figures": {name: Path},
@@ -173,55 +248,21 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     headline = tables.headline_frame(arms, scores)
     headline_table = tables.headline_display(headline, arms)
     headline.to_csv(out / "headline.csv")
-    provenance_runs, provenance_scores = tables.provenance_frames(runs, scores)
 
     doc = Document()
     title = "mixclip-bench comparison: " + " vs ".join(arm.label for arm in arms)
-    doc.add("h1", title)
-    for warning in warnings:
-        doc.add("warning", warning)
-    doc.add("p", f"{len(runs)} runs in {len(arms)} arms. Regenerate with:")
-    doc.add("code", command_for(labels, scores_dir, out_dir, allow_mixed))
-    doc.add("h2", "Headline (mean ± std over seeds)")
-    doc.add("p", "Toy numbers are each run's final in-training evaluation; benchmark numbers come from score "
-                 "files. std is the sample standard deviation over seeds (ddof=1); (n=k) marks metrics that "
-                 "fewer seeds have. Params, FLOPs and benchmark throughput describe the architecture, one "
-                 "value per arm.")
-    doc.add("table", headline_table)
+    _opening(doc, title, warnings, runs, arms, command_for(labels, scores_dir, out_dir, allow_mixed))
+    _headline_section(doc, headline_table)
     verdicts = significance.compare_arms(arms, scores)
     if len(arms) > 1:
-        doc.add("h2", "Is the difference real?")
-        doc.add("p", "Each arm against the first, metric by metric: with several seeds on both sides, the "
-                     "difference of the seed means and its 95% Welch t interval; with one seed, the two "
-                     "runs' bootstrap 95% CIs (disjoint: a real difference). better / worse: the interval "
-                     "excludes 0 (lower is better for the loss); tie: it does not.")
-        if verdicts:
-            doc.add("table", significance.verdict_frame(verdicts))
-        doc.add("p", f"In one sentence: {significance.summary_sentence(verdicts)}")
+        _significance_section(doc, verdicts)
+    factorial_table = _factorial_section(doc, arms, scores)
     cautions = tables.subset_notes(scores)
     for caution in cautions:
         doc.add("p", f"Caution: {caution}.")
-    doc.add("h2", "Recipe")
-    doc.add("p", "Every run was trained with this recipe; only the seed differs between replicates."
-            if not differences else "The recipe; fields marked DIFFERS are not shared (--allow-mixed).")
-    doc.add("table", tables.recipe_frame(runs, differing))
-    doc.add("h2", "Figures")
-    for name, (section, caption) in FIGURES.items():
-        if name in written:
-            doc.add("figure", (name, f"{section}. {caption}"))
-        else:
-            doc.add("p", f"{section}: not drawn ({skipped[name]}).")
-    doc.add("h2", "Runs")
-    doc.add("table", tables.runs_frame(arms))
-    doc.add("h2", "Every score")
-    doc.add("p", "Each number with its 95% confidence interval where the benchmark computes one (bootstrap "
-                 "of top-1 over the evaluation images), the number of items n, and the file it comes from.")
-    doc.add("table", tables.scores_frame(runs, scores))
-    doc.add("h2", "Provenance")
-    doc.add("p", "Runs: the recipe hash and code commit that trained them.")
-    doc.add("table", provenance_runs)
-    doc.add("p", "Score files: which run each belongs to, and whether the report uses it.")
-    doc.add("table", provenance_scores)
+    _recipe_section(doc, runs, differing, bool(differences))
+    _figures_section(doc, written, skipped)
+    _runs_and_scores_sections(doc, runs, arms, scores)
     all_notes = notes + [f"{name}: {reason}" for name, reason in skipped.items()]
     if all_notes:
         doc.add("h2", "Notes")
@@ -233,7 +274,8 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     return {"report_md": report_md, "report_html": report_html, "headline_csv": out / "headline.csv",
             "figures": written, "skipped_figures": skipped, "headline": headline, "verdicts": verdicts,
             "summary": significance.summary_sentence(verdicts),
-            "headline_table": headline_table, "warnings": warnings + cautions + notes}
+            "headline_table": headline_table, "factorial": factorial_table,
+            "warnings": warnings + cautions + notes}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from runfolder import RunFolder
+
 EVAL_PREFIX = "eval/"
 TRAIN_COLUMNS = ("step", "samples_seen", "loss", "lr", "logit_scale", "samples_per_s", "data_wait_frac",
                  "grad_norm", "nonfinite_steps")
@@ -38,7 +40,7 @@ class Run:
     path: Path  # resolved run folder
     name: str
     config: dict[str, Any]
-    arm_key: tuple[str, str, str, str]  # (image tower, text tower, variant, token mixing)
+    arm_key: tuple[str, str, str, str, str]  # (image tower, text tower, variant, token mixing, text mask)
     model_name: str
     recipe: dict[str, Any]
     recipe_sha256: str
@@ -140,6 +142,17 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return train_frame, eval_frame
 
 
+# towers.text_mask's rule for runs recorded before the text mask (results reads files only, so it is
+# repeated here): the Transformer read causally, the Mixer with its token mixing's mask
+CAUSAL_TOKEN_MIXING = ("causal", "causal-front", "triangular", "causal-prefix")
+
+
+def legacy_text_mask(text_tower: str, token_mixing: str) -> str:
+    if text_tower == "mixer":
+        return "causal" if token_mixing in CAUSAL_TOKEN_MIXING else "caption"
+    return "causal"
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Read one run folder; raises :class:`ReportInputError` (one line) on anything missing or malformed."""
     label = str(run_dir)
@@ -147,7 +160,8 @@ def load_run(run_dir: str | Path) -> Run:
     if not path.is_dir():
         raise ReportInputError(f"{label}: no such run folder; expected runs/<name>/ with config.json and "
                                "metrics.jsonl")
-    config_path = path / "config.json"
+    folder = RunFolder(path)
+    config_path = folder.config
     config = _load_json(config_path, "run's config.json (written by launch/train.py)")
     if not isinstance(config, dict):
         raise ReportInputError(f"{config_path}: expected a JSON object")
@@ -163,8 +177,8 @@ def load_run(run_dir: str | Path) -> Run:
     gflops = _require(config, "flops_per_sample.train_gflops", config_path)
     if not isinstance(gflops, (int, float)) or not math.isfinite(gflops):
         raise ReportInputError(f"{config_path}: 'flops_per_sample.train_gflops' must be a number")
-    train, evals = read_metrics(path / "metrics.jsonl")
-    final_path = path / "final_eval.json"
+    train, evals = read_metrics(folder.metrics)
+    final_path = folder.final_eval
     final: dict[str, Any] = {}
     if final_path.is_file():
         final = {key[len(EVAL_PREFIX):] if key.startswith(EVAL_PREFIX) else key: value
@@ -174,8 +188,12 @@ def load_run(run_dir: str | Path) -> Run:
                 final[f"{key[:-5]}_ci_lo"], final[f"{key[:-5]}_ci_hi"] = final.pop(key)
     elif not evals.empty:
         final = evals.iloc[-1].dropna().to_dict()
-    arm_key = (str(experiment["image_tower"]), str(experiment["text_tower"]), str(experiment["variant"]),
-               str(experiment.get("token_mixing")))
+    text_tower = str(experiment["text_tower"])
+    # token mixing only shapes a Mixer text tower; the text mask, all of them (older runs: as they read)
+    token_mixing = str(experiment.get("token_mixing")) if text_tower == "mixer" else "-"
+    arm_key = (str(experiment["image_tower"]), text_tower, str(experiment["variant"]), token_mixing,
+               str(recipe.get("text_mask") or experiment["recipe"].get("text_mask")
+                   or legacy_text_mask(text_tower, token_mixing)))
     return Run(label=label, path=path.resolve(), name=str(config.get("name") or path.resolve().name),
                config=config, arm_key=arm_key, model_name=str(model_name),
                recipe=recipe, recipe_sha256=str(sha), git_commit=str(config.get("git_commit") or "unknown"),
@@ -267,9 +285,11 @@ def group_arms(runs: list[Run], differing_fields: list[str] | tuple[str, ...] = 
     ``differing_fields`` (recipe fields that vary, under --allow-mixed) split arms further, so runs
     trained differently are never averaged together.
     """
-    model_names: dict[str, set[str]] = {}
+    mixings: dict[str, set[str]] = {}
+    masks: dict[str, set[str]] = {}
     for run in runs:
-        model_names.setdefault(run.model_name, set()).add(run.arm_key[3])
+        mixings.setdefault(run.model_name, set()).add(run.arm_key[3])
+        masks.setdefault(run.model_name, set()).add(run.arm_key[4])
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         extra = tuple(json.dumps(run.recipe.get(name)) for name in differing_fields)
@@ -278,10 +298,15 @@ def group_arms(runs: list[Run], differing_fields: list[str] | tuple[str, ...] = 
     for (arm_key, _), members in groups.items():
         first = members[0]
         label = first.model_name
-        if len(model_names[first.model_name]) > 1:  # same towers, different token mixing
-            label += f" ({arm_key[3]} token mixing)"
-        if differing_fields:
-            shown = ", ".join(f"{name}={_show(first.recipe.get(name))}" for name in differing_fields)
+        # same towers read differently: say how (the text mask, then the Mixer's token mixing)
+        reading = [f"{arm_key[4]} text mask"] if len(masks[first.model_name]) > 1 else []
+        if len(mixings[first.model_name]) > 1:
+            reading.append(f"{arm_key[3]} token mixing")
+        if reading:
+            label += f" ({', '.join(reading)})"
+        shown_fields = [name for name in differing_fields if not (name == "text_mask" and reading)]
+        if shown_fields:
+            shown = ", ".join(f"{name}={_show(first.recipe.get(name))}" for name in shown_fields)
             label += f" [{shown}]"
         arms.append(Arm(label, sorted(members, key=_seed_order)))
     return arms

@@ -33,7 +33,13 @@ CONFIDENCE = 0.95
 # metric key -> (higher is better, per-run (low, high) CI keys in final_eval or None)
 DIRECTIONS = {
     "final_loss": (False, None),
+    "toy_top1_seen": (True, ("toy_top1_seen_ci_lo", "toy_top1_seen_ci_hi")),
+    "toy_top1_held_out": (True, ("toy_top1_held_out_ci_lo", "toy_top1_held_out_ci_hi")),
+    "toy_i2t_r1": (True, None),
+    "toy_t2i_r1": (True, None),
+    "toy_val_loss": (False, None),
     "toy_top1": (True, ("toy_top1_ci_lo", "toy_top1_ci_hi")),
+    "toy_robust_top1": (True, None),
     "toy_top5": (True, None),
     "toy_colour_acc": (True, None),
     "toy_shape_acc": (True, None),

@@ -18,6 +18,7 @@ from scipy import stats
 
 from results.runs import Arm, Run
 from results.scores import Score, arm_throughput, metric_rows, own_row, run_score, score_note
+from runfolder import FINAL_EVAL, METRICS, RunFolder
 
 MISSING = "–"
 
@@ -90,7 +91,17 @@ HEADLINE = (
     Metric("train_gflops", "train GFLOPs/sample", per_arm=lambda arm, scores: arm.first.train_gflops),
     Metric("final_loss", "final train loss (last log)",
            per_run=lambda run, scores: _number(run.train["loss"].iloc[-1]), decimals=3),
-    Metric("toy_top1", "toy zero-shot top-1 (%)", per_run=_final("toy_top1"), decimals=1, ci=True),
+    Metric("toy_top1_seen", "toy zero-shot top-1, seen classes (%)", per_run=_final("toy_top1_seen"),
+           decimals=1, ci=True),
+    Metric("toy_top1_held_out", "toy zero-shot top-1, held-out classes (%)",
+           per_run=_final("toy_top1_held_out"), decimals=1, ci=True),
+    Metric("toy_i2t_r1", "toy val image->text R@1 (%)", per_run=_final("toy_i2t_r1"), decimals=1),
+    Metric("toy_t2i_r1", "toy val text->image R@1 (%)", per_run=_final("toy_t2i_r1"), decimals=1),
+    Metric("toy_val_loss", "toy val contrastive loss", per_run=_final("toy_val_loss"), decimals=3),
+    Metric("toy_top1", "toy zero-shot top-1, all classes (%)", per_run=_final("toy_top1"), decimals=1,
+           ci=True),
+    Metric("toy_robust_top1", "toy top-1, v4 prompts (robustness) (%)", per_run=_final("toy_robust_top1"),
+           decimals=1),
     Metric("toy_top5", "toy top-5 (%)", per_run=_final("toy_top5"), decimals=1),
     Metric("toy_colour_acc", "toy colour acc (%)", per_run=_final("toy_colour_acc"), decimals=1),
     Metric("toy_shape_acc", "toy shape acc (%)", per_run=_final("toy_shape_acc"), decimals=1),
@@ -208,8 +219,13 @@ def runs_frame(arms: list[Arm]) -> pd.DataFrame:
             rows.append({
                 "run": run.label, "arm": arm.label, "seed": run.seed, "steps": int(last["step"]),
                 "samples seen": int(last["samples_seen"]), "final loss": _fmt(last["loss"], 3),
-                "toy top-1 (%)": _fmt(final.get("toy_top1"), 1),
+                "toy top-1 seen / held-out (%)": f"{_fmt(final.get('toy_top1_seen'), 1)} / "
+                                                 f"{_fmt(final.get('toy_top1_held_out'), 1)}",
+                "toy top-1, all (%)": _fmt(final.get("toy_top1"), 1),
                 "top-1 95% CI": _ci(final.get("toy_top1_ci_lo"), final.get("toy_top1_ci_hi")),
+                "R@1 i2t / t2i (%)": f"{_fmt(final.get('toy_i2t_r1'), 1)} / "
+                                     f"{_fmt(final.get('toy_t2i_r1'), 1)}",
+                "val loss": _fmt(final.get("toy_val_loss"), 3),
                 "top-5 (%)": _fmt(final.get("toy_top5"), 1),
                 "colour / shape acc (%)": f"{_fmt(final.get('toy_colour_acc'), 1)} / "
                                           f"{_fmt(final.get('toy_shape_acc'), 1)}",
@@ -232,7 +248,7 @@ def scores_frame(runs: list[Run], scores: list[Score]) -> pd.DataFrame:
     rows = []
     for run in runs:
         final = run.final_eval
-        source = "final_eval.json" if (run.path / "final_eval.json").is_file() else "metrics.jsonl"
+        source = FINAL_EVAL if RunFolder(run.path).final_eval.is_file() else METRICS
         for name, metric, label in [(name, *p) for name in ("toy", "imagenet") for p in FINAL_EVAL_METRICS]:
             key = f"{name}_{metric}"
             if key in final:

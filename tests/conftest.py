@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+# pytest-xdist runs one worker per core (pyproject's addopts): each worker and the benchmarks it starts
+# get their share of the cores, because OpenMP threads that outnumber the cores spin against each other
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = os.environ["MIXCLIP_CPU_THREADS"] = str(max(1, _CORES // _WORKERS))
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MIXCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -25,6 +31,13 @@ def private_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "mixclip-cache"
     monkeypatch.setenv("MIXCLIP_CACHE", str(cache))
     return cache
+
+
+def pytest_configure(config):
+    if _WORKERS > 1:
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(config, items):

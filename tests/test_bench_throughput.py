@@ -4,6 +4,7 @@ counts against towers.profile, and CLI errors."""
 from __future__ import annotations
 
 import json
+import math
 
 import open_clip
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 import towers
 from benchmarks import throughput
+from towers.precision import resolve_precision
 
 TINY_OPEN_CLIP = {"embed_dim": 64,
                   "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16},
@@ -27,7 +29,7 @@ def tiny_reference(tmp_path_factory) -> str:
 
 
 def test_cli_times_both_models_and_writes_ratios(tmp_path, tiny_reference, capsys):
-    throughput.main(["--image-tower", "mixer", "--text-tower", "transformer", "--variant", "tiny",
+    throughput.main(["--model", "mixer+transformer-tiny",
                      "--batch-size", "4", "--steps", "2", "--warmup", "0", "--reference", tiny_reference,
                      "--results-dir", str(tmp_path)])
     out = capsys.readouterr().out
@@ -45,7 +47,9 @@ def test_cli_times_both_models_and_writes_ratios(tmp_path, tiny_reference, capsy
     profile = towers.profile("mixer+transformer-tiny")
     assert ours["total_params"] == profile["total_params"]
     assert ours["image_gflops"] == pytest.approx(profile["image_gflops"])
-    assert written["settings"]["precision"] == "fp32" and written["benchmark"] == "throughput"
+    # --precision auto resolves as training does: bf16 only where this CPU runs it natively
+    assert written["settings"]["precision"] == resolve_precision("auto", "cpu")[0]
+    assert written["benchmark"] == "throughput"
 
 
 def test_reference_counts_agree_with_towers_profile_for_the_same_architecture():
@@ -60,24 +64,67 @@ def test_reference_counts_agree_with_towers_profile_for_the_same_architecture():
 
 
 def test_inference_only_without_reference(tmp_path, capsys):
+    # the spelling before the runner convention still works for one version, with a warning
     record = throughput.main(["--image-tower", "transformer", "--text-tower", "transformer",
                               "--variant", "tiny", "--batch-size", "2", "--steps", "1", "--warmup", "0",
                               "--modes", "infer", "--reference", "none", "--no-save"])
     assert len(record["metrics"]["rows"]) == 1 and "ratios" not in record["metrics"]
     assert "train_samples_per_s" not in record["metrics"]["rows"][0]
     assert not (tmp_path / "throughput").exists()
+    assert "--image-tower/--text-tower/--variant are deprecated; use --model NAME" in capsys.readouterr().err
+    assert record["settings"]["model"] == "transformer-tiny"
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["--image-tower", "lstm", "--text-tower", "mixer", "--variant", "tiny"], "no such model"),
-    (["--image-tower", "mixer", "--text-tower", "mixer", "--variant", "tiny", "--reference", "ViT-Nope"],
-     "not an open_clip architecture"),
-    (["--image-tower", "mixer", "--text-tower", "mixer", "--batch-size", "1"], "at least 2"),
-    (["--image-tower", "mixer", "--text-tower", "mixer", "--warp-speed"], "--warp-speed"),
-    (["--text-tower", "mixer"], "--image-tower"),
+    (["--model", "lstm-tiny"], "no such model"),
+    (["--model", "mixer-tiny", "--reference", "ViT-Nope"], "not an open_clip architecture"),
+    (["--model", "mixer-tiny", "--batch-size", "1"], "at least 2"),
+    (["--model", "mixer-tiny", "--warp-speed"], "--warp-speed"),
+    (["--model", "mixer-tiny", "--precision", "fp64"], "--precision"),
+    (["--text-tower", "mixer"], "--model NAME is required"),
+    (["--model", "mixer-tiny", "--variant", "tiny"], "give one spelling"),
 ])
 def test_cli_errors_exit_2(argv, fragment, capsys):
     with pytest.raises(SystemExit) as exit_info:
         throughput.main(argv)
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and fragment in err
+    assert exit_info.value.code == 2 and fragment in err and err.count("\n") == 1 and "usage:" not in err
+
+
+def test_one_timed_step_leaves_the_weights_one_trainer_step_leaves():
+    """The contender's step is the trainer's: same AdamW groups, lr schedule, clipping and clamp. A big
+    lr, a tight clip and a temperature above the cap make each of them show in the weights."""
+    from accelerate import Accelerator
+
+    from launch.config import Recipe
+    from launch.trainer import ContrastiveStep, build_optimizer
+
+    recipe = Recipe(lr=1e-2, warmup_steps=0, steps=10, grad_clip=0.05)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = towers.create_model("mixer-tiny")
+        with torch.no_grad():
+            model.logit_scale.fill_(5.0)  # above log(100): the clamp must pull it back
+        models.append(model)
+    trained, timed = models
+    before = {name: p.detach().clone() for name, p in trained.named_parameters()}
+    size = trained.image_size
+    images = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1))
+    tokens = towers.tokenize(["a red circle", "a blue square", "a green star", "a big red square"],
+                             trained.context_length)
+
+    accelerator = Accelerator(cpu=True)
+    ddp_model, optimizer = accelerator.prepare(trained, build_optimizer(trained, recipe))
+    ContrastiveStep(accelerator, ddp_model, optimizer, recipe)([(images, tokens)], 0)
+
+    contender = throughput.Contender("timed", timed, lambda texts: tokens, 4, torch.device("cpu"), "fp32",
+                                     recipe=recipe)
+    contender.images, contender.tokens = images, tokens
+    contender.train_step()
+
+    for (name, a), (_, b) in zip(trained.named_parameters(), timed.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert trained.logit_scale.item() == pytest.approx(math.log(100))
+    moved = [name for name, p in trained.named_parameters() if not torch.equal(p, before[name])]
+    assert len(moved) == len(before)  # every parameter took the step (decayed or not)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from open_clip import IMAGENET_CLASSNAMES, SIMPLE_IMAGENET_TEMPLATES
 from PIL import Image
+from test_multinode import free_port
 
 import towers
 from benchmarks import imagenet_zeroshot as zs
@@ -109,7 +110,7 @@ def _run(tmp_path: Path, processes: int, model: Path, data: Path) -> dict:
     out = tmp_path / f"zeroshot-{processes}.json"
     launcher = [sys.executable, "-m", "accelerate.commands.launch",
                 "--config_file", str(REPO / "launch" / "accelerate" / "cpu.yaml"),
-                "--num_processes", str(processes), "--main_process_port", "29541"]
+                "--num_processes", str(processes), "--main_process_port", str(free_port())]
     result = subprocess.run(launcher + [str(WORKER), "--model", str(model), "--data", str(data),
                                         "--limit", str(LIMIT), "--out", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=300)

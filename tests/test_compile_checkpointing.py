@@ -89,7 +89,7 @@ def test_train_py_compiles_the_bare_model_once(monkeypatch):
 
     monkeypatch.setattr(train, "compile_model", compile_model)
     experiment, options = parse_experiment(["--tower", "mixer", "--compile", "--workers", "0",
-                                            "--batch-size", "8"])
+                                            "--batch-size", "8", "--precision", "fp32"])
     run = train.TrainingRun(experiment, options, Accelerator(cpu=True))
     assert compiled_what == [run.model]  # the bare CLIP, before accelerator.prepare wraps it
     assert isinstance(run.ddp_model, torch._dynamo.eval_frame.OptimizedModule)

@@ -109,7 +109,7 @@ def write_torture_set(root: Path) -> tuple[str, list[str], dict[str, int]]:
             "t1_a", "t1_b", "t2_a", "t3_a", "t5_a", "t7_a", "t7_b"]
     counts = {"missing_shard": 1, "truncated_tar": 5, "unreadable_member": 1, "missing_image": 1,
               "corrupt_image": 2, "missing_caption": 1, "empty_caption": 1, "caption_not_utf8": 1,
-              "missing_class": 0}
+              "missing_class": 0, "timeout": 0}
     return str(root / "{00000..00007}.tar"), keys, counts
 
 

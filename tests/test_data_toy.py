@@ -55,8 +55,10 @@ def test_layout_and_sizes(toy):
     assert all(s.image.size == (64, 64) and s.image.mode == "RGB" for s in val)
     assert Counter(s.cls for s in val) == Counter({c: 2 for c in range(64)})  # class-balanced
     lines = toy.classes_file.read_text().splitlines()
-    assert lines[0] == "index\tname\tcolour\tshape" and len(lines) == 65
-    assert lines[1:3] == ["0\tred circle\tred\tcircle", "1\tred square\tred\tsquare"]
+    assert lines[0] == "index\tname\tcolour\tshape\tsplit" and len(lines) == 65
+    assert lines[1:3] == ["0\tred circle\tred\tcircle\theld-out", "1\tred square\tred\tsquare\tseen"]
+    held_out = {i for i, line in enumerate(lines[1:]) if line.endswith("held-out")}
+    assert held_out == set(toy_data.HELD_OUT_CLASSES) and len(held_out) == 16
     assert len(toy_data.CLASS_NAMES) == 64 and toy.class_names == toy_data.CLASS_NAMES
 
 
@@ -195,3 +197,48 @@ def test_caption_kinds_come_in_their_weights_and_the_distractor_always_second():
     assert all(c.index("red circle") < c.index("green star") for c in with_distractor)
     assert abs(sum("blue" in c for c in captions) / len(captions) - (2 / 7 + 2 / 49)) < 0.015
     assert all("red circle" in c for c in captions)
+
+
+def _train_metas(toy) -> list[dict]:
+    counts = SkipCounts()
+    return [json.loads(raw["json"]) for url in expand_shards(toy.train) for raw in iter_shard(url, counts)]
+
+
+def test_held_out_combinations_never_reach_training_but_every_colour_and_shape_does(toy):
+    held_out = {toy_data.CLASS_NAMES[i] for i in toy_data.HELD_OUT_CLASSES}
+    assert len(held_out) == 16  # a quarter of the 64 classes
+    for name in ("colour", "shape"):  # each colour and each shape: held out twice, trained six times
+        per_value = Counter(toy_data.CLASS_ATTRIBUTES[i][name] for i in toy_data.HELD_OUT_CLASSES)
+        assert set(per_value.values()) == {2} and len(per_value) == 8
+    metas = _train_metas(toy)
+    targets = [toy_data.CLASS_NAMES[m["class"]] for m in metas]
+    distractors = [f"{m['distractor']['colour']} {m['distractor']['shape']}" for m in metas]
+    assert not held_out & set(targets) and not held_out & set(distractors)
+    assert not any(name in m["caption"] for m in metas for name in held_out)
+    # class-balanced over the 48 seen classes: consecutive samples cycle through them
+    assert [m["class"] for m in metas[:48]] == list(toy_data.SEEN_CLASSES)
+    counts = SkipCounts()
+    val_classes = [s.cls for s in iter_samples(expand_shards(toy.val), counts, with_class=True)]
+    assert set(val_classes) >= set(toy_data.HELD_OUT_CLASSES)  # val scores them
+
+
+def test_every_zero_shot_prompt_token_is_a_trained_token():
+    """Built from the default toy set's train split: a prompt token no training caption has would be an
+    untrained embedding, different for every seed (version 4's final "." and "plain")."""
+    import towers
+
+    toy = toy_data.ensure_toy(progress=False)
+    counts = SkipCounts()
+    captions = [raw["txt"].decode() for url in expand_shards(toy.train) for raw in iter_shard(url, counts)]
+    caption_ids = towers.tokenize(captions, context_length=77)
+    trained = set(caption_ids.unique().tolist())
+    prompts = [t.format(name) for t in toy_data.TOY_TEMPLATES for name in toy_data.CLASS_NAMES]
+    prompt_ids = towers.tokenize(prompts, context_length=77)
+    assert set(prompt_ids.unique().tolist()) <= trained, sorted(set(prompt_ids.unique().tolist()) - trained)
+    # and the toy recipe's context cuts none of them (SOT and EOT included)
+    from launch.config import TOY_CONTEXT_LENGTH
+    longest = max(int((ids != 0).sum(1).max()) for ids in (caption_ids, prompt_ids))
+    assert longest <= TOY_CONTEXT_LENGTH, (longest, TOY_CONTEXT_LENGTH)
+    robust = [t.format(name) for t in toy_data.TOY_ROBUSTNESS_TEMPLATES for name in toy_data.CLASS_NAMES]
+    untrained = set(towers.tokenize(robust, context_length=77).unique().tolist()) - trained
+    assert towers.tokenize(["."], context_length=77)[0, 1].item() in untrained  # the test can fail

@@ -68,6 +68,10 @@ def test_the_whole_check_runs_on_cpu_at_tiny_size(tmp_path, tmp_path_factory, ca
         rows["transformer-tiny"]["compiled"]["samples_per_s"] / rows["open_clip ViT-gc-tiny"]["compiled"][
             "samples_per_s"])
     assert [row["workers"] for row in metrics["loader"]["rows"]] == [0]
+    decode = metrics["loader_device_decode"]  # the --decode-on-device loader, decoding on this CPU
+    assert (decode["decoder"], decode["decode_device"]) == ("device", "cpu")
+    assert [row["workers"] for row in decode["rows"]] == [0] and decode["rows"][0]["samples_per_s"] > 0
+    assert metrics["device_decode_verdict"]["best_samples_per_s"] == decode["rows"][0]["samples_per_s"]
     verdict = metrics["loader_verdict"]
     assert verdict["keeps_up"] == (verdict["loader_over_step"] >= 1)
     assert verdict["fastest_step"]["samples_per_s"] == max(row[p]["samples_per_s"] for row in rows.values()
@@ -80,3 +84,4 @@ def test_the_whole_check_runs_on_cpu_at_tiny_size(tmp_path, tmp_path_factory, ca
         assert config["experiment"]["recipe"]["train_data"].startswith(str(tmp_path / "work" / "shards"))
     assert ("keeps up" if verdict["keeps_up"] else "does NOT keep up") in out  # timing decides which
     assert "transformer / open_clip" in out and "train.py mixer, 2 steps" in out
+    assert "JPEGs decoded on cpu (--decode-on-device)" in out

@@ -56,7 +56,7 @@ def test_full_mode_lets_padding_change_the_embedding():
         assert (tower(tokens)[0] - tower(changed)[0]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("mode", ["causal", "causal-front", "triangular"])
+@pytest.mark.parametrize("mode", ["causal", "causal-front", "triangular", "causal-prefix"])
 def test_causal_token_mixing_jacobian_is_lower_triangular(mode):
     torch.manual_seed(0)
     mlp = build_token_mixing(mode, positions=77, hidden=256)

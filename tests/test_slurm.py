@@ -1,6 +1,8 @@
 """launch/slurm/train.sbatch itself, run with `srun` / `scontrol` stand-ins that start its two "nodes"
 as two local processes on 127.0.0.1 (gloo, tiny variant): it trains with world size 2, and after a
-kill -9 of the whole job a second submission of the same script resumes it (`--resume auto`)."""
+kill -9 of the whole job a second submission of the same script resumes it (`--resume auto`); SLURM's
+warning signal (USR1 to every process of the job step) stops the run at a checkpoint and the script
+requeues itself (`scontrol requeue`, recorded by the stand-in), and the requeued job finishes."""
 
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 exit $status
 """
 SCONTROL = """#!/bin/bash
-# scontrol stand-in: `scontrol show hostnames LIST` only
-[[ $1 == show && $2 == hostnames ]] || { echo "scontrol stand-in: only 'show hostnames'" >&2; exit 2; }
+# scontrol stand-in: `scontrol show hostnames LIST`, and `scontrol requeue ID` (appended to $SCONTROL_LOG)
+if [[ $1 == requeue ]]; then echo "requeue $2" >> "$SCONTROL_LOG"; exit 0; fi
+[[ $1 == show && $2 == hostnames ]] || { echo "scontrol stand-in: only show hostnames, requeue" >&2; exit 2; }
 tr ',' '\\n' <<< "$3"
 """
 
@@ -47,18 +50,27 @@ def stand_ins(folder: Path) -> Path:
     return folder
 
 
-def test_default_data_is_the_whole_laion_brace_pattern(tmp_path):
-    # ${DATA:-/x/{0..9}.tar} would end the default at the first '}'. With SRUN_DRY the srun stand-in
-    # prints the command it was given instead of running it.
+def test_default_job_trains_the_committed_laion_recipe(tmp_path):
+    # With SRUN_DRY the srun stand-in prints the command it was given instead of running it.
     env = {"PATH": f"{stand_ins(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}", "SLURM_NNODES": "2",
            "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1", "SRUN_DRY": "1"}
     done = subprocess.run(["bash", str(SBATCH)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
     command = " ".join(done.stdout.split())
-    assert "--train-data '/data/laion400m/{00000..41407}.tar' " in command, command
+    assert "launch/train.py --config launch/configs/laion400m-b32.yaml --tower mixer " in command, command
+    assert "--train-data" not in command  # the config's own LAION pattern
     assert "--num_processes 16 --machine_rank $SLURM_NODEID --main_process_ip 127.0.0.1" in command
-    assert "--variant B/32" in command and command.endswith("--resume auto")
+    assert command.endswith("--name laion400m-mixer-b32 --resume auto")
+
+
+def test_data_override_reaches_train_py_as_one_quoted_brace_pattern(tmp_path):
+    env = {"PATH": f"{stand_ins(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}", "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1", "SRUN_DRY": "1", "DATA": "/x/{00..09}.tar"}
+    done = subprocess.run(["bash", str(SBATCH)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--train-data '/x/{00..09}.tar' --runs-dir runs --name" in " ".join(done.stdout.split())
 
 
 @pytest.mark.slow
@@ -70,8 +82,9 @@ def test_sbatch_script_trains_on_two_nodes_and_a_resubmission_resumes_after_kill
     env = {**base, "PATH": f"{bin_dir}{os.pathsep}{base['PATH']}", "SLURM_NNODES": "2",
            "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1", "GPUS_PER_NODE": "1", "OMP_NUM_THREADS": "1",
            "MASTER_PORT": str(free_port()), "TOWER": "mixer", "RUN_NAME": "slurm", "DATA": data,
-           "TRAIN_FLAGS": f"--variant tiny --batch-size 8 --steps 8 --warmup-steps 1 --save-every 2 "
-                          f"--workers 1 --log-every 1 --eval-samples 16 --cpu-threads 1 --runs-dir {runs}"}
+           "CONFIG": "launch/configs/toy.yaml", "RUNS_DIR": str(runs),
+           "TRAIN_FLAGS": "--variant tiny --batch-size 8 --steps 8 --warmup-steps 1 --save-every 2 "
+                          "--workers 1 --log-every 1 --eval-samples 16 --cpu-threads 1"}
     run = runs / "slurm"
     latest = run / "checkpoints" / "latest"
     job = subprocess.Popen(["bash", str(SBATCH)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
@@ -105,3 +118,49 @@ def test_sbatch_script_trains_on_two_nodes_and_a_resubmission_resumes_after_kill
     assert config["world_size"] == 2 and 2 <= resumed_step < 8
     assert config["run_options"]["resume"] == "auto" and steps[-1] == 8
     assert json.loads((run / "final_eval.json").read_text())["step"] == 8
+
+
+@pytest.mark.slow
+def test_the_warning_signal_stops_the_job_at_a_checkpoint_and_the_script_requeues_it(tmp_path):
+    bin_dir = stand_ins(tmp_path / "bin")
+    data, _ = write_dataset(tmp_path / "shards")
+    runs, log = tmp_path / "runs", tmp_path / "scontrol.log"
+    base = node_env()
+    env = {**base, "PATH": f"{bin_dir}{os.pathsep}{base['PATH']}", "SLURM_NNODES": "2",
+           "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1", "GPUS_PER_NODE": "1", "OMP_NUM_THREADS": "1",
+           "MASTER_PORT": str(free_port()), "TOWER": "mixer", "RUN_NAME": "slurm", "DATA": data,
+           "CONFIG": "launch/configs/toy.yaml", "RUNS_DIR": str(runs), "SCONTROL_LOG": str(log),
+           "TRAIN_FLAGS": "--variant tiny --batch-size 8 --steps 12 --warmup-steps 1 --save-every 6 "
+                          "--workers 1 --log-every 1 --eval-samples 16 --cpu-threads 1"}
+    run = runs / "slurm"
+    job = subprocess.Popen(["bash", str(SBATCH)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert job.poll() is None and time.time() < deadline, "job ended before step 2"
+        time.sleep(0.02)
+    # --signal=USR1@120 signals every process of the job step: below the srun stand-in, the tasks'
+    # shells, the launchers, their workers and the DataLoader workers (not the batch shell, not srun)
+    srun = next(p for p in psutil.Process(job.pid).children() if "srun" in " ".join(p.cmdline()))
+    start = time.perf_counter()
+    for process in srun.children(recursive=True):
+        process.send_signal(signal.SIGUSR1)
+    output = job.communicate(timeout=300)[0]
+    seconds = time.perf_counter() - start
+    marker = json.loads((run / "preempted.json").read_text())
+    print(f"SLURM stand-in: USR1 to the job step; stopped at step {marker['step']}, job ended after "
+          f"{seconds:.1f} s with {job.returncode}; scontrol saw {log.read_text().split()}")
+    assert job.returncode == 0 and log.read_text() == "requeue 4242\n", output[-3000:]
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{marker['step']:08d}.pt"
+    assert marker["step"] < 12 and not (run / "final_eval.json").exists()
+
+    env["MASTER_PORT"] = str(free_port())  # the requeued job: the same script again
+    again = subprocess.run(["bash", str(SBATCH)], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert log.read_text() == "requeue 4242\n" and not (run / "preempted.json").exists()
+    config = json.loads((run / "config.json").read_text())
+    assert Path(config["resumed_from"]).name == f"step_{marker['step']:08d}.pt"
+    assert json.loads((run / "final_eval.json").read_text())["step"] == 12

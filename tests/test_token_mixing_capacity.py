@@ -37,7 +37,8 @@ def test_reads_at_eot_are_the_weights_that_reach_it(mode, positions, eot):
 
 def test_the_issue_figures_and_the_gain_of_each_mode_at_b32():
     reads = {mode: build_token_mixing(mode, 77, 256).reads_at(12)["units"] for mode in TOKEN_MIXING_MODES}
-    assert reads == {"causal": 44, "causal-front": 102, "caption": 256, "triangular": None, "full": 256}
+    assert reads == {"causal": 44, "causal-front": 102, "caption": 256, "triangular": None, "full": 256,
+                     "causal-prefix": 260}
     assert build_token_mixing("causal", 32, 256).reads_at(12)["units"] == 104  # tiny
 
 

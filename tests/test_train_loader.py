@@ -105,9 +105,9 @@ def test_resume_reads_the_buffer_and_current_shard_not_the_past(dataset, monkeyp
     opened = []
     real = train_stream.iter_shard
 
-    def counting(url, counts):
+    def counting(url, counts, read_timeout=None):
         opened.append(url)
-        return real(url, counts)
+        return real(url, counts, read_timeout)
 
     for start in (3, 30):
         first = loader_for(spec)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from open_clip.loss import ClipLoss
+from test_multinode import free_port
 
 import towers
 from launch import train
@@ -40,9 +41,12 @@ def test_recipe_is_blind_to_the_tower():
     mixer, _ = parse_experiment(["--tower", "mixer", *common])
     transformer, _ = parse_experiment(["--tower", "transformer", *common])
     assert mixer.recipe == transformer.recipe
-    assert mixer.recipe.sha256(1, TOY) == transformer.recipe.sha256(1, TOY)
+    def sha(experiment):
+        return experiment.recipe.with_precision("cpu")[0].sha256(1, TOY)
+
+    assert sha(mixer) == sha(transformer)
     longer, _ = parse_experiment(["--tower", "mixer", "--steps", "101"])
-    assert mixer.recipe.sha256(1, TOY) != longer.recipe.sha256(1, TOY)
+    assert sha(mixer) != sha(longer)
 
     groups = [build_optimizer(towers.build_model(**e.model_kwargs()), e.recipe).param_groups
               for e in (mixer, transformer)]
@@ -87,7 +91,7 @@ def test_run_writes_its_record_and_refuses_another_tower_on_resume(tmp_path, cap
     run_dir = tmp_path / "run"
     config = json.loads((run_dir / "config.json").read_text())
     expected, _ = parse_experiment(_args(tmp_path, "x", "--steps", "4"))
-    assert config["recipe_sha256"] == expected.recipe.sha256(1, TOY)
+    assert config["recipe_sha256"] == expected.recipe.with_precision("cpu")[0].sha256(1, TOY)
     identity = config["recipe_identity"]
     assert identity["global_batch_size"] == 16 and identity["train_data"] == TOY
     with torch.device("meta"):
@@ -101,7 +105,7 @@ def test_run_writes_its_record_and_refuses_another_tower_on_resume(tmp_path, cap
     assert fields <= set(steps[0])
     for line in lines:  # every line, evaluations too, says when it was written
         written = datetime.datetime.fromisoformat(line["time"])
-        assert abs((written - datetime.datetime.now(datetime.UTC)).total_seconds()) < 600
+        assert abs((written - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) < 600
         assert 0 < line["elapsed_s"] < 600
     assert [line["elapsed_s"] for line in lines] == sorted(line["elapsed_s"] for line in lines)
     assert steps[-1]["samples_seen"] == 64
@@ -228,7 +232,8 @@ def test_ten_nonfinite_steps_in_a_row_stop_without_a_checkpoint(tmp_path, monkey
 
 
 def test_bf16_step_takes_its_loss_in_fp32_and_tracks_the_fp32_step():
-    # The default precision is bf16 autocast: the towers run in bf16, the contrastive loss in fp32.
+    # Under bf16 autocast (what --precision auto picks where bf16 is native) the towers run in bf16,
+    # the contrastive loss in fp32.
     import contextlib
     import types
 
@@ -272,9 +277,10 @@ def test_attention_runs_the_math_kernel_on_cpu_only():
     assert torch.allclose(default, math, atol=1e-5)
 
 
-def test_cpu_threads_default_to_the_node_cores_shared_by_its_processes():
+def test_cpu_threads_default_to_the_node_cores_shared_by_its_processes(monkeypatch):
     import psutil
 
+    monkeypatch.delenv(train.CPU_THREADS_ENV, raising=False)  # set by conftest under pytest-xdist
     cores = train.cpu_threads(None, 1)
     # usable cores, physical ones only (hyper-threads share a core's FMA units)
     assert cores == min(len(os.sched_getaffinity(0)), psutil.cpu_count(logical=False) or os.cpu_count())
@@ -282,24 +288,38 @@ def test_cpu_threads_default_to_the_node_cores_shared_by_its_processes():
     assert train.cpu_threads(None, cores) == 1 and train.cpu_threads(None, 10 * cores) == 1
 
 
-def test_plain_accelerate_launch_on_cpu_uses_every_core(tmp_path):
+def test_plain_accelerate_launch_on_cpu_uses_every_core(tmp_path, monkeypatch):
     # `accelerate launch` without --cpu sets OMP_NUM_THREADS=1 on a machine without GPUs; the README's
     # first command is exactly that, so the trainer must take the cores back.
-    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    unset = ("OMP_NUM_THREADS", train.CPU_THREADS_ENV)
+    env = {key: value for key, value in os.environ.items() if key not in unset}
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "launch/train.py",
                            *_args(tmp_path, "plain", "--steps", "2")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    monkeypatch.delenv(train.CPU_THREADS_ENV, raising=False)
     assert config["torch_threads"] == train.cpu_threads(None, 1)
     assert "OMP_NUM_THREADS" not in env and config["device"] == "cpu"
+
+
+def test_mixclip_cpu_threads_sets_the_threads_and_a_bad_value_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(train.CPU_THREADS_ENV, "1")
+    assert train.main(_args(tmp_path, "one", "--steps", "2")) == 0
+    assert json.loads((tmp_path / "one" / "config.json").read_text())["torch_threads"] == 1
+    capsys.readouterr()
+    monkeypatch.setenv(train.CPU_THREADS_ENV, "two")
+    assert train.main(_args(tmp_path, "bad", "--steps", "2")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: MIXCLIP_CPU_THREADS='two': expected a whole number of threads >= 1"]
 
 
 def test_the_readme_two_process_cpu_command_runs_two_processes(tmp_path):
     # launch/accelerate/cpu.yaml must start 2 processes that join one gloo group (accelerate starts
     # only one for a MULTI_CPU config without mpirun, and would do so silently).
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           str(REPO / "launch" / "accelerate" / "cpu.yaml"), "--main_process_port", "29538",
+                           str(REPO / "launch" / "accelerate" / "cpu.yaml"),
+                           "--main_process_port", str(free_port()),
                            "launch/train.py", *_args(tmp_path, "two", "--steps", "2", "--batch-size", "8")],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -56,3 +56,14 @@ def test_eval_templates_flag_offers_the_benchmarks_sets():
     assert options.eval_templates == "simple" and options.imagenet_val == "x"
     with pytest.raises(SystemExit):
         parse_experiment(["--eval-templates", "fancy"])
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--evals", "toy,imagenet"], "imagenet needs its data"),  # imagenet chosen, no --imagenet-val
+    (["--evals", "toy,cifar"], "'cifar': not a zero-shot set; expected one of toy, imagenet"),
+])
+def test_evals_by_name_are_checked_by_the_runners_code_before_training(tmp_path, capsys, flags, fragment):
+    assert train.main(_args(tmp_path, "bad", *flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_multinode import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "ddp_step_worker.py"
@@ -18,7 +19,7 @@ def _run(tmp_path: Path, name: str, processes: int, *extra: str) -> dict:
     out = tmp_path / f"{name}.pt"
     launcher = [sys.executable, "-m", "accelerate.commands.launch",
                 "--config_file", str(REPO / "launch" / "accelerate" / "cpu.yaml"),
-                "--num_processes", str(processes), "--main_process_port", "29533"]
+                "--num_processes", str(processes), "--main_process_port", str(free_port())]
     result = subprocess.run(launcher + [str(WORKER), "--out", str(out), *extra], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,6 +3,7 @@
     model, preprocess = towers.load("runs/mixer/checkpoints/step_00001000.pt")
     model, preprocess = towers.load("ViT-B-32-openai.pt")   # OpenAI / open_clip weights, any ViT size
     model, preprocess = towers.load("mixer-B-32")            # a name: random init
+    model, preprocess = towers.load("exported/mixer-seed0")  # what `python -m towers.export` wrote
 
 Our checkpoint is a `torch.save`d dict holding `model_config` (see `CLIP.model_config`) and
 `state_dict`, possibly with more (optimizer, step, recipe_sha256). open_clip and OpenAI state dicts
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from runfolder import LATEST, latest_checkpoint  # noqa: F401 - re-exported
 from towers.clip import CLIP, available_models, build_from_config, build_model, create_model
 from towers.preprocess import image_transform
 from towers.transformer import VARIANTS as TRANSFORMER_VARIANTS
@@ -29,7 +31,7 @@ from towers.transformer import VARIANTS as TRANSFORMER_VARIANTS
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 OPEN_CLIP_TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")
 SHOWN_KEYS = 5
-LATEST_POINTER = "latest"  # a run's checkpoints/latest: a text file naming its newest checkpoint
+LATEST_POINTER = LATEST  # a run's checkpoints/latest (runfolder owns the layout)
 
 
 class CheckpointError(ValueError):
@@ -115,13 +117,6 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") for name in archive.namelist())
 
 
-def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The checkpoint file `folder/latest` names, or None when there is no pointer. The named file may
-    be missing (callers say so in their own words)."""
-    pointer = Path(folder) / LATEST_POINTER
-    return Path(folder) / pointer.read_text().strip() if pointer.is_file() else None
-
-
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The dict stored at `path`, read with weights_only=True (TorchScript archives via jit)."""
     path = Path(path)
@@ -160,8 +155,13 @@ def model_from_checkpoint(checkpoint: Mapping, source: str, quick_gelu: bool | N
 
 def load(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
          quick_gelu: bool | None = None) -> tuple[CLIP, Callable]:
-    """(model in eval mode on `device`, eval preprocess) from a checkpoint file or a model name."""
-    if Path(path_or_name).is_file():
+    """(model in eval mode on `device`, eval preprocess) from a checkpoint file, a folder that
+    `python -m towers.export` wrote (ours or open_clip's files), or a model name."""
+    if Path(path_or_name).is_dir():
+        from towers.export import load_exported
+
+        model = load_exported(path_or_name)
+    elif Path(path_or_name).is_file():
         model = model_from_checkpoint(read_checkpoint(path_or_name), str(path_or_name), quick_gelu)
     elif str(path_or_name) in available_models():
         model = create_model(str(path_or_name), quick_gelu=bool(quick_gelu))

@@ -12,8 +12,9 @@ EOT token (the largest id of each row), exactly where CLIP's text Transformer po
 Token mixing (`token_mixing`, `--token-mixing`) is one of the modes of `towers.token_mixing`: `causal`
 (MADE masks, uniform degrees), `causal-front` (MADE, degrees front-loaded where captions end),
 `caption` (bidirectional inside the caption, positions after EOT zeroed), `triangular` (one
-lower-triangular L x L map), all pad-inert like the causal Transformer; and `full`, the seed paper's
-mixing of all 77 positions, padding included (for replication).
+lower-triangular L x L map), `causal-prefix` (the caption MLP on each position's prefix), all pad-inert
+like the causal Transformer; and `full`, the seed paper's mixing of all 77 positions, padding included
+(for replication). The recipe's `--text-mask` picks `caption` or `causal-prefix` (towers.text_mask).
 
 Build one with `towers.build_tower("mixer", "text", "B/32")`.
 """
@@ -29,6 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from towers.preprocess import CONTEXT_LENGTH, VOCAB_SIZE
+from towers.text_mask import resolve_token_mixing
 from towers.token_mixing import (  # noqa: F401  (made_degrees, the modes: re-exported)
     DEFAULT_TOKEN_MIXING,
     PAD_INERT_MODES,
@@ -64,6 +66,15 @@ VARIANTS: dict[str, dict] = {
         "text": dict(width=512, layers=12, token_hidden=256, channel_hidden=2048),
     },
 }
+# The scaling-law ladder (docs/scaling-laws.md): `tiny`'s resolution, depth and hidden ratios at widths
+# 64-256, the same widths as the Transformer's ladder.
+VARIANTS.update({
+    f"w{width}": {
+        "embed_dim": width,
+        "image": dict(image_size=64, patch_size=8, width=width, layers=4, mlp_ratio=(2.0, 4.0)),
+        "text": dict(width=width, layers=4, token_hidden=2 * width, channel_hidden=4 * width),
+    } for width in (64, 96, 128, 192, 256)
+})
 
 
 class MixerImageTower(MlpMixer):
@@ -155,6 +166,11 @@ class MixerTextTower(nn.Module):
                 x = block(x, keep)
         x = self.ln_final(x)
         return x[torch.arange(x.shape[0], device=x.device), eot]
+
+
+def text_mask_overrides(text_mask: str, token_mixing: str | None = None) -> dict:
+    """Text-tower overrides that apply `text_mask`: the token mixing it selects, or the explicit mode."""
+    return {"token_mixing": resolve_token_mixing(text_mask, token_mixing)}
 
 
 def build(modality: str, **config) -> nn.Module:

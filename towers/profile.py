@@ -24,15 +24,24 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
+def embedding_params(model: torch.nn.Module) -> int:
+    """Token and position embeddings (Kaplan et al.'s "embedding" parameters, left out of the
+    non-embedding count that scaling laws use); patch embeddings map the input and stay counted."""
+    tables = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    positions = sum(p.numel() for name, p in model.named_parameters()
+                    if name.endswith(("positional_embedding", "pos_embed")))
+    return tables + positions
+
+
 def image_size_of(model: torch.nn.Module) -> int:
     size = getattr(model, "image_size", None) or model.visual.image_size  # open_clip keeps it on .visual
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
 def profile(model: str | CLIP | torch.nn.Module) -> dict:
-    """{image,text,total}_params and {image,text}_gflops per sample for a model name, our CLIP, or any
-    CLIP-style model with `.visual`, `encode_image`, `encode_text` and `context_length` (open_clip's):
-    image params = the image tower with its projection, text params = everything else."""
+    """{image,text,total,non_embedding}_params and {image,text}_gflops per sample for a model name, our
+    CLIP, or any CLIP-style model with `.visual`, `encode_image`, `encode_text` and `context_length`
+    (open_clip's): image params = the image tower with its projection, text params = everything else."""
     if isinstance(model, str):
         with torch.device("meta"):
             model = create_model(model)
@@ -54,5 +63,6 @@ def profile(model: str | CLIP | torch.nn.Module) -> dict:
     finally:
         model.train(was_training)
     return dict(model=getattr(model, "model_name", type(model).__name__), image_params=image_params,
-                text_params=text_params, total_params=total_params, image_gflops=image_flops / 1e9,
+                text_params=text_params, total_params=total_params,
+                non_embedding_params=total_params - embedding_params(model), image_gflops=image_flops / 1e9,
                 text_gflops=text_flops / 1e9)

@@ -1,8 +1,8 @@
 """The tower registry: an explicit dict from family name to the module that builds it.
 
-A family module defines `VARIANTS` (variant name -> {"embed_dim", "image": {...}, "text": {...}})
-and `build(modality, **config)`. Adding a family is one module plus one entry in `FAMILIES`; the
-parametrised tests in `tests/` then cover it without edits.
+A family module defines `VARIANTS` (variant name -> {"embed_dim", "image": {...}, "text": {...}}),
+`build(modality, **config)` and `text_mask_overrides(text_mask, token_mixing)`. Adding a family is one
+module plus one entry in `FAMILIES`; the parametrised tests in `tests/` then cover it without edits.
 
     from towers import build_tower
     tower = build_tower("mixer", "text", "B/32", token_mixing="full")
@@ -58,6 +58,12 @@ def build_tower(family: str, modality: str, variant: str, **overrides) -> nn.Mod
         return family_module(family).build(modality, **config)
     except TypeError as error:  # an override the family does not take
         raise ValueError(f"bad override for {family} {modality} tower: {error}") from None
+
+
+def text_mask_overrides(family: str, text_mask: str, token_mixing: str | None = None) -> dict:
+    """Text-tower overrides that make `family`'s text tower read with `text_mask` (towers.text_mask);
+    `token_mixing` is the Mixer's explicit mode, if any (it must read with that mask)."""
+    return family_module(family).text_mask_overrides(text_mask, token_mixing)
 
 
 def all_variants() -> list[str]:

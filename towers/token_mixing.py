@@ -16,6 +16,11 @@ so a batch may stop at its longest EOT (`CLIP.encode_text` does in eval mode).
 - `triangular`: one lower-triangular L x L linear map across positions (the causal spatial projection
   of gMLP's spatial gating unit, without the gate): EOT at e reads its e + 1 weights.
 - `full`: the seed paper's unmasked MLP over all positions, padding included (for replication).
+- `causal-prefix` (the Mixer's `--text-mask causal`): a prefix-masked MLP. Every position owns a block of
+  u = ceil(H / (PREFIX_EOT + 1)) hidden units that read the positions up to it (MADE masks, degree = the
+  owning position, L x u units in all), and position i reads all units of the positions <= i: an EOT at
+  e reads (e + 1) x u units, at least the H that `caption` gives once e >= PREFIX_EOT (B/32: 260 of
+  1540 at EOT 12; cost in docs/text-mask.md).
 
 Each module's `reads_at(eot)` gives its capacity at an EOT position: the hidden units (None for
 `triangular`) and the token-mixing weights on the paths into that position.
@@ -29,9 +34,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TOKEN_MIXING_MODES = ("causal", "causal-front", "caption", "triangular", "full")
+TOKEN_MIXING_MODES = ("causal", "causal-front", "caption", "triangular", "full", "causal-prefix")
 PAD_INERT_MODES = tuple(mode for mode in TOKEN_MIXING_MODES if mode != "full")
 DEFAULT_TOKEN_MIXING = "caption"  # chosen by the toy comparison in docs/token-mixing.md
+# `causal-prefix` sizes its blocks so that an EOT from this position on reads >= the H units of `caption`
+# (12: the issue's reference EOT, a 10-word caption)
+PREFIX_EOT = 12
+
+
+def prefix_degrees(hidden: int, positions: int) -> list[int]:
+    """`causal-prefix`: ceil(H / (PREFIX_EOT + 1)) units owned by each position, degree = its position."""
+    per_position = -(-hidden // (PREFIX_EOT + 1))
+    return [position for position in range(positions) for _ in range(per_position)]
 
 
 def made_degrees(hidden: int, positions: int) -> list[int]:
@@ -134,5 +148,8 @@ def build_token_mixing(mode: str, positions: int, hidden: int) -> nn.Module:
         return CaptionTokenMixing(positions, hidden, sees_padding=mode == "full")
     if mode == "triangular":
         return TriangularTokenMixing(positions)
+    if mode == "causal-prefix":
+        degrees = prefix_degrees(hidden, positions)
+        return MadeTokenMixing(positions, len(degrees), degrees)
     raise ValueError(f"token mixing mode {mode!r}: expected one of {TOKEN_MIXING_MODES}")
 

@@ -1,4 +1,4 @@
-"""The Transformer family: CLIP's ViT image tower and causal text Transformer, as open_clip builds them.
+"""The Transformer family: CLIP's ViT image tower and text Transformer, as open_clip builds them.
 
 Both towers are open_clip's own modules (`VisionTransformer`, `TextTransformer`), not a
 re-implementation, so open_clip and OpenAI weights load and give the same embeddings. The only
@@ -17,6 +17,7 @@ from open_clip.transformer import QuickGELU, TextTransformer, VisionTransformer,
 from torch import nn
 
 from towers.preprocess import CONTEXT_LENGTH, VOCAB_SIZE
+from towers.text_mask import caption_attention_mask, check_text_mask
 
 # Every number that sizes a tower. `heads` follows open_clip's head width of 64 (tiny: 32).
 VARIANTS: dict[str, dict] = {
@@ -41,6 +42,15 @@ VARIANTS: dict[str, dict] = {
         "text": dict(width=512, layers=12, heads=8, mlp_ratio=4.0),
     },
 }
+# The scaling-law ladder (docs/scaling-laws.md): the toy resolution and depth of `tiny`, widths 64-256
+# (16x the width-64 training FLOPs per sample), head width 32 as in `tiny`.
+VARIANTS.update({
+    f"w{width}": {
+        "embed_dim": width,
+        "image": dict(image_size=64, patch_size=8, width=width, layers=4, heads=width // 32, mlp_ratio=4.0),
+        "text": dict(width=width, layers=4, heads=width // 32, mlp_ratio=4.0),
+    } for width in (64, 96, 128, 192, 256)
+})
 
 
 def _activation(quick_gelu: bool) -> type[nn.Module]:
@@ -66,29 +76,43 @@ class TransformerImageTower(VisionTransformer):
 
 
 class TransformerTextTower(TextTransformer):
-    """open_clip's causal text Transformer, pooled at the EOT token (argmax id), no projection."""
+    """open_clip's text Transformer, pooled at the EOT token (argmax id), no projection.
+
+    `text_mask` (towers.text_mask): `causal` is open_clip's own causal mask (the default, so names,
+    older checkpoints and open_clip/OpenAI weights keep it); `caption` is the same modules and parameters
+    with attention to every key up to each row's EOT and none after it."""
 
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0,
                  context_length: int = CONTEXT_LENGTH, vocab_size: int = VOCAB_SIZE,
-                 quick_gelu: bool = False):
+                 quick_gelu: bool = False, text_mask: str = "causal"):
         super().__init__(context_length=context_length, vocab_size=vocab_size, width=width,
                          heads=heads, layers=layers, mlp_ratio=mlp_ratio, output_dim=None,
                          proj_type="none", act_layer=_activation(quick_gelu))
+        self.text_mask = check_text_mask(text_mask)
 
-    # Causal attention: position i reads positions <= i, so the batch may stop at its longest EOT.
+    # Both masks keep every key after EOT from the EOT query, so a batch may stop at its longest EOT.
     stops_at_eot = True
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids, L <= context_length -> (B, width), pooled at each row's EOT."""
         length = tokens.shape[1]
-        if length == self.num_pos:
-            return super().forward(tokens)
+        if length == self.num_pos and self.text_mask == "causal":
+            return super().forward(tokens)  # open_clip's forward itself: parity is exact
         if length > self.num_pos:
             raise ValueError(f"text tower takes at most {self.num_pos} tokens per text, got {length}")
         # open_clip's own pieces; its `_embeds` slices the positional embedding but not the causal mask
         x, attn_mask = self._embeds(tokens)
-        x = self.transformer(x, attn_mask=attn_mask[:length, :length])
+        if self.text_mask == "caption":  # in the residual stream's dtype: open_clip casts it per block
+            attn_mask = caption_attention_mask(tokens, self.heads, x.dtype)
+        else:
+            attn_mask = attn_mask[:length, :length]
+        x = self.transformer(x, attn_mask=attn_mask)
         return text_global_pool(self.ln_final(x), tokens, pool_type=self.pool_type)
+
+
+def text_mask_overrides(text_mask: str, token_mixing: str | None = None) -> dict:
+    """Text-tower overrides that apply `text_mask` (the Transformer has no token mixing)."""
+    return {"text_mask": check_text_mask(text_mask)}
 
 
 def build(modality: str, **config) -> nn.Module:

@@ -24,13 +24,16 @@ Public API (stable):
         empty_caption      a caption that is empty or only whitespace
         caption_not_utf8   caption bytes that are not UTF-8
         missing_class      (only with with_class=True) no .cls member, or one that is not an integer
+        timeout            a shard whose bytes stopped arriving for `read_timeout` seconds (once per
+                           shard; benchmarks.data.timed_read), abandoned like a truncated one
         Each dropped sample counts once, under the first of these that applies. Grayscale, CMYK,
         RGBA, palette (and other) images are converted to RGB, not skipped; long captions are left to
         the tokenizer to truncate.
     Sample(key, image, caption, cls)                      image: PIL RGB, cls: int | None
     iter_samples(urls, counts, with_class=False) -> Iterator[Sample]
         built from iter_shard(url, counts) (raw member bytes per sample) and
-        decode_sample(raw, counts, with_class) (Sample or None, counted); load_rgb(bytes) -> PIL RGB
+        decode_sample(raw, counts, with_class) (Sample or None, counted); load_rgb(bytes) -> PIL RGB;
+        check_sample(raw, counts, with_class): the same checks without the image decode (Undecoded)
     WorkerCounts: merges the cumulative counts each DataLoader worker attaches to its batches
     transform_images(transform, images) -> FloatTensor, transformed with one torch thread
     eval_dataset(spec, transform, batch_size=256, with_class=False) -> EvalDataset
@@ -53,6 +56,7 @@ import collections
 import glob
 import io
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -66,6 +70,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate
 from webdataset.tariterators import base_plus_ext
 
 from benchmarks.data.tar_stream import TarDamage, iter_members
+from benchmarks.data.timed_read import ShardStalled, TimedStream
 
 SKIP_KINDS = (
     "missing_shard",
@@ -77,6 +82,7 @@ SKIP_KINDS = (
     "empty_caption",
     "caption_not_utf8",
     "missing_class",
+    "timeout",
 )
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 SPEC_HELP = "a brace pattern like shards/{00000..00099}.tar, a '::'-joined list, or a directory of .tar files"
@@ -156,14 +162,18 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------- reading
 
 
-def iter_shard(url: str, counts: SkipCounts) -> Iterator[dict[str, Any]]:
+def iter_shard(url: str, counts: SkipCounts, read_timeout: float | None = None) -> Iterator[dict[str, Any]]:
     """Raw samples of one shard: dicts {"__key__", "__url__", ext: bytes, ...}, extensions lower-case.
-    A sample with an unreadable member carries "__unreadable__": True."""
+    A sample with an unreadable member carries "__unreadable__": True. With `read_timeout` (seconds),
+    a shard whose bytes stop arriving that long is abandoned, counted as `timeout`, with one line on
+    stderr; the samples before the stall are kept, except the last, possibly incomplete one."""
     try:
         stream = wds.gopen(url, "rb")
     except OSError:
         counts.add("missing_shard")
         return
+    if read_timeout:
+        stream = TimedStream(stream, read_timeout, name=url)
     sample: dict[str, Any] | None = None
     try:
         with stream:
@@ -182,6 +192,9 @@ def iter_shard(url: str, counts: SkipCounts) -> Iterator[dict[str, Any]]:
                 sample[ext] = data
         if sample is not None:
             yield sample
+    except ShardStalled as stall:
+        counts.add("timeout")
+        print(f"warning: {stall}; shard abandoned (counted as 'timeout')", file=sys.stderr, flush=True)
     except (TarDamage, OSError) as damage:
         # The sample being read may be incomplete: it goes with the shard's count. When the break
         # is in the data of a member whose header starts the next sample, the one before is whole.
@@ -205,8 +218,17 @@ def load_rgb(data: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_sample(raw: dict[str, Any], counts: SkipCounts, with_class: bool = False) -> Sample | None:
-    """A decoded Sample, or None after counting why it was skipped (cheap checks first)."""
+class Undecoded(NamedTuple):
+    """A sample that passed every check but the image decode: its image bytes, still encoded."""
+    key: str
+    data: bytes
+    caption: str
+    cls: int | None
+
+
+def check_sample(raw: dict[str, Any], counts: SkipCounts, with_class: bool = False) -> Undecoded | None:
+    """decode_sample's checks short of decoding the image: an Undecoded, or None after counting why
+    it was skipped (for decoders that decode elsewhere, e.g. on the training device)."""
     if raw.get("__unreadable__"):
         counts.add("unreadable_member")
         return None
@@ -232,14 +254,22 @@ def decode_sample(raw: dict[str, Any], counts: SkipCounts, with_class: bool = Fa
         except (KeyError, ValueError, UnicodeDecodeError):
             counts.add("missing_class")
             return None
+    return Undecoded(raw["__key__"], raw[image_ext], caption, cls)
+
+
+def decode_sample(raw: dict[str, Any], counts: SkipCounts, with_class: bool = False) -> Sample | None:
+    """A decoded Sample, or None after counting why it was skipped (cheap checks first)."""
+    checked = check_sample(raw, counts, with_class)
+    if checked is None:
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF/ICC and similar warnings of odd but usable files
-            image = load_rgb(raw[image_ext])
+            image = load_rgb(checked.data)
     except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
         counts.add("corrupt_image")
         return None
-    return Sample(raw["__key__"], image, caption, cls)
+    return Sample(checked.key, image, checked.caption, checked.cls)
 
 
 def iter_samples(urls: Iterable[str], counts: SkipCounts, with_class: bool = False) -> Iterator[Sample]:

@@ -12,6 +12,15 @@ distractor are mentioned only sometimes (2 in 7 captions name the background, 2 
 `benchmarks.data.toy_captions`), the distractor always after the target and as "small", "little" or
 "tiny", so colour + shape of the target is the one cue every caption shares.
 
+Held-out combinations (version 5): 16 of the 64 colour x shape classes (`HELD_OUT_CLASSES`, two shapes per
+colour and two colours per shape) never occur in the train split, neither as a target nor as a distractor,
+so neither the image of that combination nor its name is ever trained; every colour and every shape still
+is. The train split cycles through the 48 seen classes, the val split through all 64 (50 images each), and
+zero-shot scores seen and held-out classes separately: the held-out score asks whether a tower composes.
+Zero-shot prompts (`TOY_TEMPLATES`) are the caption templates that name only the target, so every prompt
+token is a trained token; version 4's prompts (a final "." and "plain" that no caption has) stay as the
+separately named robustness score (`TOY_ROBUSTNESS_TEMPLATES`).
+
 Layout under `$MIXCLIP_CACHE` (default `~/.cache/mixclip`) / `toy-<seed>-v<VERSION>`:
 
     train/00000.tar ...   KEY.jpg, KEY.txt (caption), KEY.json (attributes)
@@ -55,13 +64,13 @@ from pathlib import Path
 from PIL import Image
 
 from benchmarks.data import files as data_files
-from benchmarks.data.toy_captions import position_words, write_caption
+from benchmarks.data.toy_captions import CAPTION_TEMPLATES_BY_KIND, position_words, write_caption
 from benchmarks.data.toy_drawing import draw_object
 
 # Bump whenever the generator's output changes: the cache folder name carries it.
-VERSION = 4
+VERSION = 5
 DEFAULT_NUM_TRAIN = 20_000
-DEFAULT_NUM_VAL = 2_000
+DEFAULT_NUM_VAL = 3_200  # 50 per class: 2,400 seen-class and 800 held-out-class images
 DEFAULT_SHARD_SIZE = 1_000
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4  # draw at 4x and downsample: anti-aliased edges keep small shapes recognisable
@@ -91,8 +100,21 @@ MIN_BACKGROUND_DISTANCE = 110  # RGB distance between target and background: the
 CLASS_NAMES = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
 CLASS_ATTRIBUTES = tuple({"colour": colour, "shape": shape} for colour in COLOURS for shape in SHAPES)
 
-# Zero-shot prompt templates for the toy classes (class name e.g. "red circle").
-TOY_TEMPLATES = (
+# Held out of training: colour i with shapes i and i + 3 (mod 8), a Latin-square pattern, so each colour and
+# each shape is held out in exactly two classes and trained in six.
+HELD_OUT_SHAPE_OFFSETS = (0, 3)
+HELD_OUT_CLASSES = tuple(sorted(c * len(SHAPES) + (c + k) % len(SHAPES)
+                                for c in range(len(COLOURS)) for k in HELD_OUT_SHAPE_OFFSETS))
+SEEN_CLASSES = tuple(i for i in range(len(CLASS_NAMES)) if i not in HELD_OUT_CLASSES)
+HELD_OUT_PAIRS = frozenset((CLASS_ATTRIBUTES[i]["colour"], CLASS_ATTRIBUTES[i]["shape"])
+                           for i in HELD_OUT_CLASSES)
+
+# Zero-shot prompts: the caption templates that name the target and nothing else ("a {}", "a drawing of a
+# {}", ...), so a prompt is made of trained tokens only (tests/test_data_toy.py checks it on the train split).
+TOY_TEMPLATES = tuple(t.replace("{t}", "{}") for t in CAPTION_TEMPLATES_BY_KIND["target"]
+                      if t.count("{") == 1)
+# Version 4's prompts, kept as a robustness score: a final "." and the word "plain" occur in no caption.
+TOY_ROBUSTNESS_TEMPLATES = (
     "a {}.",
     "a picture of a {}.",
     "a drawing of a {}.",
@@ -122,6 +144,7 @@ class ToyData:
     class_names: tuple[str, ...] = CLASS_NAMES
     class_attributes: tuple[dict[str, str], ...] = CLASS_ATTRIBUTES
     templates: tuple[str, ...] = TOY_TEMPLATES
+    held_out_classes: tuple[int, ...] = HELD_OUT_CLASSES
 
 
 def _shard_counts(num: int, shard_size: int) -> list[int]:
@@ -142,8 +165,10 @@ def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 14) -> 
 def make_sample(rng: random.Random, class_index: int) -> tuple[bytes, str, dict]:
     """Draw one sample of class `class_index`: (JPEG bytes, caption, attributes)."""
     colour, shape = CLASS_ATTRIBUTES[class_index]["colour"], CLASS_ATTRIBUTES[class_index]["shape"]
-    d_colour = rng.choice([c for c in COLOURS if c != colour])
-    d_shape = rng.choice([s for s in SHAPES if s != shape])
+    # The distractor has another colour and shape and is never a held-out combination (its name would
+    # otherwise reach the text tower through the training captions).
+    d_colour, d_shape = rng.choice([(c, s) for c in COLOURS for s in SHAPES
+                                    if c != colour and s != shape and (c, s) not in HELD_OUT_PAIRS])
     target_rgb = COLOURS[colour]
     backgrounds = [
         name for name, rgb in BACKGROUNDS.items()
@@ -197,8 +222,10 @@ def _write_shard(task: tuple[str, int, int, int, int, int, int]) -> tuple[str, s
     path = Path(tmp_root) / rel
     with open(path, "wb") as f, wds.TarWriter(f, mtime=0, user="mixclip", group="mixclip") as sink:
         for i in range(count):
-            # Class-balanced: consecutive global indices cycle through the 64 classes.
-            class_index = (start + i) % len(CLASS_NAMES)
+            # Class-balanced: consecutive global indices cycle through the 48 seen classes (train) or
+            # all 64 (val).
+            classes = SEEN_CLASSES if split == "train" else range(len(CLASS_NAMES))
+            class_index = classes[(start + i) % len(classes)]
             image, caption, attributes = make_sample(rng, class_index)
             key = f"{shard:05d}{i:0{digits}d}"
             meta = {"key": key, "caption": caption, "status": "success", "width": IMAGE_SIZE,
@@ -257,9 +284,9 @@ def _generate(tmp: Path, seed: int, num_train: int, num_val: int, shard_size: in
         for rel, digest in tqdm(results, total=len(tasks), desc="toy shards", disable=not progress,
                                 unit="shard"):
             files[rel] = digest
-    lines = ["index\tname\tcolour\tshape"]
-    lines += [f"{i}\t{n}\t{a['colour']}\t{a['shape']}" for i, (n, a) in
-              enumerate(zip(CLASS_NAMES, CLASS_ATTRIBUTES, strict=True))]
+    lines = ["index\tname\tcolour\tshape\tsplit"]
+    lines += [f"{i}\t{n}\t{a['colour']}\t{a['shape']}\t{'held-out' if i in HELD_OUT_CLASSES else 'seen'}"
+              for i, (n, a) in enumerate(zip(CLASS_NAMES, CLASS_ATTRIBUTES, strict=True))]
     (tmp / "classes.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     files["classes.tsv"] = data_files.file_sha256(tmp / "classes.tsv")
     manifest = {**_expected_header(seed, num_train, num_val, shard_size),

@@ -1,0 +1,127 @@
+"""A shard stream with a read timeout: a shard whose bytes stop arriving is abandoned, not waited on.
+
+`wds.gopen` streams (a local file, `pipe:CMD`, http) block in `read()` for as long as the source
+does: a `pipe:` command that hangs, an NFS or object-store read that never returns, would hold a
+DataLoader worker (and so every rank's step) forever. `TimedStream` reads the source in a thread,
+in 64 KiB chunks, and its `read()` raises `ShardStalled` when no chunk arrives for `timeout` seconds;
+a `pipe:` command is then killed with its children, so the thread's read returns. A read stuck in
+the kernel (a hung NFS mount) cannot be interrupted from Python: that thread is a daemon and is left
+behind until the read returns; the worker moves on either way.
+
+    from benchmarks.data.timed_read import TimedStream, ShardStalled
+    with TimedStream(wds.gopen(url, "rb"), timeout=60.0, name=url) as stream:
+        data = stream.read(512)      # ShardStalled if 64 KiB do not arrive within 60 s
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import BinaryIO
+
+import psutil  # an Accelerate dependency
+
+CHUNK = 64 * 1024  # bytes per read of the source: small, so a slow but live link never looks stalled
+QUEUED_CHUNKS = 16  # read-ahead of 1 MiB per open shard
+
+
+class ShardStalled(Exception):
+    """No bytes of a shard arrived within the read timeout. Not an OSError on purpose: the tar reader
+    turns those into damage (`truncated_tar`), and a stall is counted as its own kind (`timeout`)."""
+
+
+class TimedStream:
+    """A read-only stream over `source` whose `read()` raises ShardStalled after `timeout` seconds
+    without data (see the module docstring). A context manager: leaving it stops the reading thread
+    and closes `source`."""
+
+    def __init__(self, source: BinaryIO, timeout: float, name: str = "") -> None:
+        self.source, self.timeout, self.name = source, timeout, name
+        self._chunks: queue.Queue = queue.Queue(maxsize=QUEUED_CHUNKS)
+        self._chunk, self._pos, self._eof = b"", 0, False
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._pump, daemon=True, name=f"shard-reader {name}")
+        self._thread.start()
+
+    def _pump(self) -> None:
+        """The thread: source chunks into the queue (an exception ends the stream with it)."""
+        while not self._closed.is_set():
+            try:
+                item: bytes | BaseException = self._read_some()
+            except BaseException as error:  # handed to the consumer, which raises it in read()
+                item = error
+            while not self._closed.is_set():
+                try:
+                    self._chunks.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not item or isinstance(item, BaseException):
+                return
+
+    def _read_some(self) -> bytes:
+        """What the source has now, up to CHUNK (at least 1 byte; b"" at its end): `read1`, since a
+        buffered `read(CHUNK)` waits for the whole chunk. For webdataset's Pipe, its buffered stream,
+        and at the end the command's exit status (an error status raises, as Pipe.read does)."""
+        buffered = getattr(self.source, "stream", self.source)
+        if not hasattr(buffered, "read1"):
+            return self.source.read(CHUNK)
+        data = buffered.read1(CHUNK)
+        if not data and hasattr(self.source, "check_status"):
+            self.source.check_status()
+        return data
+
+    def _next_chunk(self) -> None:
+        try:
+            item = self._chunks.get(timeout=self.timeout)
+        except queue.Empty:
+            self._abandon()
+            raise ShardStalled(f"{self.name}: no data for {self.timeout:g} s") from None
+        if isinstance(item, BaseException):
+            raise item
+        self._chunk, self._pos, self._eof = item, 0, not item
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to n bytes (all for n < 0), fewer only at the end of the stream, as a file gives."""
+        parts, wanted = [], n
+        while wanted != 0:
+            if self._pos >= len(self._chunk):
+                if self._eof:
+                    break
+                self._next_chunk()
+                continue
+            end = len(self._chunk) if wanted < 0 else min(len(self._chunk), self._pos + wanted)
+            parts.append(self._chunk[self._pos:end])
+            wanted = wanted - (end - self._pos) if wanted > 0 else wanted
+            self._pos = end
+        return b"".join(parts)
+
+    def _abandon(self) -> None:
+        """Stop the source: a `pipe:` command (webdataset's Pipe) is killed with its children, so
+        the thread's blocked read sees the end of the pipe, and its exit status is not an error."""
+        self._closed.set()
+        process = getattr(self.source, "proc", None)
+        if process is None:
+            return
+        self.source.ignore_errors = True  # Pipe.close would raise on the killed command's status
+        try:
+            family = psutil.Process(process.pid)
+            for member in [*family.children(recursive=True), family]:
+                member.kill()
+        except psutil.Error:
+            pass
+
+    def __enter__(self) -> TimedStream:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=1.0)
+        if self._thread.is_alive():  # blocked in a read: a pipe is killed, a hung file read left behind
+            self._abandon()
+            self._thread.join(timeout=1.0)
+        if not self._thread.is_alive():
+            self.source.close()

@@ -1,0 +1,126 @@
+"""Resuming, branching and warm-starting a training run: the part of `launch.train.TrainingRun` that
+reads checkpoints back and refuses, in one line, one that belongs to another experiment.
+
+`RunResume` is a mixin of TrainingRun (it reads `options`, `recipe`, `identity`, `folder`, `model` and
+`accelerator` from it); `--resume latest|auto|PATH`, `--branch-from PATH` and `--init-from PATH` end
+here. Run it through `launch/train.py`; tests/test_train_run.py and tests/test_faults.py cover it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import towers
+from launch.checkpointing import newest_readable, point_latest, resolve_checkpoint, restore_rng_state
+from launch.config import experiment_differences, with_legacy_text_mask
+from launch.trainer import learning_rate
+
+
+class RunError(Exception):
+    """Bad input found while setting a run up; reported as one line, exit status 2."""
+
+
+class RunResume:
+    """Where a run starts from: its own newest checkpoint, another run's (a branch), or fresh."""
+
+    def _resume_state(self) -> dict | None:
+        resume = self.options.resume
+        if resume == "auto":  # the requeue mode: the newest readable checkpoint, else start the run
+            found = newest_readable(self.checkpoints, self._report) if self.checkpoints.is_dir() else None
+            if found is None:
+                self._sync_latest(None)
+                return None
+            path, state = found
+        elif not resume:
+            if self.folder.config.exists():
+                raise RunError(f"run folder {self.run_dir} already holds a run: pass --resume latest (or "
+                               f"auto) to continue it, or another --name")
+            return None
+        else:
+            try:
+                path = resolve_checkpoint(resume, self.checkpoints)
+            except FileNotFoundError as error:
+                raise RunError(str(error)) from None
+            state = towers.read_checkpoint(path)
+        self._check_resumable(path, state)
+        if path.resolve().parent == self.checkpoints.resolve():  # e.g. a fallback or an older step
+            self._sync_latest(path)
+        towers.load_weights(self.model, state["state_dict"], str(path))
+        self.resumed_from = str(path)
+        return state
+
+    def _branch_state(self) -> dict | None:
+        """--branch-from: a cooldown branch starts where another run's checkpoint left off, exactly as
+        this run would have got there itself (the lr agrees at every earlier step)."""
+        spec = self.options.branch_from
+        if not spec:
+            return None
+        path = Path(spec)
+        if not path.is_file():
+            raise RunError(f"--branch-from {spec}: no such checkpoint file")
+        state = towers.read_checkpoint(path)
+        self._check_resumable(path, state, may_differ=("recipe.steps ", "recipe.cooldown_steps "))
+        saved = state["experiment"]["recipe"]
+        trunk = dataclasses.replace(self.recipe, steps=saved["steps"], cooldown_steps=saved["cooldown_steps"])
+        diverged = next((s for s in range(int(state["step"]))
+                         if learning_rate(s, trunk) != learning_rate(s, self.recipe)), None)
+        if diverged is not None:
+            raise RunError(f"--branch-from {path}: its lr differs from this run's at step {diverged} (a "
+                           "branch needs --lr-schedule constant and its cooldown at or after the checkpoint)")
+        towers.load_weights(self.model, state["state_dict"], str(path))
+        self.branched_from = str(path)
+        return state
+
+    def _report(self, message: str) -> None:
+        if self.main:
+            print(f"warning: {message}", file=sys.stderr)
+
+    def _sync_latest(self, path) -> None:
+        """`latest` names what the run resumes from (none when auto starts it afresh), so that nothing
+        it names is ever overwritten as the run goes on."""
+        named = self.folder.latest()
+        if self.main and named is not None and (path is None or named.name != path.name):
+            point_latest(self.checkpoints, path)
+        self.accelerator.wait_for_everyone()
+
+    def _check_resumable(self, path, state: dict, may_differ: tuple[str, ...] = ()) -> None:
+        """Refuse, in one line, a checkpoint of another experiment, scale or sample stream (`may_differ`:
+        field-name prefixes a branch may change)."""
+        saved = state.get("experiment_identity")
+        if saved is None or "data" not in state:
+            raise RunError(f"--resume {path}: checkpoint holds no data stream state (written by an older "
+                           "version of launch/train.py); start a new run")
+        differences = [difference for difference in
+                       experiment_differences(with_legacy_text_mask(saved), self.identity)
+                       if not difference.startswith(may_differ)]
+        if differences:
+            raise RunError(f"--resume {path}: checkpoint was trained with a different experiment: "
+                           + "; ".join(differences))
+        world = self.accelerator.num_processes
+        if len(state["data"]) != world:
+            raise RunError(f"--resume {path}: checkpoint was trained by {len(state['data'])} processes, this "
+                           f"run has {world} (each process reads its own sample stream)")
+        saved_recipe = state["experiment"]["recipe"]
+        split, this_split = (saved_recipe["batch_size"], saved_recipe["accum"]), (self.recipe.batch_size,
+                                                                                 self.recipe.accum)
+        if split != this_split:
+            raise RunError(f"--resume {path}: checkpoint's sample streams give batches of {split[0]} x accum "
+                           f"{split[1]} per process, this run {this_split[0]} x accum {this_split[1]}")
+        workers = state["data"][0]["workers"]
+        if workers != self.options.workers:
+            raise RunError(f"--resume {path}: checkpoint's sample streams come from --workers {workers}, "
+                           f"this run has --workers {self.options.workers}")
+
+    def _init_from(self, spec: str) -> None:
+        state = towers.read_checkpoint(spec)
+        towers.load_weights(self.model, state.get("state_dict", state), spec)
+
+    def _restore(self, state: dict) -> None:
+        self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+        self.resumed_step = self.step
+        if state.get("scaler") is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"][self.accelerator.process_index])
+

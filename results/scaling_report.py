@@ -1,0 +1,214 @@
+"""The scaling-law report: each family's frontier, fitted law and held-out points, and the verdict.
+
+    python -m results.scaling_report                       # results/scaling -> results/scaling/report/
+    python -m results.scaling_report --out /tmp/sweep --target toy
+
+Reads the sweep folder `results.scaling_sweep` filled (runs/, lr_choice.json, timings.json) and writes
+`report/report.md`, `report/scaling.png` and `report/summary.json`. It refuses (one line, exit 2) runs
+whose recipes differ in anything but the swept fields (steps, cooldown_steps, lr, seed). Reads files
+only; no model code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from results.figures import _flop_unit, _save, plt
+from results.runs import ReportInputError, describe_differences, load_run, recipe_differences
+from results.scaling_fit import compare, verdict_sentence
+from results.scaling_spec import DEFAULT_SPEC, SWEPT_RECIPE_FIELDS, SpecError, Target, load_spec, plan, target
+from results.scaling_sweep import run_error
+
+COLOURS = {"transformer": "#1f77b4", "mixer": "#d62728"}
+METRIC_NAMES = {"toy_top1": "toy zero-shot top-1 error", "imagenet_top1": "ImageNet zero-shot top-1 error"}
+
+
+def _lr_choice(out: Path) -> dict:
+    file = out / "lr_choice.json"
+    if not file.is_file():
+        raise ReportInputError(f"{file}: missing; run `python -m results.scaling_sweep run` first")
+    return json.loads(file.read_text())
+
+
+def collect(spec: dict, t: Target, out: Path) -> dict:
+    """Grid points per family ({compute, errors, label, size, budget}), the branch check, and the runs'
+    recipes checked to agree outside the swept fields."""
+    runs_dir = out / "runs"
+    choice = _lr_choice(out)
+    chains = {phase: plan(spec, t, phase, runs_dir, choice["best_lr"]) for phase in ("tune", "grid", "check")}
+    planned = [run for phase in chains.values() for runs in phase for run in runs if run.kind != "trunk"]
+    missing = [run.name for run in planned if run_error(runs_dir / run.name, t.metric) is None]
+    if missing:
+        raise ReportInputError(f"{runs_dir}: {len(missing)} planned runs have not finished (first: "
+                               f"{missing[0]}); run `python -m results.scaling_sweep run` to finish them")
+    loaded = {run.name: load_run(runs_dir / run.name) for run in planned}
+    differences = recipe_differences(list(loaded.values()), ignore=SWEPT_RECIPE_FIELDS)
+    differences.pop("recipe_sha256", None)  # steps and lr differ within a seed by design
+    if differences:
+        raise ReportInputError("the sweep's runs differ in recipe fields it does not sweep: "
+                               + describe_differences(differences))
+    points: dict[str, dict[tuple, dict]] = {}
+    for runs in chains["grid"]:
+        for run in runs[1:]:
+            gflops = loaded[run.name].train_gflops
+            point = points.setdefault(run.family, {}).setdefault((run.size, run.budget), {
+                "compute": gflops * 1e9 * run.budget, "errors": [], "size": run.size, "budget": run.budget,
+                "label": f"{run.size} {run.budget / 1e3:g}k"})
+            point["errors"].append(run_error(runs_dir / run.name, t.metric))
+    check = []
+    for (fresh,) in chains["check"]:
+        branch = fresh.name.removesuffix("-fresh")
+        check.append({"family": fresh.family, "seed": fresh.seed,
+                      "fresh": run_error(runs_dir / fresh.name, t.metric),
+                      "branch": run_error(runs_dir / branch, t.metric)})
+    recipe = next(iter(loaded.values())).recipe
+    shared = {k: v for k, v in recipe.items() if k not in SWEPT_RECIPE_FIELDS}
+    return {"points": {f: list(p.values()) for f, p in points.items()}, "check": check, "choice": choice,
+            "shared_recipe": shared}
+
+
+def scaling_figure(result: dict, data: dict, path: Path) -> Path:
+    """Grid points (faint), frontier (filled), held-out frontier points (open), each law with its 95%
+    bootstrap band out to 100x the largest measured compute."""
+    scale, unit = _flop_unit(result["largest_compute"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    grid = np.geomspace(min(p["compute"] for ps in data["points"].values() for p in ps),
+                        100 * result["largest_compute"], 200)
+    for family in result["families"]:
+        fit, colour = result["fits"][family], COLOURS.get(family, "#555555")
+        every = data["points"][family]
+        ax.scatter([p["compute"] / scale for p in every], [np.mean(p["errors"]) for p in every], s=14,
+                   color=colour, alpha=0.3)
+        for held, marker in ((False, "o"), (True, "o")):
+            rows = [r for r in fit.frontier if r["held_out"] == held]
+            ax.scatter([r["compute"] / scale for r in rows], [r["error"] for r in rows], s=40, marker=marker,
+                       facecolors="none" if held else colour, edgecolors=colour,
+                       label=f"{family} {'held out' if held else 'frontier (fitted)'}")
+        draws = fit.samples
+        if len(draws["a"]):
+            curves = (draws["a"][:, None] * (grid[None] / fit.law.c_ref) ** -draws["alpha"][:, None]
+                      + draws["e_inf"][:, None])
+            ax.fill_between(grid / scale, *np.percentile(curves, [2.5, 97.5], axis=0), color=colour,
+                            alpha=0.12)
+        ax.plot(grid / scale, fit.law(grid), color=colour,
+                label=f"{family}: {fit.law.a:.1f}·(C/C0)^-{fit.law.alpha:.2f} + {fit.law.e_inf:.1f}")
+    ax.axvline(result["largest_compute"] / scale, color="#999999", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"training compute ({unit})")
+    ax.set_ylabel("zero-shot top-1 error (points)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _interval(pair) -> str:
+    return f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+
+def report_markdown(result: dict, data: dict, t: Target, timings: dict) -> str:
+    lines = [f"# Scaling laws: {' vs '.join(result['families'])} ({t.name})", "",
+             verdict_sentence(result, METRIC_NAMES.get(t.metric, f"{t.metric} error")), "",
+             "## Fitted laws: E(C) = A (C/C0)^-alpha + E_inf on the compute-optimal frontier", "",
+             "| family | A | alpha | E_inf | C0 (FLOPs) | bootstrap fits |", "|---|---|---|---|---|---|"]
+    for family, fit in result["fits"].items():
+        ci = fit.intervals
+        lines.append(f"| {family} | {fit.law.a:.2f} {_interval(ci['a'])} | {fit.law.alpha:.3f} "
+                     f"{_interval(ci['alpha'])} | {fit.law.e_inf:.2f} {_interval(ci['e_inf'])} "
+                     f"| {fit.law.c_ref:.3g} | {len(fit.samples['a'])} |")
+    lines += ["", "## Frontier and held-out predictions", "",
+              "| family | point | compute | error | predicted | held out |", "|---|---|---|---|---|---|"]
+    for family, fit in result["fits"].items():
+        for r in fit.frontier:
+            lines.append(f"| {family} | {r['label']} | {r['compute']:.3g} | {r['error']:.2f} | "
+                         f"{r['predicted']:.2f} | {'yes' if r['held_out'] else ''} |")
+    lines += ["", "Held-out prediction error (predicted - observed): " + "; ".join(
+        f"{f} " + ", ".join(f"{e:+.2f}" for e in fit.prediction_error)
+        for f, fit in result["fits"].items()), "",
+        "## Verdict", "", "| compute | " + " | ".join(result["families"]) + " | difference | better |",
+        "|---|---|---|---|---|"]
+    for v in result["verdicts"]:
+        cells = [f"{v['predicted'][f]:.2f} {_interval(v['predicted_interval'][f])}"
+                 for f in result["families"]]
+        lines.append(f"| {v['horizon']:g}x = {v['compute']:.3g} | " + " | ".join(cells)
+                     + f" | {v['difference']:+.2f} {_interval(v['interval'])} | {v['better'] or 'neither'} |")
+    crossings = ", ".join(f"{c:.3g} FLOPs" for c in result["crossings"]) or "none up to 100x"
+    lines += ["", "Crossings: " + crossings,
+              "", "## Grid (error by seed)", "", "| family | size | samples | compute | errors | mean |",
+              "|---|---|---|---|---|---|"]
+    for family, points in data["points"].items():
+        for p in sorted(points, key=lambda p: p["compute"]):
+            lines.append(f"| {family} | {p['size']} | {p['budget']:,} | {p['compute']:.3g} | "
+                         + ", ".join(f"{e:.1f}" for e in p["errors"]) + f" | {np.mean(p['errors']):.2f} |")
+    choice = data["choice"]
+    budgets = sorted(map(int, t.budgets))
+    lines += ["", f"## Learning-rate tuning at {choice['size']} (error by seed; chosen by the mean at "
+              f"{choice['budget']:,} samples)", "",
+              "| family | lr | " + " | ".join(f"{b:,} samples" for b in budgets) + " | chosen |",
+              "|---|---|" + "---|" * (len(budgets) + 1)]
+    for family, by_lr in choice["grid"].items():
+        for lr, errors in by_lr.items():
+            cells = [", ".join(f"{e:.1f}" for e in errors[str(b)]) for b in budgets]
+            lines.append(f"| {family} | {lr} | " + " | ".join(cells)
+                         + f" | {'yes' if float(lr) == choice['best_lr'][family] else ''} |")
+    lines += ["", f"## Cooldown branch vs fresh run ({t.check_size}, {t.check_budget:,} samples)", "",
+              "| family | seed | branch | fresh | branch - fresh |", "|---|---|---|---|---|"]
+    for row in data["check"]:
+        lines.append(f"| {row['family']} | {row['seed']} | {row['branch']:.2f} | {row['fresh']:.2f} | "
+                     f"{row['branch'] - row['fresh']:+.2f} |")
+    lines += ["", "Seed noise: the spread of the grid's seeds at that point is in the grid table above.", "",
+              "## Shared recipe (every run; swept: " + ", ".join(SWEPT_RECIPE_FIELDS) + ")", "",
+              "```json", json.dumps(data["shared_recipe"], indent=1, sort_keys=True), "```", ""]
+    if timings:
+        lines += [f"Wall time of the runs in this folder: {sum(timings.values()) / 3600:.2f} h "
+                  f"({len(timings)} runs, timings.json).", ""]
+    lines.append("![scaling](scaling.png)")
+    return "\n".join(lines) + "\n"
+
+
+def write_scaling_report(spec: dict, t: Target, out: Path, bootstrap: int | None = None) -> dict:
+    data = collect(spec, t, out)
+    fit_spec = spec.get("fit") or {}
+    result = compare(data["points"], holdout=int(fit_spec.get("holdout", 2)),
+                     bootstrap=int(bootstrap if bootstrap is not None else fit_spec.get("bootstrap", 1000)))
+    folder = out / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    scaling_figure(result, data, folder / "scaling.png")
+    timings_file = out / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    (folder / "report.md").write_text(report_markdown(result, data, t, timings))
+    summary = {"verdict": verdict_sentence(result, METRIC_NAMES.get(t.metric, f"{t.metric} error")),
+               "crossings": result["crossings"],
+               "laws": {f: {"a": fit.law.a, "alpha": fit.law.alpha, "e_inf": fit.law.e_inf,
+                            "c_ref": fit.law.c_ref, "intervals": fit.intervals,
+                            "prediction_error": fit.prediction_error}
+                        for f, fit in result["fits"].items()},
+               "verdicts": [{k: v for k, v in verdict.items()} for verdict in result["verdicts"]]}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return {"verdict": summary["verdict"], "report_md": folder / "report.md", "result": result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m results.scaling_report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
+    parser.add_argument("--target", default="toy")
+    parser.add_argument("--out", type=Path, default=Path("results/scaling"), help="the sweep folder")
+    parser.add_argument("--bootstrap", type=int, default=None, help="resamples (default: the spec's)")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+        result = write_scaling_report(spec, target(spec, args.target), args.out, args.bootstrap)
+    except (SpecError, ReportInputError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(result["verdict"])
+    print(f"wrote {result['report_md']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The run folder's one owner: its layout, its `latest` pointer, its step checkpoints, atomic writes,
+and reading its config and metrics. Standard library only, so `results/` reads runs without torch and
+every layer (towers, benchmarks, launch, results) names a run's files through this module.
+
+    runs/<name>/config.json        the resolved experiment, recipe_sha256, commit, versions (launch/train.py)
+    runs/<name>/metrics.jsonl      one JSON object per log step and per evaluation
+    runs/<name>/final_eval.json    the last evaluation, written at the end
+    runs/<name>/checkpoints/       step_00001000.pt ... and `latest`, a text file naming the newest
+    runs/<name>/tensorboard/       TensorBoard events
+
+    from runfolder import RunFolder
+    run = RunFolder("runs/mixer-tiny-seed0")
+    run.latest(), run.step_files(), run.read_config()["recipe_sha256"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+FINAL_EVAL = "final_eval.json"
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+LATEST = "latest"  # checkpoints/latest: a text file naming the newest checkpoint
+STEP_FILE = re.compile(r"step_(\d{8})\.pt")
+
+
+def checkpoint_name(step: int) -> str:
+    """The file name of step `step`'s checkpoint (zero-padded, so names sort by step)."""
+    return f"step_{step:08d}.pt"
+
+
+def step_files(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of a checkpoints folder's step files, newest first."""
+    matches = ((STEP_FILE.fullmatch(p.name), p) for p in Path(folder).glob("step_*.pt"))
+    found = [(int(m.group(1)), p) for m, p in matches if m]
+    return sorted(found, reverse=True)
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The checkpoint file `folder/latest` names, or None when there is no pointer. The named file may
+    be missing (callers say so in their own words)."""
+    pointer = Path(folder) / LATEST
+    return Path(folder) / pointer.read_text().strip() if pointer.is_file() else None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write a file through `write(binary file)` to a temporary file in the same folder, fsync it and
+    rename it over `path`: a reader, or a run killed at any instant, sees the old file or the new one,
+    never half of one. Creates the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """`atomic_write` of UTF-8 text."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def point_latest(folder: str | os.PathLike, path: Path | None) -> None:
+    """Make `folder/latest` name `path` (atomically), or remove the pointer for None."""
+    if path is None:
+        (Path(folder) / LATEST).unlink(missing_ok=True)
+    else:
+        atomic_write(Path(folder) / LATEST, lambda f: f.write(path.name.encode() + b"\n"))
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run's folder, `runs/<name>/` (see the module docstring)."""
+
+    path: Path
+
+    def __init__(self, path: str | os.PathLike):
+        object.__setattr__(self, "path", Path(path))
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def final_eval(self) -> Path:
+        return self.path / FINAL_EVAL
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD
+
+    def is_run(self) -> bool:
+        """Whether a trainer wrote this folder (it has a config.json)."""
+        return self.config.is_file()
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / checkpoint_name(step)
+
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.checkpoints)
+
+    def step_files(self) -> list[tuple[int, Path]]:
+        return step_files(self.checkpoints)
+
+    def read_config(self) -> Any:
+        """config.json's contents (raises OSError / json.JSONDecodeError as json.loads does)."""
+        return json.loads(self.config.read_text(encoding="utf-8"))
+
+    def read_metrics(self) -> list[Any]:
+        """metrics.jsonl's lines, parsed; a blank line is skipped (raises json.JSONDecodeError on a bad
+        one, with its line number in the message)."""
+        lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def read_final_eval(self) -> Any | None:
+        return json.loads(self.final_eval.read_text(encoding="utf-8")) if self.final_eval.is_file() else None
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | os.PathLike) -> RunFolder | None:
+        """The run a checkpoint file belongs to (`RUN/checkpoints/step_*.pt`), or None."""
+        path = Path(checkpoint).resolve()
+        run = cls(path.parent.parent)
+        return run if path.parent.name == CHECKPOINTS and run.is_run() else None
