@@ -14,7 +14,9 @@ from towers.registry import text_mask_overrides
 from towers.text_mask import DEFAULT_TEXT_MASK, TEXT_MASKS, caption_attention_mask, caption_keys
 from towers.token_mixing import build_token_mixing
 
-TOLERANCE = 1e-6
+# fp32 round-off only: a shorter run has other matmul shapes, so other kernels and summation orders
+# (up to 1.1e-6 of the features' scale on an AVX-512 CPU); a wrong mask or position moves them by O(1).
+TOLERANCE = 1e-5
 ARMS = [(family, mask) for family in ("transformer", "mixer") for mask in TEXT_MASKS]
 TEXTS = ["a small red triangle on a blue background", "green star"]
 
