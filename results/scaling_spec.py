@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 DEFAULT_SPEC = Path(__file__).with_name("scaling") / "sweep.yaml"
-PHASES = ("tune", "grid", "check")
+PHASES = ("tune", "check", "grid")  # the check before the grid: both need only the tuned lr
 # The fields a sweep varies; every other recipe field must be the same in all its runs (the report checks).
 SWEPT_RECIPE_FIELDS = ("steps", "cooldown_steps", "lr", "seed")
 
@@ -194,8 +194,9 @@ def plan(spec: dict, t: Target, phase: str, runs_dir: Path,
     if best_lr is None or set(best_lr) != set(families(spec)):
         raise SpecError(f"phase {phase} needs every family's tuned lr; run the tune phase first")
     if phase == "grid":
+        # smallest size first, the families interleaved: a sweep cut short has both at the same points
         return [chain(t, f, size, best_lr[f], s, runs_dir)
-                for f in families(spec) for size in t.sizes for s in t.seeds]
+                for size in t.sizes for s in t.seeds for f in families(spec)]
     return [[fresh_run(t, f, best_lr[f], s)] for f in families(spec) for s in t.seeds]
 
 

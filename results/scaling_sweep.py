@@ -76,8 +76,8 @@ class Executor:
     """Runs chains with a launcher: `python launch/train.py` here, `srun ... accelerate launch` on SLURM."""
 
     def __init__(self, t: Target, runs_dir: Path, launcher: list[str] | None, log: Path,
-                 keep_checkpoints: bool = False, dry_run: bool = False):
-        self.t, self.runs_dir, self.log = t, runs_dir, log
+                 keep_checkpoints: bool = False, dry_run: bool = False, timings_file: Path | None = None):
+        self.t, self.runs_dir, self.log, self.timings_file = t, runs_dir, log, timings_file
         self.launcher = launcher or [sys.executable, "launch/train.py"]
         self.keep_checkpoints, self.dry_run = keep_checkpoints, dry_run
         self.timings: dict[str, float] = {}
@@ -107,6 +107,8 @@ class Executor:
         if done.returncode != 0:
             sys.exit(f"error: run {run.name} failed with exit status {done.returncode}; see {self.log}")
         self.timings[f"train {run.name}"] = time.perf_counter() - started
+        if self.timings_file is not None:  # after every run, so a sweep stopped mid-way keeps its times
+            _write_timings(self.timings_file, {f"train {run.name}": self.timings[f"train {run.name}"]})
 
     def finished(self, run: PlannedRun) -> bool:
         return (self.runs_dir / run.name / "final_eval.json").is_file()
@@ -142,10 +144,12 @@ def _phase_chains(spec: dict, t: Target, phase: str, out: Path, runs_dir: Path) 
     return plan(spec, t, phase, runs_dir, best)
 
 
-def _write_timings(out: Path, timings: dict[str, float]) -> None:
-    file = out / "timings.json"  # wall seconds per run, kept across resumed sessions
+def _write_timings(file: Path, timings: dict[str, float]) -> None:
+    # wall seconds per run, kept across resumed sessions; replaced whole, so a reader never sees half
     saved = json.loads(file.read_text()) if file.is_file() else {}
-    file.write_text(json.dumps({**saved, **timings}, indent=2) + "\n")
+    partial = file.with_name(f".{file.name}.{os.getpid()}")
+    partial.write_text(json.dumps({**saved, **timings}, indent=2) + "\n")
+    os.replace(partial, file)
 
 
 def write_slurm(spec: dict, t: Target, spec_path: Path, out: Path, runs_dir: Path) -> list[Path]:
@@ -228,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             estimate(spec, t, out, launcher, args.estimate_steps)
             return 0
         runs_dir.mkdir(parents=True, exist_ok=True)
-        executor = Executor(t, runs_dir, launcher, out / "commands.log", args.keep_checkpoints, args.dry_run)
+        executor = Executor(t, runs_dir, launcher, out / "commands.log", args.keep_checkpoints, args.dry_run,
+                            timings_file=None if args.dry_run else out / "timings.json")
         if args.command == "chain":
             if args.phase is None or args.index is None:
                 parser.error("chain needs --phase and --index")
@@ -245,8 +250,6 @@ def main(argv: list[str] | None = None) -> int:
                     chains = _phase_chains(spec, t, phase, out, runs_dir)
                 for runs in chains:
                     executor.run_chain(runs)
-        if not args.dry_run:
-            _write_timings(out, executor.timings)
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -102,6 +102,15 @@ def test_local_sweep_tunes_each_family_runs_the_grid_reports_and_resumes(tmp_pat
     calls = log.read_text().split()
     # tune 2 families x 3 lrs x (trunk + 2 branches); grid adds w64 seed 1 and w96, w128 x 2 seeds; check 4
     assert len(calls) == len(set(calls)) == 18 + 2 * 5 * 3 + 4
+    # the check right after tuning, then the grid smallest size first, the families taking turns: a
+    # sweep cut short leaves both families measured at the same points
+    check, grid = calls[18:22], calls[22:]
+    assert all(name.endswith("-fresh") for name in check)
+    trunks = [name.split("-")[:2] for name in grid if name.endswith("-trunk")]
+    assert [family for family, _ in trunks] == ["transformer", "mixer"] * 5
+    assert [size for _, size in trunks] == sorted((size for _, size in trunks), key=lambda s: int(s[1:]))
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) == {f"train {name}" for name in calls}
     assert not any((out / "runs").glob("*/checkpoints")), "checkpoints are deleted once a chain is done"
     report = (out / "report" / "report.md").read_text()
     summary = json.loads((out / "report" / "summary.json").read_text())
