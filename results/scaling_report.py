@@ -2,6 +2,7 @@
 
     python -m results.scaling_report                       # results/scaling -> results/scaling/report/
     python -m results.scaling_report --out /tmp/sweep --target toy
+    python -m results.scaling_report --partial             # a sweep still running: its finished runs
 
 Reads the sweep folder `results.scaling_sweep` filled (runs/, lr_choice.json, timings.json) and writes
 `report/report.md`, `report/scaling.png` and `report/summary.json`. It refuses (one line, exit 2) runs
@@ -35,18 +36,23 @@ def _lr_choice(out: Path) -> dict:
     return json.loads(file.read_text())
 
 
-def collect(spec: dict, t: Target, out: Path) -> dict:
+def collect(spec: dict, t: Target, out: Path, partial: bool = False) -> dict:
     """Grid points per family ({compute, errors, label, size, budget}), the branch check, and the runs'
-    recipes checked to agree outside the swept fields."""
+    recipes checked to agree outside the swept fields. `partial`: only the finished runs, and
+    `progress` says how many of the planned ones that is."""
     runs_dir = out / "runs"
     choice = _lr_choice(out)
     chains = {phase: plan(spec, t, phase, runs_dir, choice["best_lr"]) for phase in ("tune", "grid", "check")}
-    planned = [run for phase in chains.values() for runs in phase for run in runs if run.kind != "trunk"]
+    planned = list({run.name: run for phase in chains.values() for runs in phase for run in runs
+                    if run.kind != "trunk"}.values())  # the chosen lr's tuning chain is also the grid's
     missing = [run.name for run in planned if run_error(runs_dir / run.name, t.metric) is None]
-    if missing:
+    if missing and not partial:
         raise ReportInputError(f"{runs_dir}: {len(missing)} planned runs have not finished (first: "
                                f"{missing[0]}); run `python -m results.scaling_sweep run` to finish them")
-    loaded = {run.name: load_run(runs_dir / run.name) for run in planned}
+    finished = [run for run in planned if run.name not in missing]
+    if not finished:
+        raise ReportInputError(f"{runs_dir}: no planned run has finished yet")
+    loaded = {run.name: load_run(runs_dir / run.name) for run in finished}
     differences = recipe_differences(list(loaded.values()), ignore=SWEPT_RECIPE_FIELDS)
     differences.pop("recipe_sha256", None)  # steps and lr differ within a seed by design
     if differences:
@@ -54,7 +60,7 @@ def collect(spec: dict, t: Target, out: Path) -> dict:
                                + describe_differences(differences))
     points: dict[str, dict[tuple, dict]] = {}
     for runs in chains["grid"]:
-        for run in runs[1:]:
+        for run in (r for r in runs[1:] if r.name in loaded):
             gflops = loaded[run.name].train_gflops
             point = points.setdefault(run.family, {}).setdefault((run.size, run.budget), {
                 "compute": gflops * 1e9 * run.budget, "errors": [], "size": run.size, "budget": run.budget,
@@ -63,13 +69,16 @@ def collect(spec: dict, t: Target, out: Path) -> dict:
     check = []
     for (fresh,) in chains["check"]:
         branch = fresh.name.removesuffix("-fresh")
+        if fresh.name not in loaded or branch not in loaded:
+            continue
         check.append({"family": fresh.family, "seed": fresh.seed,
                       "fresh": run_error(runs_dir / fresh.name, t.metric),
                       "branch": run_error(runs_dir / branch, t.metric)})
     recipe = next(iter(loaded.values())).recipe
     shared = {k: v for k, v in recipe.items() if k not in SWEPT_RECIPE_FIELDS}
     return {"points": {f: list(p.values()) for f, p in points.items()}, "check": check, "choice": choice,
-            "shared_recipe": shared}
+            "shared_recipe": shared, "progress": {"finished": len(finished), "planned": len(planned),
+                                                  "first_missing": missing[0] if missing else None}}
 
 
 def scaling_figure(result: dict, data: dict, path: Path) -> Path:
@@ -136,9 +145,24 @@ def report_markdown(result: dict, data: dict, t: Target, timings: dict) -> str:
         lines.append(f"| {v['horizon']:g}x = {v['compute']:.3g} | " + " | ".join(cells)
                      + f" | {v['difference']:+.2f} {_interval(v['interval'])} | {v['better'] or 'neither'} |")
     crossings = ", ".join(f"{c:.3g} FLOPs" for c in result["crossings"]) or "none up to 100x"
-    lines += ["", "Crossings: " + crossings,
-              "", "## Grid (error by seed)", "", "| family | size | samples | compute | errors | mean |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "Crossings: " + crossings, ""]
+    return "\n".join(lines + _measured_lines(data, t, timings)) + "\n"
+
+
+def partial_markdown(data: dict, t: Target, timings: dict) -> str:
+    """A sweep still running: what has finished, and no law (the frontier moves as points arrive)."""
+    progress = data["progress"]
+    families = " vs ".join(data["points"]) or "no grid point yet"
+    lines = [f"# Scaling laws: {families} ({t.name}), partial", "",
+             f"**Partial: {progress['finished']} of {progress['planned']} planned runs have finished** "
+             f"(next: {progress['first_missing']}). No law is fitted and no verdict drawn until the sweep "
+             "has finished: `python -m results.scaling_sweep run` resumes it.", ""]
+    return "\n".join(lines + _measured_lines(data, t, timings)) + "\n"
+
+
+def _measured_lines(data: dict, t: Target, timings: dict) -> list[str]:
+    lines = ["## Grid (error by seed)", "", "| family | size | samples | compute | errors | mean |",
+             "|---|---|---|---|---|---|"]
     for family, points in data["points"].items():
         for p in sorted(points, key=lambda p: p["compute"]):
             lines.append(f"| {family} | {p['size']} | {p['budget']:,} | {p['compute']:.3g} | "
@@ -151,7 +175,7 @@ def report_markdown(result: dict, data: dict, t: Target, timings: dict) -> str:
               "|---|---|" + "---|" * (len(budgets) + 1)]
     for family, by_lr in choice["grid"].items():
         for lr, errors in by_lr.items():
-            cells = [", ".join(f"{e:.1f}" for e in errors[str(b)]) for b in budgets]
+            cells = [", ".join("-" if e is None else f"{e:.1f}" for e in errors[str(b)]) for b in budgets]
             lines.append(f"| {family} | {lr} | " + " | ".join(cells)
                          + f" | {'yes' if float(lr) == choice['best_lr'][family] else ''} |")
     lines += ["", f"## Cooldown branch vs fresh run ({t.check_size}, {t.check_budget:,} samples)", "",
@@ -166,19 +190,49 @@ def report_markdown(result: dict, data: dict, t: Target, timings: dict) -> str:
         lines += [f"Wall time of the runs in this folder: {sum(timings.values()) / 3600:.2f} h "
                   f"({len(timings)} runs, timings.json).", ""]
     lines.append("![scaling](scaling.png)")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def write_scaling_report(spec: dict, t: Target, out: Path, bootstrap: int | None = None) -> dict:
-    data = collect(spec, t, out)
+def points_figure(data: dict, path: Path) -> Path:
+    """A partial sweep's grid: seed-mean error against compute, a line per family and size."""
+    every = [p for ps in data["points"].values() for p in ps]
+    scale, unit = _flop_unit(max((p["compute"] for p in every), default=1.0))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for family, points in data["points"].items():
+        sizes = list(dict.fromkeys(p["size"] for p in points))
+        for i, size in enumerate(sizes):  # the larger the size, the darker its line
+            row = sorted((p for p in points if p["size"] == size), key=lambda p: p["compute"])
+            ax.plot([p["compute"] / scale for p in row], [np.mean(p["errors"]) for p in row], marker="o",
+                    color=COLOURS.get(family, "#555555"), alpha=0.35 + 0.65 * (i + 1) / len(sizes),
+                    label=f"{family} {size}")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"training compute ({unit})")
+    ax.set_ylabel("zero-shot top-1 error (points)")
+    ax.set_title("partial sweep: no law fitted yet", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def write_scaling_report(spec: dict, t: Target, out: Path, bootstrap: int | None = None,
+                         partial: bool = False) -> dict:
+    data = collect(spec, t, out, partial)
+    folder = out / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    timings_file = out / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    progress = data["progress"]
+    if progress["finished"] < progress["planned"]:
+        points_figure(data, folder / "scaling.png")
+        (folder / "report.md").write_text(partial_markdown(data, t, timings))
+        verdict = (f"partial sweep: {progress['finished']} of {progress['planned']} runs finished; "
+                   "no verdict until it has finished")
+        (folder / "summary.json").write_text(json.dumps({"verdict": None, "progress": progress}, indent=2)
+                                             + "\n")
+        return {"verdict": verdict, "report_md": folder / "report.md", "result": None}
     fit_spec = spec.get("fit") or {}
     result = compare(data["points"], holdout=int(fit_spec.get("holdout", 2)),
                      bootstrap=int(bootstrap if bootstrap is not None else fit_spec.get("bootstrap", 1000)))
-    folder = out / "report"
-    folder.mkdir(parents=True, exist_ok=True)
     scaling_figure(result, data, folder / "scaling.png")
-    timings_file = out / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     (folder / "report.md").write_text(report_markdown(result, data, t, timings))
     summary = {"verdict": verdict_sentence(result, METRIC_NAMES.get(t.metric, f"{t.metric} error")),
                "crossings": result["crossings"],
@@ -198,10 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="toy")
     parser.add_argument("--out", type=Path, default=Path("results/scaling"), help="the sweep folder")
     parser.add_argument("--bootstrap", type=int, default=None, help="resamples (default: the spec's)")
+    parser.add_argument("--partial", action="store_true",
+                        help="a sweep still running: tables of the finished runs, no law and no verdict")
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
-        result = write_scaling_report(spec, target(spec, args.target), args.out, args.bootstrap)
+        result = write_scaling_report(spec, target(spec, args.target), args.out, args.bootstrap, args.partial)
     except (SpecError, ReportInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

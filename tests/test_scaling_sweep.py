@@ -128,6 +128,21 @@ def test_local_sweep_tunes_each_family_runs_the_grid_reports_and_resumes(tmp_pat
     # its trunk's checkpoints were deleted with the finished chain: the trunk trains again first
     assert log.read_text().split() == ["mixer-w96-lr0.002-seed1-trunk", branch]
 
+    # a sweep still running: --partial tables what has finished and draws no verdict; without it, refused
+    unfinished = out / "runs" / "transformer-w128-lr0.001-seed1-n2560" / "final_eval.json"
+    unfinished.rename(unfinished.with_name("kept.json"))
+    report = [sys.executable, "-m", "results.scaling_report", "--spec", str(spec), "--out", str(out)]
+    refused = subprocess.run(report, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "1 planned runs have not finished" in refused.stderr
+    partial = subprocess.run([*report, "--partial"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert partial.returncode == 0, partial.stderr
+    text = (out / "report" / "report.md").read_text()
+    planned = 2 * 3 * 2 + 2 * 2 + 2 * 2 * 2 * 2 + 4  # tune branches, grid w64 seed 1, w96 + w128, check
+    assert f"Partial: {planned - 1} of {planned} planned runs have finished" in text
+    assert "## Fitted laws" not in text and "| transformer | w128 | 2,560 |" in text
+    assert json.loads((out / "report" / "summary.json").read_text())["verdict"] is None
+    unfinished.with_name("kept.json").rename(unfinished)
+
     config = out / "runs" / "transformer-w128-lr0.001-seed0-n1280" / "config.json"
     edited = json.loads(config.read_text())
     edited["recipe_identity"]["warmup_steps"] = 7
