@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results.scaling_spec import Target, families, plan, train_flags
+from results.scaling_spec import PHASES, Target, families, plan, train_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def plan_seconds(spec: dict, t: Target, timed: dict[tuple[str, str], dict]) -> d
     runs_dir = Path("runs")
     best = {f: t.tune_lrs[0] for f in families(spec)}
     seen, seconds = set(), {}
-    for phase in ("tune", "grid", "check"):
+    for phase in PHASES:
         total = 0.0
         for runs in plan(spec, t, phase, runs_dir, None if phase == "tune" else best):
             for run in runs:

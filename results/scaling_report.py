@@ -22,7 +22,16 @@ import numpy as np
 from results.figures import _flop_unit, _save, plt
 from results.runs import ReportInputError, describe_differences, load_run, recipe_differences
 from results.scaling_fit import compare, verdict_sentence
-from results.scaling_spec import DEFAULT_SPEC, SWEPT_RECIPE_FIELDS, SpecError, Target, load_spec, plan, target
+from results.scaling_spec import (
+    DEFAULT_SPEC,
+    PHASES,
+    SWEPT_RECIPE_FIELDS,
+    SpecError,
+    Target,
+    load_spec,
+    plan,
+    target,
+)
 from results.scaling_sweep import run_error
 
 COLOURS = {"transformer": "#1f77b4", "mixer": "#d62728"}
@@ -42,7 +51,7 @@ def collect(spec: dict, t: Target, out: Path, partial: bool = False) -> dict:
     `progress` says how many of the planned ones that is."""
     runs_dir = out / "runs"
     choice = _lr_choice(out)
-    chains = {phase: plan(spec, t, phase, runs_dir, choice["best_lr"]) for phase in ("tune", "grid", "check")}
+    chains = {phase: plan(spec, t, phase, runs_dir, choice["best_lr"]) for phase in PHASES}
     planned = list({run.name: run for phase in chains.values() for runs in phase for run in runs
                     if run.kind != "trunk"}.values())  # the chosen lr's tuning chain is also the grid's
     missing = [run.name for run in planned if run_error(runs_dir / run.name, t.metric) is None]
