@@ -30,6 +30,7 @@ def test_committed_toy_grid_meets_the_issue():
     t = target(spec, "toy")
     assert families(spec) == ["transformer", "mixer"] and len(t.sizes) >= 4 and len(t.budgets) >= 3
     assert len(t.tune_lrs) >= 3 and t.tune_size == t.sizes[0]
+    assert not set(t.tune_seeds) & set(t.seeds), "the lr is chosen on seeds no grid point uses"
     for family in families(spec):
         gflops = [towers.profile(f"{family}-{size}")["image_gflops"] + towers.profile(f"{family}-{size}")
                   ["text_gflops"] for size in t.sizes]
