@@ -4,6 +4,7 @@ Both run the plan `results.scaling_spec` derives from `results/scaling/sweep.yam
 
     python -m results.scaling_sweep run                          # toy sweep here: tune, grid, check, report
     python -m results.scaling_sweep run --dry-run                # the runs it would start, and their flags
+    python -m results.scaling_sweep run --jobs 2                 # two chains at once, each its share of cores
     python -m results.scaling_sweep estimate                     # wall time from a few timed steps per size
     python -m results.scaling_sweep slurm --out sweep-slurm/     # tune/grid/check array jobs + submit.sh
     python -m results.scaling_sweep chain --target slurm --phase grid --index 3   # one chain (array task)
@@ -25,7 +26,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from results.scaling_spec import (
@@ -76,11 +79,18 @@ class Executor:
     """Runs chains with a launcher: `python launch/train.py` here, `srun ... accelerate launch` on SLURM."""
 
     def __init__(self, t: Target, runs_dir: Path, launcher: list[str] | None, log: Path,
-                 keep_checkpoints: bool = False, dry_run: bool = False, timings_file: Path | None = None):
+                 keep_checkpoints: bool = False, dry_run: bool = False, timings_file: Path | None = None,
+                 jobs: int = 1):
         self.t, self.runs_dir, self.log, self.timings_file = t, runs_dir, log, timings_file
         self.launcher = launcher or [sys.executable, "launch/train.py"]
-        self.keep_checkpoints, self.dry_run = keep_checkpoints, dry_run
+        self.keep_checkpoints, self.dry_run, self.jobs = keep_checkpoints, dry_run, jobs
         self.timings: dict[str, float] = {}
+        self.lock = threading.Lock()  # timings.json is read and rewritten by every job
+        self.env = None
+        if jobs > 1 and not os.environ.get("MIXCLIP_CPU_THREADS"):
+            # chains at once share the cores; each run's torch gets its share instead of all of them
+            share = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+            self.env = {**os.environ, "MIXCLIP_CPU_THREADS": share, "OMP_NUM_THREADS": share}
 
     def command(self, run: PlannedRun) -> list[str]:
         # A run cut short resumes from its newest checkpoint; a branch without one, from its branch point
@@ -103,12 +113,29 @@ class Executor:
             return
         started = time.perf_counter()
         with open(self.log, "a", encoding="utf-8") as out:
-            done = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+            done = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=self.env)
         if done.returncode != 0:
             sys.exit(f"error: run {run.name} failed with exit status {done.returncode}; see {self.log}")
-        self.timings[f"train {run.name}"] = time.perf_counter() - started
-        if self.timings_file is not None:  # after every run, so a sweep stopped mid-way keeps its times
-            _write_timings(self.timings_file, {f"train {run.name}": self.timings[f"train {run.name}"]})
+        with self.lock:
+            self.timings[f"train {run.name}"] = time.perf_counter() - started
+            if self.timings_file is not None:  # after every run, so a sweep stopped mid-way keeps its times
+                _write_timings(self.timings_file, {f"train {run.name}": self.timings[f"train {run.name}"]})
+
+    def run_chains(self, chains: list[list[PlannedRun]]) -> None:
+        """A phase's chains in plan order, `jobs` of them at once (a chain's runs stay in order)."""
+        if self.jobs == 1 or self.dry_run:
+            for runs in chains:
+                self.run_chain(runs)
+            return
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            futures = [pool.submit(self.run_chain, runs) for runs in chains]
+            try:
+                for future in futures:
+                    future.result()  # a failed run's SystemExit surfaces here, in plan order
+            except BaseException:
+                for future in futures:  # start no further chain; the ones running end on their own
+                    future.cancel()
+                raise
 
     def finished(self, run: PlannedRun) -> bool:
         return (self.runs_dir / run.name / "final_eval.json").is_file()
@@ -212,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the runs instead of starting them")
     parser.add_argument("--no-report", action="store_true", help="`run`: do not write the report")
     parser.add_argument("--estimate-steps", type=int, default=12, help="`estimate`: timed steps per size")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="`run`: chains trained at once, each run with its share of the cores "
+                             "(small sizes leave cores idle in one process)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: expected a whole number >= 1")
     try:
         spec = load_spec(args.spec)
         t = target(spec, args.target or ("slurm" if args.command == "slurm" else "toy"))
@@ -233,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         runs_dir.mkdir(parents=True, exist_ok=True)
         executor = Executor(t, runs_dir, launcher, out / "commands.log", args.keep_checkpoints, args.dry_run,
-                            timings_file=None if args.dry_run else out / "timings.json")
+                            timings_file=None if args.dry_run else out / "timings.json", jobs=args.jobs)
         if args.command == "chain":
             if args.phase is None or args.index is None:
                 parser.error("chain needs --phase and --index")
@@ -248,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                     chains = plan(spec, t, phase, runs_dir, best)
                 else:
                     chains = _phase_chains(spec, t, phase, out, runs_dir)
-                for runs in chains:
-                    executor.run_chain(runs)
+                executor.run_chains(chains)
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -43,7 +43,8 @@ def main() -> int:
         "name": args.name, "model_name": f"{args.tower}-{args.variant}", "recipe_sha256": sha,
         "experiment": {"image_tower": args.tower, "text_tower": args.tower, "variant": args.variant,
                        "recipe": recipe}, "recipe_identity": recipe,
-        "flops_per_sample": {"train_gflops": gflops}}))
+        "flops_per_sample": {"train_gflops": gflops},
+        "cpu_threads_env": os.environ.get("MIXCLIP_CPU_THREADS")}))
     (run / "metrics.jsonl").write_text(json.dumps({"step": args.steps, "loss": 1.0,
                                                    "samples_per_s": 1000.0 / gflops}) + "\n")
     for step in args.keep_steps:

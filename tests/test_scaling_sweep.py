@@ -154,6 +154,29 @@ def test_local_sweep_tunes_each_family_runs_the_grid_reports_and_resumes(tmp_pat
     assert len(refused.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow  # the same 52 stand-in runs
+def test_two_jobs_run_the_same_sweep_each_run_with_its_share_of_the_cores(tmp_path, monkeypatch):
+    monkeypatch.delenv("MIXCLIP_CPU_THREADS", raising=False)  # pytest-xdist workers set their own share
+    spec, log = small_spec(tmp_path), tmp_path / "calls.log"
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    for out, jobs in ((serial, "1"), (parallel, "2")):
+        done = sweep("run", "--spec", str(spec), "--out", str(out), "--launcher", " ".join(FAKE),
+                     "--jobs", jobs, log=log)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert (json.loads((parallel / "lr_choice.json").read_text())
+            == json.loads((serial / "lr_choice.json").read_text()))
+    names = {out: sorted(p.name for p in (out / "runs").iterdir()) for out in (serial, parallel)}
+    assert names[parallel] == names[serial]
+    assert (json.loads((parallel / "report" / "summary.json").read_text())["verdict"]
+            == json.loads((serial / "report" / "summary.json").read_text())["verdict"])
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    configs = [json.loads(p.read_text()) for p in (parallel / "runs").glob("*/config.json")]
+    assert {c["cpu_threads_env"] for c in configs} == {share}
+    serial_configs = [json.loads(p.read_text()) for p in (serial / "runs").glob("*/config.json")]
+    assert {c["cpu_threads_env"] for c in serial_configs} == {None}
+    assert len(json.loads((parallel / "timings.json").read_text())) == len(configs)
+
+
 def test_bad_spec_is_one_line_exit_2(tmp_path):
     spec = yaml.safe_load(DEFAULT_SPEC.read_text())
     spec["targets"]["toy"]["budgets"] = [1000]  # not a whole number of 128-sample steps
