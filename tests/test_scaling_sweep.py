@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from launch.config import Recipe
@@ -31,9 +32,19 @@ def test_committed_toy_grid_meets_the_issue():
     assert families(spec) == ["transformer", "mixer"] and len(t.sizes) >= 4 and len(t.budgets) >= 3
     assert len(t.tune_lrs) >= 3 and t.tune_size == t.sizes[0]
     assert not set(t.tune_seeds) & set(t.seeds), "the lr is chosen on seeds no grid point uses"
+    from launch.config import parse_experiment
+    from results.scaling_spec import train_flags
+
+    best = {family: t.tune_lrs[0] for family in families(spec)}
+    trunks = [runs[0] for runs in plan(spec, t, "grid", Path("runs"), best)]
     for family in families(spec):
-        gflops = [towers.profile(f"{family}-{size}")["image_gflops"] + towers.profile(f"{family}-{size}")
-                  ["text_gflops"] for size in t.sizes]
+        gflops = []  # per sample, of the models the sweep's runs build (the toy context), as they record it
+        for size in t.sizes:
+            run = next(r for r in trunks if r.family == family and r.size == size)
+            experiment, _ = parse_experiment(train_flags(run.flags))
+            with torch.device("meta"):
+                cost = towers.profile(towers.build_model(**experiment.model_kwargs()))
+            gflops.append(cost["image_gflops"] + cost["text_gflops"])
         assert gflops == sorted(gflops) and gflops[-1] / gflops[0] >= 8, (family, gflops)
     slurm = target(spec, "slurm")
     assert slurm.sizes == ["S/32", "B/32", "B/16"]
