@@ -196,8 +196,8 @@ def _measured_lines(data: dict, t: Target, timings: dict) -> list[str]:
               "## Shared recipe (every run; swept: " + ", ".join(SWEPT_RECIPE_FIELDS) + ")", "",
               "```json", json.dumps(data["shared_recipe"], indent=1, sort_keys=True), "```", ""]
     if timings:
-        lines += [f"Wall time of the runs in this folder: {sum(timings.values()) / 3600:.2f} h "
-                  f"({len(timings)} runs, timings.json).", ""]
+        lines += [f"Sum of the runs' wall times: {sum(timings.values()) / 3600:.2f} h ({len(timings)} runs, "
+                  "timings.json; runs trained side by side by `--jobs` overlap in it).", ""]
     lines.append("![scaling](scaling.png)")
     return lines
 
