@@ -299,3 +299,13 @@ def test_schedule_and_branch_flags_parse_and_bad_ones_are_one_line(tmp_path, cap
         prune_checkpoints(tmp_path, 1, path, pinned=(2, 4))
     assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == [
         "step_00000002.pt", "step_00000004.pt", "step_00000006.pt"]
+
+
+def test_readme_states_the_committed_sweeps_verdict_or_its_progress():
+    summary = json.loads((REPO / "results" / "scaling" / "report" / "summary.json").read_text())
+    readme = " ".join((REPO / "README.md").read_text().split())
+    if summary["verdict"] is None:  # a sweep part-way: the README says how far, in the report's numbers
+        progress = summary["progress"]
+        assert f"{progress['finished']} of {progress['planned']} runs" in readme
+    else:
+        assert summary["verdict"] in readme
