@@ -24,6 +24,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -86,6 +87,7 @@ class Executor:
         self.keep_checkpoints, self.dry_run, self.jobs = keep_checkpoints, dry_run, jobs
         self.timings: dict[str, float] = {}
         self.lock = threading.Lock()  # timings.json is read and rewritten by every job
+        self.stopping = threading.Event()  # a run failed: the other jobs start no further run
         self.env = None
         if jobs > 1 and not os.environ.get("MIXCLIP_CPU_THREADS"):
             # chains at once share the cores; each run's torch gets its share instead of all of them
@@ -133,7 +135,8 @@ class Executor:
                 for future in futures:
                     future.result()  # a failed run's SystemExit surfaces here, in plan order
             except BaseException:
-                for future in futures:  # start no further chain; the ones running end on their own
+                self.stopping.set()  # the chains running stop after their current run
+                for future in futures:
                     future.cancel()
                 raise
 
@@ -145,6 +148,8 @@ class Executor:
         for run in runs:
             if self.finished(run):
                 continue
+            if self.stopping.is_set():
+                return
             if run.kind == "branch":
                 needed = Path(run.flags["branch_from"])
                 trunk = by_name[run.trunk]
@@ -164,18 +169,22 @@ def _phase_chains(spec: dict, t: Target, phase: str, out: Path, runs_dir: Path) 
         choice = out / "lr_choice.json"
         if not choice.is_file():
             result = choose_lr(spec, t, runs_dir)
-            partial = choice.with_name(f".{choice.name}.{os.getpid()}")  # array tasks may race: rename
-            partial.write_text(json.dumps(result, indent=2) + "\n")
-            os.replace(partial, choice)
+            _replace_whole(choice, json.dumps(result, indent=2) + "\n")  # array tasks may race
         best = json.loads(choice.read_text())["best_lr"]
     return plan(spec, t, phase, runs_dir, best)
 
 
 def _write_timings(file: Path, timings: dict[str, float]) -> None:
-    # wall seconds per run, kept across resumed sessions; replaced whole, so a reader never sees half
+    # wall seconds per run, kept across resumed sessions
     saved = json.loads(file.read_text()) if file.is_file() else {}
-    partial = file.with_name(f".{file.name}.{os.getpid()}")
-    partial.write_text(json.dumps({**saved, **timings}, indent=2) + "\n")
+    _replace_whole(file, json.dumps({**saved, **timings}, indent=2) + "\n")
+
+
+def _replace_whole(file: Path, text: str) -> None:
+    """Write `text` beside `file`, then rename it over `file`: a reader never sees half of it. The
+    temporary name holds host and pid, since array tasks on several nodes share the folder."""
+    partial = file.with_name(f".{file.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}")
+    partial.write_text(text)
     os.replace(partial, file)
 
 

@@ -32,6 +32,9 @@ def main() -> int:
         return 2
     with open(os.environ["FAKE_TRAINER_LOG"], "a") as log:
         log.write(args.name + "\n")
+    if os.environ.get("FAKE_TRAINER_FAIL") == args.name:
+        print(f"error: {args.name} fails on purpose", file=sys.stderr)
+        return 3
     run = Path(args.runs_dir) / args.name
     run.mkdir(parents=True, exist_ok=True)
     recipe = {"steps": args.steps, "cooldown_steps": args.cooldown_steps, "lr": args.lr, "seed": args.seed,

@@ -188,6 +188,19 @@ def test_two_jobs_run_the_same_sweep_each_run_with_its_share_of_the_cores(tmp_pa
     assert len(json.loads((parallel / "timings.json").read_text())) == len(configs)
 
 
+def test_a_failed_run_stops_a_parallel_sweep_with_its_name(tmp_path, monkeypatch):
+    spec, out, log = small_spec(tmp_path), tmp_path / "sweep", tmp_path / "calls.log"
+    failing = "transformer-w64-lr0.0005-seed0-trunk"  # the first tuning chain's first run
+    monkeypatch.setenv("FAKE_TRAINER_FAIL", failing)
+    done = sweep("run", "--spec", str(spec), "--out", str(out), "--launcher", " ".join(FAKE), "--jobs", "2",
+                 log=log)
+    assert done.returncode == 1 and f"error: run {failing} failed with exit status 3" in done.stderr
+    calls = log.read_text().split()
+    # the other job ends its chain's current run and starts no further one: far from tuning's 18 runs
+    assert failing in calls and len(calls) <= 8, calls
+    assert not (out / "lr_choice.json").exists()
+
+
 def test_bad_spec_is_one_line_exit_2(tmp_path):
     spec = yaml.safe_load(DEFAULT_SPEC.read_text())
     spec["targets"]["toy"]["budgets"] = [1000]  # not a whole number of 128-sample steps
