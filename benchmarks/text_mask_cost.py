@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(markdown(rows, args.device))
     print(f"torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.out, rows)  # strict JSON (NaN -> null), atomic, like every result
+        write_json(args.out, rows)  # strict JSON (NaN -> null), atomic, creates the folder
         print(f"wrote {args.out}")
     return rows
 

@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = capacity_table()
     print(markdown(rows))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.out, rows)  # strict JSON (NaN -> null), atomic, like every result
+        write_json(args.out, rows)  # strict JSON (NaN -> null), atomic, creates the folder
         print(f"wrote {args.out}")
     return rows
 

@@ -24,7 +24,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +43,7 @@ from results.scaling_spec import (
     target,
     train_flags,
 )
+from runfolder import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,7 +169,7 @@ def _phase_chains(spec: dict, t: Target, phase: str, out: Path, runs_dir: Path) 
         choice = out / "lr_choice.json"
         if not choice.is_file():
             result = choose_lr(spec, t, runs_dir)
-            _replace_whole(choice, json.dumps(result, indent=2) + "\n")  # array tasks may race
+            atomic_write_text(choice, json.dumps(result, indent=2) + "\n")  # array tasks may race
         best = json.loads(choice.read_text())["best_lr"]
     return plan(spec, t, phase, runs_dir, best)
 
@@ -177,15 +177,7 @@ def _phase_chains(spec: dict, t: Target, phase: str, out: Path, runs_dir: Path) 
 def _write_timings(file: Path, timings: dict[str, float]) -> None:
     # wall seconds per run, kept across resumed sessions
     saved = json.loads(file.read_text()) if file.is_file() else {}
-    _replace_whole(file, json.dumps({**saved, **timings}, indent=2) + "\n")
-
-
-def _replace_whole(file: Path, text: str) -> None:
-    """Write `text` beside `file`, then rename it over `file`: a reader never sees half of it. The
-    temporary name holds host and pid, since array tasks on several nodes share the folder."""
-    partial = file.with_name(f".{file.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}")
-    partial.write_text(text)
-    os.replace(partial, file)
+    atomic_write_text(file, json.dumps({**saved, **timings}, indent=2) + "\n")
 
 
 def write_slurm(spec: dict, t: Target, spec_path: Path, out: Path, runs_dir: Path) -> list[Path]:
