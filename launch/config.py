@@ -41,6 +41,7 @@ EVAL_TEMPLATES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE
 REPORT_TO = ("tensorboard", "wandb", "all")  # launch.run_record.make_trackers
 TOY_CONTEXT_LENGTH = 32
 CLIP_CONTEXT_LENGTH = 77
+COOLDOWN_FRACTION = 0.2  # the default cooldown, as in the scaling sweep (Hägele et al. 2024)
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the committed recipes (README: Training)
 
 
@@ -49,11 +50,11 @@ class Recipe:
     """Every number that trains a model. The defaults were tuned once on `toy`, for all towers alike."""
 
     # steps and batch: the default run's budget and how they were chosen, docs/results.md#default-run
-    steps: int = 800  # optimizer steps
-    batch_size: int = 64  # per process; global batch = batch_size x processes x accum
+    steps: int = 640  # optimizer steps
+    batch_size: int = 128  # per process; global batch = batch_size x processes x accum
     accum: int = 1  # micro-batches per step; the contrastive loss still sees the whole batch
     lr: float = 1e-3
-    warmup_steps: int = 80  # linear warmup, then cosine decay to 0 at `steps`
+    warmup_steps: int = 40  # linear warmup, then the schedule (lr_schedule)
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     weight_decay: float = 0.2  # on >= 2-d weights only (chosen by shape, never by name)
@@ -73,15 +74,22 @@ class Recipe:
     decoder: str = "pil"
     # issue 25: how every text tower reads a caption, causal or caption (towers.text_mask)
     text_mask: str = DEFAULT_TEXT_MASK
-    # Scaling-law sweeps (docs/scaling-laws.md): `constant` is warmup, then the constant lr, then a linear
-    # cooldown to 0 over the last `cooldown_steps`, so one run's checkpoints branch into every budget.
-    lr_schedule: str = "cosine"
-    cooldown_steps: int = 0  # `constant` only
+    # `constant` is warmup, then the constant lr, then a linear cooldown to 0 over the last
+    # `cooldown_steps` (the scaling sweep's schedule, whose checkpoints branch into every budget);
+    # `cosine` decays from the end of warmup to 0 at `steps`.
+    lr_schedule: str = "constant"
+    # `constant` only; None: resolved on construction to COOLDOWN_FRACTION of `steps` (at most what
+    # warmup leaves), 0 under `cosine`; the resolved number is what is hashed and recorded
+    cooldown_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.context_length is None:
             resolved = TOY_CONTEXT_LENGTH if self.train_data is None else CLIP_CONTEXT_LENGTH
             object.__setattr__(self, "context_length", resolved)
+        if self.cooldown_steps is None:
+            cooldown = min(round(COOLDOWN_FRACTION * self.steps), max(self.steps - self.warmup_steps, 0)) \
+                if self.lr_schedule == "constant" else 0
+            object.__setattr__(self, "cooldown_steps", cooldown)
 
     def with_precision(self, device) -> tuple[Recipe, str, str | None]:
         """(this recipe with `precision` resolved for `device`, why, warning or None): `auto` becomes bf16
@@ -112,7 +120,7 @@ class Experiment:
 
     image_tower: str = "mixer"
     text_tower: str = "mixer"
-    variant: str = "tiny"
+    variant: str = "w96"  # the default run's size (docs/toy-protocol.md); `tiny` is w128
     embed_dim: int | None = None  # None: the variant's
     # Mixer text tower only; None: the mode the recipe's text_mask selects (resolved on construction),
     # an explicit mode must read with that mask (ValueError otherwise)
@@ -238,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                               default=argparse.SUPPRESS)
     towers_group.add_argument("--text-tower", dest="text_tower", choices=sorted(FAMILIES),
                               default=argparse.SUPPRESS)
-    towers_group.add_argument("--variant", default=argparse.SUPPRESS, help="tiny, S/32, B/32, B/16")
+    towers_group.add_argument("--variant", default=argparse.SUPPRESS,
+                              help="w96 (the default), w64-w256 (toy widths; tiny = w128), S/32, B/32, B/16")
     towers_group.add_argument("--embed-dim", dest="embed_dim", type=int, default=argparse.SUPPRESS)
     towers_group.add_argument("--token-mixing", dest="token_mixing", choices=TOKEN_MIXING_MODES,
                               default=argparse.SUPPRESS,

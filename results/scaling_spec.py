@@ -161,7 +161,8 @@ def chain(t: Target, family: str, size: str, lr: float, seed: int, runs_dir: Pat
     points = sorted({t.branch_point(b) for b in t.budgets})
     base = {**t.recipe, "tower": family, "variant": size, "lr": lr, "seed": seed,
             "lr_schedule": "constant", **t.run_options}
-    trunk = PlannedRun(f"{stem}-trunk", "trunk", {**base, "steps": points[-1], "keep_steps": points},
+    trunk = PlannedRun(f"{stem}-trunk", "trunk",
+                       {**base, "steps": points[-1], "cooldown_steps": 0, "keep_steps": points},
                        family, size, lr, seed)
     runs = [trunk]
     for budget in sorted(t.budgets):

@@ -56,8 +56,9 @@ def test_branches_share_the_trunk_recipe_and_its_lr_until_their_branch_point(tmp
     t = target(spec, "toy")
     trunk, *branches = plan(spec, t, "tune", tmp_path)[0]
     assert trunk.flags["keep_steps"] == sorted(b.branch_step for b in branches)
+    assert trunk.flags["cooldown_steps"] == 0  # the trunk never cools down: every branch point is on it
     trunk_recipe = Recipe(lr=trunk.flags["lr"], steps=trunk.flags["steps"], lr_schedule="constant",
-                          warmup_steps=trunk.flags["warmup_steps"])
+                          warmup_steps=trunk.flags["warmup_steps"], cooldown_steps=0)
     for branch in branches:
         same = {k for k in set(branch.flags) | set(trunk.flags) if branch.flags.get(k) == trunk.flags.get(k)}
         differing = (set(branch.flags) | set(trunk.flags)) - same
@@ -82,7 +83,7 @@ def test_branches_share_the_trunk_recipe_and_its_lr_until_their_branch_point(tmp
             for run in (r for runs in plan(spec, t, phase, tmp_path, best) for r in runs):
                 experiment, options = parse_experiment([*train_flags(run.flags), "--resume", "auto"])
                 assert experiment.recipe.steps == run.flags["steps"] and experiment.variant == run.size
-    cosine = Recipe(steps=100, warmup_steps=10)  # the default schedule is unchanged
+    cosine = Recipe(steps=100, warmup_steps=10, lr_schedule="cosine")  # half-way down at mid-decay
     assert learning_rate(55, cosine) == pytest.approx(0.5 * cosine.lr)
 
 
@@ -275,8 +276,8 @@ def test_a_cooldown_branch_is_the_fresh_run_of_its_budget(tmp_path):
     common = ["--tower", "mixer", "--variant", "w64", "--batch-size", "8", "--warmup-steps", "1",
               "--lr-schedule", "constant", "--eval-samples", "16", "--workers", "0", "--log-every", "1",
               "--cpu-threads", "1", "--runs-dir", str(tmp_path)]
-    assert main([*common, "--steps", "4", "--keep-steps", "2", "--keep-checkpoints", "1",
-                 "--name", "trunk"]) == 0
+    assert main([*common, "--steps", "4", "--cooldown-steps", "0", "--keep-steps", "2",
+                 "--keep-checkpoints", "1", "--name", "trunk"]) == 0
     point = tmp_path / "trunk" / "checkpoints" / "step_00000002.pt"
     assert main([*common, "--steps", "3", "--cooldown-steps", "1", "--branch-from", str(point),
                  "--name", "branch"]) == 0
@@ -300,8 +301,13 @@ def test_schedule_and_branch_flags_parse_and_bad_ones_are_one_line(tmp_path, cap
                                         "3", "6", "--betas", "0.9", "0.95"])
     assert (experiment.recipe.lr_schedule, experiment.recipe.cooldown_steps) == ("constant", 5)
     assert run.keep_steps == (3, 6) and experiment.recipe.betas == (0.9, 0.95)  # floats, not str
-    assert Recipe().lr_schedule == "cosine" and Recipe().cooldown_steps == 0
-    for bad, message in ((["--cooldown-steps", "5"], "--cooldown-steps needs --lr-schedule constant"),
+    # the default: constant lr with a cooldown over the last 20% of the steps, at most what warmup leaves
+    assert (Recipe().lr_schedule, Recipe().steps, Recipe().cooldown_steps) == ("constant", 640, 128)
+    assert Recipe(steps=10, warmup_steps=1).cooldown_steps == 2
+    assert Recipe(steps=5, warmup_steps=4).cooldown_steps == 1
+    assert Recipe(lr_schedule="cosine").cooldown_steps == 0
+    for bad, message in ((["--lr-schedule", "cosine", "--cooldown-steps", "5"],
+                          "--cooldown-steps needs --lr-schedule constant"),
                          (["--lr-schedule", "constant", "--cooldown-steps", "749"], "between 0 and")):
         with pytest.raises(SystemExit) as exit_info:
             parse_experiment(bad)
