@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         timings[f"{benchmark} {run_dir.name}"] = _run(
             [python, "-m", f"benchmarks.{benchmark}", "--model", str(run_dir),
              "--results-dir", str(scores_dir)], log)
-    precision, variant, batch_size = _trained_as(run_dirs)
+    precision, variant, batch_size = ("fp32", "w96", 128) if args.skip_throughput else _trained_as(run_dirs)
     for tower in [] if args.skip_throughput else args.towers:
         timings[f"throughput {tower}"] = _run(
             [python, "-m", "benchmarks.throughput", "--model", f"{tower}-{variant}",
