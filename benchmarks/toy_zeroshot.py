@@ -35,7 +35,7 @@ from benchmarks.imagenet_zeroshot import attribute_accuracy, classification_metr
 from benchmarks.process_group import gather_objects
 from benchmarks.zeroshot_classifier import zero_shot_classifier
 
-VAL_LOSS_BATCH = 64  # the default recipe's batch: the val loss reads like the training loss
+VAL_LOSS_BATCH = 64  # fixed, not the recipe's batch: runs of other batches compare (chance ln 64)
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp of exp(logit_scale)
 
 
