@@ -27,8 +27,11 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
-    """Every test gets the same session-wide cache dir, never the user's ~/.cache/mixclip."""
-    cache = tmp_path_factory.getbasetemp() / "mixclip-cache"
+    """Every test gets the same session-wide cache dir, never the user's ~/.cache/mixclip. Under
+    pytest-xdist the workers share it (their base folders' parent), so the default toy set is generated
+    once per session, not once per worker (benchmarks.data.toy locks and renames into place)."""
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "mixclip-cache"
     monkeypatch.setenv("MIXCLIP_CACHE", str(cache))
     return cache
 
@@ -41,9 +44,12 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` need CUDA: they run where torch sees a GPU and are skipped elsewhere."""
+    """Tests marked `slow` run first, so the suite does not end on one worker finishing a long test
+    while the others idle; tests marked `gpu` need CUDA: they run where torch sees a GPU and are
+    skipped elsewhere."""
     import torch
 
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order otherwise
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (marker gpu); torch.cuda.is_available() is False")
