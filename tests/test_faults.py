@@ -79,6 +79,36 @@ def test_a_stalled_pipe_is_abandoned_after_the_timeout_and_its_command_killed():
     assert 0.5 <= time.perf_counter() - start < 2.0
 
 
+def test_a_child_gone_before_its_kill_does_not_spare_the_rest_of_the_command(monkeypatch):
+    # The race the suite met under load: `head -c N` of `pipe:head -c N shard; exec sleep 60` exits
+    # between the listing of the command's processes and its kill; that kill's NoSuchProcess must not
+    # end the loop, or the sleeper survives and closing the pipe waits the full 60 s.
+    import webdataset as wds
+
+    stream = TimedStream(wds.gopen("pipe:printf abc; sleep 60 & exec sleep 60", "rb"), timeout=0.5,
+                         name="family")
+    assert stream.read(3) == b"abc"
+    family = psutil.Process(stream.source.proc.pid)
+    members = [*family.children(recursive=True), family]
+    original, calls = psutil.Process.kill, []
+
+    def kill(self):  # the first member dies on its own just before its kill: psutil says NoSuchProcess
+        calls.append(self.pid)
+        original(self)
+        if len(calls) == 1:
+            raise psutil.NoSuchProcess(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "kill", kill)
+    start = time.perf_counter()
+    with pytest.raises(ShardStalled):
+        stream.read(1)
+    stream.close()
+    seconds = time.perf_counter() - start
+    _, alive = psutil.wait_procs(members, timeout=5)
+    assert len(members) == 2 and calls[:2] == [m.pid for m in members] and not alive, (calls, alive)
+    assert seconds < 5.0, f"closing the stalled pipe took {seconds:.1f} s"
+
+
 def test_a_stalled_pipe_shard_is_skipped_counted_as_timeout_and_the_stream_resumes_exactly(tmp_path):
     spec, _ = write_dataset(tmp_path, shards=3, per_shard=12)
     stalled = tmp_path / "00002.tar"

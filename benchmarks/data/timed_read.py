@@ -106,10 +106,16 @@ class TimedStream:
         self.source.ignore_errors = True  # Pipe.close would raise on the killed command's status
         try:
             family = psutil.Process(process.pid)
-            for member in [*family.children(recursive=True), family]:
+            members = [*family.children(recursive=True), family]
+        except psutil.Error:  # the command has exited already
+            return
+        for member in members:
+            # each on its own: a child that exits between the listing and its kill (`head` finishing
+            # under load) must not spare the rest, or closing the pipe waits for the survivor to end
+            try:
                 member.kill()
-        except psutil.Error:
-            pass
+            except psutil.Error:
+                pass
 
     def __enter__(self) -> TimedStream:
         return self
