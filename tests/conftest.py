@@ -44,12 +44,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `slow` run first, so the suite does not end on one worker finishing a long test
-    while the others idle; tests marked `gpu` need CUDA: they run where torch sees a GPU and are
-    skipped elsewhere."""
+    """Tests marked `gpu` need CUDA: they run where torch sees a GPU and are skipped elsewhere."""
     import torch
 
-    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order otherwise
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (marker gpu); torch.cuda.is_available() is False")
