@@ -19,6 +19,8 @@ import pytest
 from test_multinode import free_port, node_env
 from test_train_loader import write_dataset
 
+from runfolder import CHECKPOINTS, STEP_FILE, checkpoint_name, latest_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 SBATCH = REPO / "launch" / "slurm" / "train.sbatch"
 
@@ -81,12 +83,14 @@ def _job_step_processes(job: subprocess.Popen) -> list[psutil.Process]:
     return srun.children(recursive=True)
 
 
+def _step_of(checkpoint: str | Path) -> int:
+    return int(STEP_FILE.fullmatch(Path(checkpoint).name).group(1))
+
+
 def _checkpoint_step(run: Path) -> int:
-    latest = run / "checkpoints" / "latest"
-    try:
-        return int(latest.read_text().strip().removeprefix("step_").removesuffix(".pt"))
-    except (OSError, ValueError):  # not written yet, or caught between its write and its rename
-        return 0
+    """The step of the checkpoint `latest` names (written atomically), 0 before the first one."""
+    named = latest_checkpoint(run / CHECKPOINTS)
+    return _step_of(named) if named else 0
 
 
 @pytest.mark.slow
@@ -146,7 +150,7 @@ def test_a_warned_job_requeues_the_requeued_job_survives_kill_9_and_a_resubmissi
     psutil.wait_procs(job_processes, timeout=30)
     killed_at = _checkpoint_step(run)
     requeued = json.loads((run / "config.json").read_text())
-    assert Path(requeued["resumed_from"]).name == f"step_{marker['step']:08d}.pt"
+    assert Path(requeued["resumed_from"]).name == checkpoint_name(marker["step"])
     assert not (run / "preempted.json").exists(), "a resumed run clears the marker"
     assert not (run / "checkpoints" / "step_00000016.pt").exists(), "killed too late to test resume"
     assert not (run / "final_eval.json").exists()
@@ -159,7 +163,7 @@ def test_a_warned_job_requeues_the_requeued_job_survives_kill_9_and_a_resubmissi
     config = json.loads((run / "config.json").read_text())
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = sorted({line["step"] for line in lines if "loss" in line})
-    resumed_step = int(Path(config["resumed_from"]).stem.split("_")[1])
+    resumed_step = _step_of(config["resumed_from"])
     print(f"SLURM stand-in: requeued job killed -9 after step-{killed_at} checkpoint; resubmission resumed "
           f"from step {resumed_step} with world size {config['world_size']}, steps logged {steps}")
     assert config["world_size"] == 2 and marker["step"] < resumed_step == killed_at < 16
