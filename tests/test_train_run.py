@@ -15,6 +15,7 @@ import pytest
 import torch
 from open_clip.loss import ClipLoss
 from test_multinode import free_port
+from uninterrupted_runs import KILL_AND_RESUME, uninterrupted_run
 
 import towers
 from launch import train
@@ -170,16 +171,14 @@ def test_resume_with_another_worker_count_is_refused_naming_both(tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_kill_9_after_step_5_then_resume_equals_uninterrupted(tmp_path):
+def test_kill_9_after_step_5_then_resume_equals_uninterrupted(tmp_path, private_cache):
     script = [sys.executable, str(REPO / "launch" / "train.py")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    full = subprocess.run(script + _args(tmp_path, "full", "--save-every", "5"), env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert full.returncode == 0, full.stderr[-2000:]
+    args = [*KILL_AND_RESUME, "--runs-dir", str(tmp_path), "--name", "killed"]
+    full = uninterrupted_run(KILL_AND_RESUME, private_cache, env)
 
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(script + _args(tmp_path, "killed", "--save-every", "5"), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(script + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = killed_dir / "checkpoints" / "latest"
     deadline = time.time() + 300
     while not (latest.exists() and latest.read_text().strip() == "step_00000005.pt"):
@@ -189,10 +188,10 @@ def test_kill_9_after_step_5_then_resume_equals_uninterrupted(tmp_path):
     assert process.wait() == -signal.SIGKILL
     assert not (killed_dir / "checkpoints" / "step_00000010.pt").exists(), "killed too late to test resume"
 
-    resumed = subprocess.run(script + _args(tmp_path, "killed", "--save-every", "5", "--resume", "latest"),
-                             env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(script + args + ["--resume", "latest"], env=env, capture_output=True, text=True,
+                             timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = _weights(tmp_path / "full", 10), _weights(killed_dir, 10)
+    a, b = _weights(full, 10), _weights(killed_dir, 10)
     max_diff = max((a[k] - b[k]).abs().max().item() for k in a)
     print(f"kill -9 at step 5 + resume vs uninterrupted, step 10: max param diff {max_diff:.2e}")
     assert max_diff <= 1e-6, max_diff
