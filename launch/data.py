@@ -105,6 +105,25 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
+def dead_worker_error(workers: list, wait_s: float = 5.0) -> RuntimeError | None:
+    """torch's own error for a DataLoader worker that died, or None if none has within `wait_s`.
+
+    torch raises it only when it already sees the worker dead; a worker killed while its batch is in
+    flight surfaces first as the connection error of receiving that batch's shared memory, a moment
+    before the death shows. Said as torch says it, so `launch.faults.failure_line` names the worker."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        dead = next((worker for worker in workers if not worker.is_alive()), None)
+        if dead is not None:
+            if dead.exitcode is not None and dead.exitcode < 0:
+                return RuntimeError(f"DataLoader worker (pid {dead.pid}) is killed by signal: "
+                                    f"{signal.strsignal(-dead.exitcode)}. ")
+            return RuntimeError(f"DataLoader worker (pid(s) {dead.pid}) exited unexpectedly")
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
 class TrainLoader:
     """Endless iterable over (images, tokens) batches. `skipped()` = bad samples by kind, merged over
     the workers; `state_dict()` = the position after the last batch handed out (give it to
@@ -150,6 +169,15 @@ class TrainLoader:
         batches = iter(loader)
         # worker index -> pid, to name a worker the OOM killer ends (launch.faults.failure_line)
         self.worker_pids = [worker.pid for worker in getattr(batches, "_workers", [])]
+        try:
+            yield from self._batches_of(batches, finish_here)
+        except (ConnectionError, EOFError) as error:
+            dead = dead_worker_error(getattr(batches, "_workers", []))
+            if dead is None:
+                raise
+            raise dead from error
+
+    def _batches_of(self, batches: Iterator, finish_here: bool) -> Iterator[tuple[torch.Tensor, ...]]:
         for images, tokens, role, state in batches:
             self._roles[role], self._batches = state, self._batches + 1
             self._counts.update(role, state["counts"])

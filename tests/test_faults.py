@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from benchmarks.data.shards import SkipCounts, iter_shard
 from benchmarks.data.timed_read import ShardStalled, TimedStream
 from launch import train
 from launch.data import get_train_loader
-from launch.faults import PREEMPTED_EXIT_STATUS
+from launch.faults import PREEMPTED_EXIT_STATUS, failure_line
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--tower", "mixer", "--batch-size", "8", "--eval-samples", "16", "--workers", "1", "--log-every", "1",
@@ -336,6 +337,47 @@ def test_a_hung_process_ends_the_others_after_the_collective_timeout(tmp_path):
 
 
 # ---------------------------------------------------------------- a killed DataLoader worker
+
+
+def test_a_worker_killed_with_its_batch_in_flight_is_named_like_any_killed_worker(tmp_path, monkeypatch):
+    # The race the end-to-end test below can lose: the worker dies after queueing a batch and before
+    # the trainer has received its shared memory, so the receive fails with a connection error while
+    # torch does not yet see the worker dead. It must still end in the one named line.
+    import multiprocessing
+
+    import launch.data
+
+    victim = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    victim.start()
+
+    class Receiving:  # the DataLoader's iterator, at the moment the receive fails
+        _workers = [victim]
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            os.kill(victim.pid, signal.SIGKILL)  # not yet reaped: is_alive() may still say True
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(launch.data, "DataLoader", lambda *args, **kwargs: Receiving())
+    spec, _ = write_dataset(tmp_path / "data")
+    loader = get_train_loader(spec, image_size=16, batch_size=8, workers=1, seed=0, shuffle_buffer=20)
+    with pytest.raises(RuntimeError) as raised:
+        take(loader, 1)
+    line = failure_line(raised.value, 0, loader.worker_pids, 600, "resume hint")
+    assert line == (f"DataLoader worker 0 (pid {victim.pid}) of process 0 was killed by signal SIGKILL "
+                    "(SIGKILL: often the kernel's OOM killer; give it more memory or fewer --workers); "
+                    "resume hint")
+    assert isinstance(raised.value.__cause__, ConnectionResetError)
+
+    alive = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    alive.start()
+    try:  # a connection error with every worker alive is not theirs: it is raised as it came
+        assert launch.data.dead_worker_error([alive], wait_s=0.2) is None
+    finally:
+        alive.kill()
+        alive.join()
 
 
 @pytest.mark.slow
