@@ -102,7 +102,8 @@ class Executor:
             return [*self.launcher, *argv]
         slurm = self.t.slurm
         config = slurm.get("accelerate_config", "launch/accelerate/multinode.yaml")
-        inner = (f"accelerate launch --config_file {config} --num_machines $SLURM_NNODES"
+        # the launch subcommand as a module: the `accelerate` command imports all of its subcommands
+        inner = (f"python -m accelerate.commands.launch --config_file {config} --num_machines $SLURM_NNODES"
                  f" --num_processes {self.t.nodes * self.t.gpus_per_node} --machine_rank $SLURM_NODEID"
                  " --main_process_ip $MASTER_ADDR --main_process_port $MASTER_PORT "
                  + shlex.join(["launch/train.py", *argv]))
