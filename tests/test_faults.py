@@ -117,6 +117,32 @@ def test_a_child_gone_before_its_kill_does_not_spare_the_rest_of_the_command(mon
     assert seconds < 5.0, f"closing the stalled pipe took {seconds:.1f} s"
 
 
+def test_closing_a_pipe_before_its_end_kills_the_command_even_when_the_reader_is_not_blocked(monkeypatch):
+    # The second race the suite met under load: the stream is closed while its reading thread is
+    # between two reads, so the thread leaves its loop by itself; closing the pipe then waited for the
+    # command (`exec sleep 60`) unless the command is killed whatever the thread's state.
+    import webdataset as wds
+
+    original, calls = TimedStream._read_some, []
+
+    def read_some(self):  # the second read returns data only once the consumer has closed the stream
+        calls.append(1)
+        if len(calls) == 1:
+            return original(self)
+        self._closed.wait()
+        return b"late"
+
+    monkeypatch.setattr(TimedStream, "_read_some", read_some)
+    stream = TimedStream(wds.gopen("pipe:printf abc; exec sleep 60", "rb"), timeout=30, name="early")
+    assert stream.read(3) == b"abc"
+    command = psutil.Process(stream.source.proc.pid)
+    start = time.perf_counter()
+    stream.close()
+    seconds = time.perf_counter() - start
+    assert seconds < 5.0, f"closing the pipe took {seconds:.1f} s"
+    assert not stream._thread.is_alive() and not command.is_running()
+
+
 def test_a_stalled_pipe_shard_is_skipped_counted_as_timeout_and_the_stream_resumes_exactly(tmp_path):
     spec, _ = write_dataset(tmp_path, shards=3, per_shard=12)
     stalled = tmp_path / "00002.tar"

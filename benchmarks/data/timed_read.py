@@ -39,6 +39,7 @@ class TimedStream:
         self.source, self.timeout, self.name = source, timeout, name
         self._chunks: queue.Queue = queue.Queue(maxsize=QUEUED_CHUNKS)
         self._chunk, self._pos, self._eof = b"", 0, False
+        self._source_ended = False  # the thread read the source's end (a pipe's command closed it)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._pump, daemon=True, name=f"shard-reader {name}")
         self._thread.start()
@@ -57,6 +58,7 @@ class TimedStream:
                 except queue.Full:
                     continue
             if not item or isinstance(item, BaseException):
+                self._source_ended = True
                 return
 
     def _read_some(self) -> bytes:
@@ -124,10 +126,12 @@ class TimedStream:
         self.close()
 
     def close(self) -> None:
+        """Closed before the source's end (a stall, or the reader stopped early), a `pipe:` command is
+        killed first: nobody reads the rest, and closing the pipe would wait for the command to end
+        (the reading thread may have left its loop without blocking, so its state cannot decide)."""
         self._closed.set()
-        self._thread.join(timeout=1.0)
-        if self._thread.is_alive():  # blocked in a read: a pipe is killed, a hung file read left behind
+        if not self._source_ended:
             self._abandon()
-            self._thread.join(timeout=1.0)
-        if not self._thread.is_alive():
+        self._thread.join(timeout=1.0)
+        if not self._thread.is_alive():  # a read stuck in the kernel (a hung file) is left behind
             self.source.close()
