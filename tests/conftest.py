@@ -44,9 +44,12 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` need CUDA: they run where torch sees a GPU and are skipped elsewhere."""
+    """Tests marked `slow` run first, so the suite does not end on one worker finishing a long test
+    while the other idles; tests marked `gpu` need CUDA: they run where torch sees a GPU and are
+    skipped elsewhere."""
     import torch
 
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order otherwise
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (marker gpu); torch.cuda.is_available() is False")
@@ -55,10 +58,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def fresh_accelerator():
-    """Accelerate's state is one per process: a test that builds its own Accelerator (other precision,
-    cpu=True) starts and ends with none, so in-process train.main runs before or after it still work."""
+    """Accelerate's state is one per process: every test starts and ends with none, so a test that
+    builds its own Accelerator (another precision, cpu=True) and an in-process train.main run (whose
+    precision is the machine's) work in any order, in any worker."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)

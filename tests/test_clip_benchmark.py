@@ -55,6 +55,7 @@ def test_a_model_that_is_not_there_is_one_line_exit_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "gone: not found" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, seed", [("transformer-tiny", 0), ("mixer-tiny", 1)])
 def test_zero_shot_top1_equals_ours_on_the_imagenet_samples(tmp_path, monkeypatch, shared_data, name, seed):
     run = _run(tmp_path, name, seed)

@@ -19,7 +19,6 @@ import towers
 from launch import train, trainer
 from launch.config import Recipe, parse_experiment
 
-pytestmark = pytest.mark.usefixtures("fresh_accelerator")
 PAIRS = ("mixer", "transformer", "transformer+mixer", "mixer+transformer")
 SMALL = {"image_overrides": {"layers": 1, "width": 32, "image_size": 32},
          "text_overrides": {"layers": 1, "width": 32, "context_length": 16}}

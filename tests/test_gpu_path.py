@@ -21,7 +21,7 @@ from launch import data as launch_data
 from launch.config import Recipe
 from launch.trainer import ContrastiveStep, build_optimizer, compile_model, micro_batch_stream
 
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("fresh_accelerator")]
+pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.device("cuda")
 

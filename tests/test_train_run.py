@@ -287,6 +287,7 @@ def test_cpu_threads_default_to_the_node_cores_shared_by_its_processes(monkeypat
     assert train.cpu_threads(None, cores) == 1 and train.cpu_threads(None, 10 * cores) == 1
 
 
+@pytest.mark.slow
 def test_plain_accelerate_launch_on_cpu_uses_every_core(tmp_path, monkeypatch):
     # `accelerate launch` without --cpu sets OMP_NUM_THREADS=1 on a machine without GPUs; the README's
     # first command is exactly that, so the trainer must take the cores back.
@@ -313,6 +314,7 @@ def test_mixclip_cpu_threads_sets_the_threads_and_a_bad_value_exits_2(tmp_path, 
     assert err == ["error: MIXCLIP_CPU_THREADS='two': expected a whole number of threads >= 1"]
 
 
+@pytest.mark.slow
 def test_the_readme_two_process_cpu_command_runs_two_processes(tmp_path):
     # launch/accelerate/cpu.yaml must start 2 processes that join one gloo group (accelerate starts
     # only one for a MULTI_CPU config without mpirun, and would do so silently).

@@ -16,7 +16,6 @@ from launch.config import Recipe
 from launch.trainer import MAX_NONFINITE_IN_A_ROW, ContrastiveStep, NonFiniteLossError, build_optimizer
 from launch.trainer import micro_batch_stream as stream_of
 
-pytestmark = pytest.mark.usefixtures("fresh_accelerator")
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
 
 
