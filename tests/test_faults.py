@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from session_runs import KILL_AND_RESUME, uninterrupted_run
 from test_multinode import free_port, node_env
 from test_train_loader import take, write_dataset
-from uninterrupted_runs import KILL_AND_RESUME, uninterrupted_run
 
 import towers
 from benchmarks.data.shards import SkipCounts, iter_shard

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from open_clip.loss import ClipLoss
+from session_runs import KILL_AND_RESUME, uninterrupted_run
 from test_multinode import free_port
-from uninterrupted_runs import KILL_AND_RESUME, uninterrupted_run
 
 import towers
 from launch import train

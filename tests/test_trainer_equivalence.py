@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from session_runs import once_per_session
 from test_multinode import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,17 +16,20 @@ WORKER = REPO / "tests" / "ddp_step_worker.py"
 TOLERANCE = 1e-5
 
 
-def _run(tmp_path: Path, processes: int, *cases: str) -> dict:
-    """One launch of `processes` processes that trains every case (NAME:ACCUM[:local]) in turn."""
-    out = tmp_path / f"{processes}-processes.pt"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch",
-                "--config_file", str(REPO / "launch" / "accelerate" / "cpu.yaml"),
-                "--num_processes", str(processes), "--main_process_port", str(free_port())]
-    case_flags = [flag for case in cases for flag in ("--case", case)]
-    result = subprocess.run(launcher + [str(WORKER), "--out", str(out), *case_flags], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    written = torch.load(out, weights_only=True)
+def _run(cache: Path, processes: int, *cases: str) -> dict:
+    """One launch of `processes` processes that trains every case (NAME:ACCUM[:local]) in turn; made once
+    per session (tests/session_runs.py), whichever worker's test needs it first."""
+    def launch(home: Path) -> None:
+        launcher = [sys.executable, "-m", "accelerate.commands.launch",
+                    "--config_file", str(REPO / "launch" / "accelerate" / "cpu.yaml"),
+                    "--num_processes", str(processes), "--main_process_port", str(free_port())]
+        case_flags = [flag for case in cases for flag in ("--case", case)]
+        result = subprocess.run(launcher + [str(WORKER), "--out", str(home / "cases.pt"), *case_flags],
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    written = torch.load(once_per_session("trainer-equivalence", [processes, *cases], cache, launch)
+                         / "cases.pt", weights_only=True)
     # the launcher really started `processes` processes that joined one group (else 2 x 4 == 1 x 8
     # would hold trivially: accelerate starts one process for a MULTI_CPU config without mpirun)
     assert written["world"] == processes, (written["world"], written["distributed_type"])
@@ -36,14 +40,14 @@ def _max_param_diff(a: dict, b: dict) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("one"), 1, "whole:1", "accum:2")
+@pytest.fixture
+def one_process(private_cache):
+    return _run(private_cache, 1, "whole:1", "accum:2")
 
 
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("two"), 2, "global:1", "local:1:local", "accum:2")
+@pytest.fixture
+def two_processes(private_cache):
+    return _run(private_cache, 2, "global:1", "local:1:local", "accum:2")
 
 
 def _differences(reference: dict, other: dict) -> tuple[float, float]:
