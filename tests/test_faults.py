@@ -97,6 +97,9 @@ def test_a_child_gone_before_its_kill_does_not_spare_the_rest_of_the_command(mon
                          name="family")
     assert stream.read(3) == b"abc"
     family = psutil.Process(stream.source.proc.pid)
+    deadline = time.perf_counter() + 10  # the shell may print before it forks its background sleep
+    while not family.children(recursive=True) and time.perf_counter() < deadline:
+        time.sleep(0.01)
     members = [*family.children(recursive=True), family]
     original, calls = psutil.Process.kill, []
 
