@@ -111,6 +111,8 @@ def dead_worker_error(workers: list, wait_s: float = 5.0) -> RuntimeError | None
     torch raises it only when it already sees the worker dead; a worker killed while its batch is in
     flight surfaces first as the connection error of receiving that batch's shared memory, a moment
     before the death shows. Said as torch says it, so `launch.faults.failure_line` names the worker."""
+    if not workers:  # no worker processes (--workers 0): the error is not a worker's
+        return None
     deadline = time.monotonic() + wait_s
     while True:
         dead = next((worker for worker in workers if not worker.is_alive()), None)

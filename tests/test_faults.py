@@ -402,8 +402,9 @@ def test_a_worker_killed_with_its_batch_in_flight_is_named_like_any_killed_worke
 
     alive = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
     alive.start()
-    try:  # a connection error with every worker alive is not theirs: it is raised as it came
+    try:  # a connection error with every worker alive, or without workers, is not theirs: raised as it came
         assert launch.data.dead_worker_error([alive], wait_s=0.2) is None
+        assert launch.data.dead_worker_error([]) is None
     finally:
         alive.kill()
         alive.join()
