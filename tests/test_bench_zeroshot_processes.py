@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import zeroshot_worker
 from open_clip import IMAGENET_CLASSNAMES, SIMPLE_IMAGENET_TEMPLATES
 from PIL import Image
 from test_multinode import free_port
@@ -128,9 +129,7 @@ def test_two_processes_score_exactly_like_one(tmp_path, checkpoint, shared_data)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = zs.zero_shot_eval(load_our_model(str(checkpoint), "cpu"), "imagenet", str(data), batch_size=16,
-                             limit=LIMIT, templates="simple", cache=False, progress=False,
-                             keep_predictions=True, rank=0, world_size=1)
+        one = zeroshot_worker.score(str(checkpoint), str(data), LIMIT)
     finally:
         torch.set_num_threads(threads)
     one = json.loads(json.dumps(one))  # as the worker's file holds it (tuples become lists)

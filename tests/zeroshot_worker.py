@@ -16,6 +16,14 @@ from benchmarks.imagenet_zeroshot import zero_shot_eval
 from benchmarks.process_group import join_launched_processes
 
 
+def score(model: str, data: str, limit: int | None, rank: int = 0, world_size: int = 1,
+          device: str = "cpu") -> dict:
+    """This process's call: its share of the images (all of them with one process), with predictions."""
+    return zero_shot_eval(load_our_model(model, device), "imagenet", data, batch_size=16, limit=limit,
+                          templates="simple", cache=False, progress=False, keep_predictions=True, rank=rank,
+                          world_size=world_size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -25,10 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rank, world_size, device = join_launched_processes()
-    encoder = load_our_model(args.model, device or "cpu")
-    result = zero_shot_eval(encoder, "imagenet", args.data, batch_size=16, limit=args.limit,
-                            templates="simple", cache=False, progress=False, keep_predictions=True,
-                            rank=rank, world_size=world_size)
+    result = score(args.model, args.data, args.limit, rank, world_size, device or "cpu")
     if rank == 0:
         with open(args.out, "w") as f:
             json.dump({"world_size": world_size, **result}, f)
