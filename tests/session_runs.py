@@ -18,11 +18,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from test_multinode import TINY
+
 REPO = Path(__file__).resolve().parents[1]
-# 10 steps of the default mixer at batch 8, a checkpoint every 5: the interrupted runs stop after step 5
-KILL_AND_RESUME = ["--tower", "mixer", "--steps", "10", "--save-every", "5", "--batch-size", "8",
-                   "--eval-samples", "16", "--workers", "1", "--log-every", "1", "--warmup-steps", "1",
-                   "--cpu-threads", "1"]
+# 10 steps of the multi-process tests' tiny run, a checkpoint every 5: the interrupted runs stop after step 5
+KILL_AND_RESUME = [*TINY, "--steps", "10", "--save-every", "5"]
 
 
 def once_per_session(what: str, key: object, cache: Path, make: Callable[[Path], None]) -> Path:

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import torch
 from session_runs import KILL_AND_RESUME, uninterrupted_run
-from test_multinode import free_port, node_env
+from test_multinode import TINY, free_port, node_env
 from test_train_loader import take, write_dataset
 
 import towers
@@ -27,15 +27,14 @@ from benchmarks.data.timed_read import ShardStalled, TimedStream
 from launch import train
 from launch.data import get_train_loader
 from launch.faults import PREEMPTED_EXIT_STATUS, failure_line
+from runfolder import CHECKPOINTS, RunFolder, checkpoint_name
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--tower", "mixer", "--batch-size", "8", "--eval-samples", "16", "--workers", "1", "--log-every", "1",
-        "--warmup-steps", "1", "--cpu-threads", "1"]
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 
 
 def _weights(run_dir: Path, step: int) -> dict:
-    return torch.load(run_dir / "checkpoints" / f"step_{step:08d}.pt", weights_only=True)["state_dict"]
+    return torch.load(run_dir / CHECKPOINTS / checkpoint_name(step), weights_only=True)["state_dict"]
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -44,8 +43,8 @@ def _max_diff(a: dict, b: dict) -> float:
 
 def _losses(run_dir: Path) -> list[float]:
     """The loss of every step in order (a step logged again after a resume counts once)."""
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return list({line["step"]: line["loss"] for line in lines if "loss" in line}.values())
+    return list({line["step"]: line["loss"] for line in RunFolder(run_dir).read_metrics() if "loss" in line}
+                .values())
 
 
 def _logged_steps(run_dir: Path) -> list[int]:
