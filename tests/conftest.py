@@ -33,15 +33,10 @@ def session_tmpdir(tmp_path_factory):
     when the session passes, instead of piling up in the machine's /tmp run after run."""
     tmp = tmp_path_factory.getbasetemp() / "tmp"
     tmp.mkdir(exist_ok=True)
-    before = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(tmp)
-    tempfile.tempdir = None  # gettempdir() caches its first answer
-    yield tmp
-    if before is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = before
-    tempfile.tempdir = None
+    with pytest.MonkeyPatch.context() as patch:  # undone at the session's end
+        patch.setenv("TMPDIR", str(tmp))
+        patch.setattr(tempfile, "tempdir", None)  # gettempdir() caches its first answer
+        yield tmp
 
 
 @pytest.fixture(autouse=True)
