@@ -1,33 +1,36 @@
 """The comparison report: tables and figures from training runs and benchmark scores, as Markdown and HTML.
 
     python -m results.report runs/mixer-s0 runs/mixer-s1 runs/transformer-s0 runs/transformer-s1 \\
-        --scores results/scores --out reports/mixer-vs-transformer
+        --scores results/scores --out reports/mixer-vs-transformer [--primary toy_top1_seen]
 
-Runs that differ only in the recipe's seed are replicates of one arm (tower pair); the headline shows
-mean +- std over seeds. Runs trained with different recipes are refused (exit status 2, one line naming
-the fields) unless ``--allow-mixed``, which adds a warning banner and keeps differently trained runs in
-separate arms. Writes ``report.md``, ``report.html``, ``headline.csv`` and the PNG figures into ``--out``.
-From Python: ``write_report(run_dirs, scores_dir, out_dir)`` returns the paths and the headline table.
+Runs that differ only in the recipe's seed are replicates of one arm (tower pair); ``--arm-per-run``
+makes every run its own arm (two seeds of one tower: how far apart runs of one recipe land). Runs
+trained with different recipes are refused (exit status 2, one line naming the fields) unless
+``--allow-mixed``, which adds a warning banner and keeps differently trained runs in separate arms.
+The report opens with the primary endpoint (``--primary``; default per recipe kind, results/endpoints.py)
+and one sentence per compared arm; verdicts follow results/significance.py. Writes ``report.md``,
+``report.html``, the PNG figures and the detail as CSV (headline, verdicts, runs, scores, provenance)
+into ``--out``. From Python: ``write_report(run_dirs, scores_dir, out_dir)`` returns the paths and tables.
 Reads files only (pandas, matplotlib); no model code.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from results import factorial, figures, significance, tables
+from results import endpoints, factorial, figures, significance, tables, verdict_text
+from results.document import Document
 from results.runs import (
     ReportInputError,
     duplicate_seed_notes,
     group_arms,
     load_runs,
+    one_arm_per_run,
     recipe_differences,
     refusal_message,
 )
@@ -52,64 +55,6 @@ FIGURES = {  # file name -> (section title, caption)
 }
 
 
-class Document:
-    """Blocks rendered twice: to Markdown and to HTML (tables from DataFrames, figures as images)."""
-
-    def __init__(self) -> None:
-        self.blocks: list[tuple[str, Any]] = []
-
-    def add(self, kind: str, content: Any) -> None:
-        self.blocks.append((kind, content))
-
-    def markdown(self) -> str:
-        parts = []
-        for kind, content in self.blocks:
-            if kind in ("h1", "h2"):
-                parts.append(("# " if kind == "h1" else "## ") + content)
-            elif kind == "p":
-                parts.append(content)
-            elif kind == "warning":
-                parts.append(f"> **WARNING:** {content}")
-            elif kind == "list":
-                parts.append("\n".join(f"- {item}" for item in content))
-            elif kind == "code":
-                parts.append(f"```\n{content}\n```")
-            elif kind == "table":
-                parts.append(tables.markdown_table(content))
-            elif kind == "figure":
-                parts.append(f"![{content[1]}]({content[0]})\n\n*{content[1]}*")
-        return "\n\n".join(parts) + "\n"
-
-    def html(self, title: str) -> str:
-        parts = []
-        for kind, content in self.blocks:
-            if kind in ("h1", "h2"):
-                parts.append(f"<{kind}>{html.escape(content)}</{kind}>")
-            elif kind == "p":
-                parts.append(f"<p>{html.escape(content)}</p>")
-            elif kind == "warning":
-                parts.append(f'<div class="warning"><strong>WARNING:</strong> {html.escape(content)}</div>')
-            elif kind == "list":
-                parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in content) + "</ul>")
-            elif kind == "code":
-                parts.append(f"<pre>{html.escape(content)}</pre>")
-            elif kind == "table":
-                parts.append(content.to_html(index=False, border=0, na_rep=tables.MISSING, escape=True))
-            elif kind == "figure":
-                name, caption = (html.escape(part) for part in content)
-                parts.append(f'<figure><img src="{name}" alt="{caption}">'
-                             f"<figcaption>{caption}</figcaption></figure>")
-        style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;line-height:1.4}"
-                 "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
-                 "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f2f2f2}"
-                 "img{max-width:100%}figcaption{font-style:italic;color:#444}"
-                 ".warning{background:#fff3cd;border:2px solid #d39e00;padding:0.8em;margin:1em 0}"
-                 "pre{background:#f6f6f6;padding:0.6em;overflow-x:auto}")
-        return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-                f"<title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
-                + "\n".join(parts) + "\n</body></html>\n")
-
-
 def _figures(arms: list, scores: list, out: Path) -> tuple[dict[str, Path], dict[str, str]]:
     colours = figures.arm_colours(arms)
     makers = {
@@ -132,40 +77,71 @@ def _figures(arms: list, scores: list, out: Path) -> tuple[dict[str, Path], dict
 
 
 def command_for(run_dirs: list[str], scores_dir: str | Path | None, out_dir: str | Path,
-                allow_mixed: bool) -> str:
+                allow_mixed: bool, options: list[str] | None = None) -> str:
+    """The command that regenerates the report, wrapped at 100 characters with shell continuations."""
     argv = ["python", "-m", "results.report", *run_dirs]
     if scores_dir is not None:
         argv += ["--scores", str(scores_dir)]
-    argv += ["--out", str(out_dir)] + (["--allow-mixed"] if allow_mixed else [])
-    return " ".join(shlex.quote(arg) for arg in argv)
+    argv += ["--out", str(out_dir)] + (["--allow-mixed"] if allow_mixed else []) + (options or [])
+    lines, line = [], ""
+    for word in (shlex.quote(arg) for arg in argv):
+        if line and len(line) + len(word) > 96:
+            lines.append(line + " \\")
+            line = "    "
+        line += ("" if line.strip() == "" else " ") + word
+    return "\n".join(lines + [line])
 
 
-def _opening(doc: Document, title: str, warnings: list[str], runs: list, arms: list, command: str) -> None:
+def title_for(arms: list) -> str:
+    if len(arms) == 2:
+        return f"mixclip-bench: {arms[1].label} vs {arms[0].label}"
+    if len(arms) == 1:
+        return f"mixclip-bench: {arms[0].label}"
+    return f"mixclip-bench: {len(arms)} arms against {arms[0].label}"
+
+
+def _opening(doc: Document, title: str, warnings: list[str], runs: list, arms: list,
+             verdicts: list, correction: str) -> None:
     doc.add("h1", title)
-    for warning in warnings:
+    doc.add("lead", verdict_text.primary_sentence(verdicts))
+    for warning in warnings:  # before the sentence that a warning qualifies
         doc.add("warning", warning)
-    doc.add("p", f"{len(runs)} runs in {len(arms)} arms. Regenerate with:")
-    doc.add("code", command)
+    doc.add("p", f"In one sentence: {verdict_text.summary_sentence(verdicts, correction)}")
+    columns = tables.arm_columns(arms)
+    doc.add("p", f"{len(runs)} runs in {len(arms)} arms; the first arm is the baseline every other arm is "
+                 "compared with.")
+    if any(column != label for label, column in columns.items()):
+        doc.add("list", [f"{columns[arm.label]}: {arm.label}, seeds {', '.join(map(str, arm.seeds))}"
+                         for arm in arms])
 
 
 def _headline_section(doc: Document, headline_table) -> None:
     doc.add("h2", "Headline (mean ± std over seeds)")
     doc.add("p", "Toy numbers are each run's final in-training evaluation; benchmark numbers come from score "
                  "files. std is the sample standard deviation over seeds (ddof=1); (n=k) marks metrics that "
-                 "fewer seeds have. Params, FLOPs and benchmark throughput describe the architecture, one "
-                 "value per arm.")
+                 "fewer seeds have; [low, high] is the 95% interval of the arm's mean (one seed: its "
+                 "bootstrap over evaluation images). Params, FLOPs and benchmark throughput describe the "
+                 "architecture, one value per arm. Every number: headline.csv.")
     doc.add("table", headline_table)
 
 
-def _significance_section(doc: Document, verdicts: list) -> None:
-    doc.add("h2", "Is the difference real?")
-    doc.add("p", "Each arm against the first, metric by metric: with several seeds on both sides, the "
-                 "difference of the seed means and its 95% Welch t interval; with one seed, the two "
-                 "runs' bootstrap 95% CIs (disjoint: a real difference). better / worse: the interval "
-                 "excludes 0 (lower is better for the loss); tie: it does not.")
+def _significance_section(doc: Document, verdicts: list, correction: str, primary: str | None) -> None:
+    doc.add("h2", "Is the difference real, and does it matter?")
+    rule = endpoints.rule(primary) if primary else None
+    doc.add("p", f"Each arm against the first. Primary endpoint: {rule.short if rule else 'none'}, tested at "
+                 "0.05 (Holm across arms when several are compared). Secondary metrics: p-values "
+                 f"corrected as one family ({verdict_text.CORRECTION_NAMES[correction]}); the interval "
+                 "shown is the unadjusted 95% interval. Intervals: paired t over the seeds both arms ran, "
+                 "else Welch t; with one seed per arm only the evaluation images' bootstrap, so no verdict "
+                 "unless a seed spread is given (--seed-sd). better / worse: significant and at least the "
+                 "minimum difference of practical interest (1 point of accuracy or STS, 0.05 nats of "
+                 "loss); negligible: significant but smaller; equivalent: the interval inside +- that "
+                 "minimum; inconclusive: neither. No word on diagnostics (blind priors, bag-of-words, the "
+                 f"last training loss), on metrics where both arms are within {endpoints.CEILING_MARGIN:g} "
+                 "points of 100%, or on throughput not timed under the same conditions. Every number, "
+                 "p-values and seeds needed included: verdicts.csv.")
     if verdicts:
-        doc.add("table", significance.verdict_frame(verdicts))
-    doc.add("p", f"In one sentence: {significance.summary_sentence(verdicts)}")
+        doc.add("table", verdict_text.verdict_frame(verdicts, correction))
 
 
 def _factorial_section(doc: Document, arms: list, scores: list):
@@ -200,28 +176,49 @@ def _figures_section(doc: Document, written: dict, skipped: dict) -> None:
             doc.add("p", f"{section}: not drawn ({skipped[name]}).")
 
 
-def _runs_and_scores_sections(doc: Document, runs: list, arms: list, scores) -> None:
+DETAIL_FILES = {  # file -> what it holds (the report links them instead of printing thousands of rows)
+    "headline.csv": "every headline number per arm: mean, std, n and 95% interval per metric",
+    "verdicts.csv": "every comparison: means, difference, interval, p, adjusted p, verdict, seeds needed",
+    "runs.csv": "one row per run: seed, length, training health and every final evaluation number",
+    "scores.csv": "every score of every benchmark with its 95% CI, n and source file",
+    "provenance_runs.csv": "each run's recipe hash, code commit and config file",
+    "provenance_scores.csv": "each score file: which run it belongs to and whether the report uses it",
+}
+
+
+def _write_details(out: Path, headline, verdicts: list, runs: list, arms: list, scores: list) -> None:
     provenance_runs, provenance_scores = tables.provenance_frames(runs, scores)
-    doc.add("h2", "Runs")
-    doc.add("table", tables.runs_frame(arms))
-    doc.add("h2", "Every score")
-    doc.add("p", "Each number with its 95% confidence interval where the benchmark computes one (bootstrap "
-                 "of top-1 over the evaluation images), the number of items n, and the file it comes from.")
-    doc.add("table", tables.scores_frame(runs, scores))
-    doc.add("h2", "Provenance")
-    doc.add("p", "Runs: the recipe hash and code commit that trained them.")
-    doc.add("table", provenance_runs)
-    doc.add("p", "Score files: which run each belongs to, and whether the report uses it.")
-    doc.add("table", provenance_scores)
+    headline.to_csv(out / "headline.csv")
+    verdict_text.verdicts_csv_frame(verdicts).to_csv(out / "verdicts.csv", index=False)
+    tables.runs_frame(arms).to_csv(out / "runs.csv", index=False)
+    tables.scores_frame(runs, scores).to_csv(out / "scores.csv", index=False)
+    provenance_runs.to_csv(out / "provenance_runs.csv", index=False)
+    provenance_scores.to_csv(out / "provenance_scores.csv", index=False)
+
+
+def condense_notes(notes: list[str]) -> list[str]:
+    """Notes with the many alike ones (a score file of each run not compared) counted in one line."""
+    other = [note for note in notes if note.endswith("which is not one of the compared runs; left out")]
+    kept = [note for note in notes if note not in other]
+    if other:
+        kept.insert(0, f"{len(other)} score files belong to runs that are not compared and are left out "
+                       "(provenance_scores.csv lists them)")
+    return kept
 
 
 def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_dir: str | Path,
-                 allow_mixed: bool = False, scores_required: bool = True) -> dict[str, Any]:
+                 allow_mixed: bool = False, scores_required: bool = True, primary: str | None = None,
+                 correction: str = "holm", seed_spread: significance.SeedSpread | None = None,
+                 min_differences: dict[str, float] | None = None, arm_per_run: bool = False,
+                 options: list[str] | None = None) -> dict[str, Any]:
     """Write the report; returns {"report_md", "report_html", "headline_csv": Path, "figures": {name: Path},
     "skipped_figures": {name: reason}, "headline": numeric DataFrame (index arm; ``<metric>_mean/_std/_n``),
-    "verdicts": [significance.Verdict], "summary": the verdicts in one sentence,
-    "headline_table": the DataFrame as printed, "warnings": [str]}.
+    "verdicts": [significance.Verdict], "primary": the primary metric's key, "primary_sentence",
+    "summary": the verdicts in one sentence per arm, "headline_table": the table as printed (metrics as
+    rows, arms as columns), "warnings": [str], "notes": [str]}.
 
+    ``primary`` defaults per recipe kind (endpoints.default_primary); ``seed_spread`` sets the primary's
+    interval where an arm has one seed; ``options`` are the CLI flags to repeat in the regenerate command.
     Raises :class:`ReportInputError` (one line) on unreadable input or, without ``allow_mixed``, on runs
     trained with different recipes."""
     labels = [str(run_dir) for run_dir in run_dirs]
@@ -237,45 +234,78 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
                         f"{describe(differences)}. Differences between arms may come from the recipe, "
                         "not the towers.")
     differing = [name for name in differences if name != "recipe_sha256"]
-    arms = group_arms(runs, differing)
+    arms = one_arm_per_run(runs) if arm_per_run else group_arms(runs, differing)
     scores = load_scores(scores_dir, required=scores_required)
     notes = duplicate_seed_notes(arms) + assign(scores, runs, arms) + tables.throughput_notes(arms, scores)
     add_checkpoint_evals(scores, runs)
+    primary = primary or endpoints.default_primary(runs)
+    if primary is not None and endpoints.rule(primary) is None:
+        raise ReportInputError(f"--primary {primary}: not a metric the report compares; expected one of "
+                               f"{', '.join(endpoints.RULES)}")
+    verdicts = significance.compare_arms(arms, scores, primary, correction, seed_spread, min_differences)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written, skipped = _figures(arms, scores, out)
     headline = tables.headline_frame(arms, scores)
     headline_table = tables.headline_display(headline, arms)
-    headline.to_csv(out / "headline.csv")
+    _write_details(out, headline, verdicts, runs, arms, scores)
 
     doc = Document()
-    title = "mixclip-bench comparison: " + " vs ".join(arm.label for arm in arms)
-    _opening(doc, title, warnings, runs, arms, command_for(labels, scores_dir, out_dir, allow_mixed))
+    title = title_for(arms)
+    _opening(doc, title, warnings, runs, arms, verdicts, correction)
     _headline_section(doc, headline_table)
-    verdicts = significance.compare_arms(arms, scores)
     if len(arms) > 1:
-        _significance_section(doc, verdicts)
+        _significance_section(doc, verdicts, correction, primary)
     factorial_table = _factorial_section(doc, arms, scores)
     cautions = tables.subset_notes(scores)
     for caution in cautions:
         doc.add("p", f"Caution: {caution}.")
     _recipe_section(doc, runs, differing, bool(differences))
     _figures_section(doc, written, skipped)
-    _runs_and_scores_sections(doc, runs, arms, scores)
-    all_notes = notes + [f"{name}: {reason}" for name, reason in skipped.items()]
+    doc.add("h2", "Detail files")
+    doc.add("links", list(DETAIL_FILES.items()))
+    all_notes = condense_notes(notes) + [f"{name}: {reason}" for name, reason in skipped.items()]
     if all_notes:
         doc.add("h2", "Notes")
         doc.add("list", all_notes)
+    doc.add("h2", "Regenerate")
+    doc.add("code", command_for(labels, scores_dir, out_dir, allow_mixed, options))
 
     report_md, report_html = out / "report.md", out / "report.html"
     report_md.write_text(doc.markdown(), encoding="utf-8")
     report_html.write_text(doc.html(title), encoding="utf-8")
     return {"report_md": report_md, "report_html": report_html, "headline_csv": out / "headline.csv",
             "figures": written, "skipped_figures": skipped, "headline": headline, "verdicts": verdicts,
-            "summary": significance.summary_sentence(verdicts),
+            "primary": primary, "primary_sentence": verdict_text.primary_sentence(verdicts),
+            "summary": verdict_text.summary_sentence(verdicts, correction),
             "headline_table": headline_table, "factorial": factorial_table,
-            "warnings": warnings + cautions + notes}
+            "warnings": warnings + cautions + notes, "notes": all_notes, "banner": warnings + cautions}
+
+
+def _seed_spread(args: argparse.Namespace, parser: argparse.ArgumentParser) -> significance.SeedSpread | None:
+    if args.seed_sd is None:
+        return None
+    if args.seed_sd <= 0:
+        parser.error(f"--seed-sd {args.seed_sd}: expected a positive standard deviation")
+    if not args.seed_sd_source:
+        parser.error("--seed-sd needs --seed-sd-source: say where the spread comes from (it is printed "
+                     "beside every interval it sets)")
+    return significance.SeedSpread(args.seed_sd, args.seed_sd_source, args.seed_sd_df)
+
+
+def _min_differences(values: list[str], parser: argparse.ArgumentParser) -> dict[str, float]:
+    found = {}
+    for value in values:
+        key, _, number = value.partition("=")
+        try:
+            found[key] = float(number)
+        except ValueError:
+            parser.error(f"--min-difference {value}: expected METRIC=NUMBER, e.g. imagenet_top1=0.5")
+        if key not in endpoints.RULES:
+            parser.error(f"--min-difference {value}: unknown metric {key}; expected one of "
+                         f"{', '.join(endpoints.RULES)}")
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,27 +315,76 @@ def build_parser() -> argparse.ArgumentParser:
                         help="benchmark score folder, <dir>/<benchmark>/<model-id>.json "
                              f"(default: {DEFAULT_SCORES} if it exists)")
     parser.add_argument("--out", type=Path, required=True,
-                        help="folder for report.md, report.html, headline.csv and the PNGs")
+                        help="folder for report.md, report.html, the CSV detail files and the PNGs")
     parser.add_argument("--allow-mixed", action="store_true",
                         help="compare runs trained with different recipes anyway (adds a warning banner)")
+    parser.add_argument("--primary", default=None, metavar="METRIC",
+                        help="the comparison's primary endpoint, a headline key (default: imagenet_top1 "
+                             "where runs have it, else toy_top1_seen, else toy_top1)")
+    parser.add_argument("--correction", choices=significance.CORRECTIONS, default="holm",
+                        help="multiplicity correction of the secondary metrics: holm (familywise, default), "
+                             "bh (Benjamini-Hochberg false discovery rate) or none")
+    parser.add_argument("--seed-sd", type=float, default=None, metavar="SD",
+                        help="seed-to-seed sd of the primary metric, for arms with one seed (without it such "
+                             "a comparison gets no verdict)")
+    parser.add_argument("--seed-sd-source", default=None, metavar="TEXT",
+                        help="where --seed-sd comes from, e.g. 'transformer seeds 10-22 of this recipe'")
+    parser.add_argument("--seed-sd-df", type=int, default=None, metavar="DF",
+                        help="degrees of freedom of --seed-sd (seeds it was estimated from minus 1); "
+                             "default: taken as known (normal interval)")
+    parser.add_argument("--min-difference", action="append", default=[], metavar="METRIC=VALUE",
+                        help="smallest difference of practical interest for one metric (default per kind: "
+                             "1 point of accuracy or STS, 0.05 nats of loss)")
+    parser.add_argument("--arm-per-run", action="store_true",
+                        help="every run folder is its own arm (e.g. two seeds of one tower)")
     return parser
 
 
+def _repeated_options(argv: list[str]) -> list[str]:
+    """The report options of a command line, to repeat in the report's regenerate command."""
+    options, keep = [], False
+    for arg in argv:
+        name = arg.split("=")[0]
+        if name.startswith("--"):
+            keep = name in ("--primary", "--correction", "--seed-sd", "--seed-sd-source", "--seed-sd-df",
+                            "--min-difference", "--arm-per-run")
+            if keep:
+                options.append(arg)
+        elif keep:
+            options.append(arg)
+    return options
+
+
+def _print(text: str) -> None:
+    print(textwrap.fill(text, width=100, break_on_hyphens=False))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
     scores_dir = args.scores if args.scores is not None else DEFAULT_SCORES
     try:
         result = write_report(args.run_dirs, scores_dir, args.out, allow_mixed=args.allow_mixed,
-                              scores_required=args.scores is not None)
+                              scores_required=args.scores is not None, primary=args.primary,
+                              correction=args.correction, seed_spread=_seed_spread(args, parser),
+                              min_differences=_min_differences(args.min_difference, parser),
+                              arm_per_run=args.arm_per_run, options=_repeated_options(argv))
     except ReportInputError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         raise SystemExit(2) from None
-    for warning in result["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(result["summary"])
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(result["headline_table"].to_string(index=False))
-    print(f"wrote {result['report_md']}, {result['report_html']} and {len(result['figures'])} figures "
+    for warning in result["banner"]:
+        print(textwrap.fill(f"warning: {warning}", width=100, break_on_hyphens=False), file=sys.stderr)
+    if result["notes"]:
+        print(f"{len(result['notes'])} notes (score files left out, figures not drawn): see Notes in "
+              f"{result['report_md']}", file=sys.stderr)
+    _print(result["primary_sentence"])
+    _print(result["summary"])
+    table = result["headline_table"]
+    width = int(table["metric"].str.len().max())
+    print(table.to_string(index=False, formatters={"metric": lambda text: f"{text:<{width}}"},
+                          justify="left"))
+    print(f"wrote {result['report_md']}, report.html, {len(result['figures'])} figures and the CSV detail "
           f"to {args.out}")
     return result
 

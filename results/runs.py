@@ -327,3 +327,10 @@ def duplicate_seed_notes(arms: list[Arm]) -> list[str]:
                 notes.append(f"{arm.label}: runs {', '.join(labels)} share seed {seed}; they count as "
                              "separate replicates, which understates the seed-to-seed spread")
     return notes
+
+
+def one_arm_per_run(runs: list[Run]) -> list[Arm]:
+    """Every run its own arm, labelled by its run name (the folder where two runs share a name): how far
+    apart runs of one recipe land, for ``--arm-per-run``."""
+    names = [run.name for run in runs]
+    return [Arm(run.name if names.count(run.name) == 1 else run.label, [run]) for run in runs]

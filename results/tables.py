@@ -176,31 +176,36 @@ def _mean_std(mean: float, std: float, n: int, seeds: int, decimals: int, per_ar
     return text
 
 
+def arm_columns(arms: list[Arm]) -> dict[str, str]:
+    """Arm label -> its column in the report's tables: the label with up to 3 arms, else A1, A2, ...
+    (eight labels of 40 characters would not fit 1,280 px; the report lists what each tag stands for)."""
+    if len(arms) <= 3:
+        return {arm.label: arm.label for arm in arms}
+    return {arm.label: f"A{i}" for i, arm in enumerate(arms, start=1)}
+
+
 def headline_display(frame: pd.DataFrame, arms: list[Arm]) -> pd.DataFrame:
-    """The headline as text: ``mean ± std`` per cell, ``(n=k)`` where fewer seeds than the arm has, and
-    ``[low, high]`` (95% CI) for the metrics that show one."""
-    seeds = {arm.label: arm for arm in arms}
-    rows = []
-    for label, numbers in frame.iterrows():
-        arm = seeds[label]
-        row = {"arm": label, "seeds": f"{len(arm.runs)} ({', '.join(str(s) for s in arm.seeds)})"}
-        for metric in HEADLINE:
-            if f"{metric.key}_mean" in frame.columns:
-                row[metric.label] = _mean_std(numbers[f"{metric.key}_mean"], numbers[f"{metric.key}_std"],
-                                              int(numbers[f"{metric.key}_n"]), len(arm.runs),
-                                              metric.decimals, metric.per_run is None)
-                if metric.ci and row[metric.label] != MISSING:
-                    ci = _ci(numbers[f"{metric.key}_ci_lo"], numbers[f"{metric.key}_ci_hi"], metric.decimals)
-                    row[metric.label] += f" {ci}" if ci != MISSING else ""
+    """The headline as text, metrics as rows and arms as columns: ``mean ± std`` per cell, ``(n=k)``
+    where fewer seeds than the arm has, and with up to 3 arms ``[low, high]`` (95% CI) for the metrics
+    that show one (every number, CIs included, is in headline.csv)."""
+    columns = arm_columns(arms)
+    with_ci = len(arms) <= 3
+    by_label = {arm.label: arm for arm in arms}
+    rows = [{"metric": "seeds", **{columns[label]: str(len(by_label[label].runs)) for label in frame.index}}]
+    for metric in HEADLINE:
+        if f"{metric.key}_mean" not in frame.columns:
+            continue
+        row = {"metric": metric.label}
+        for label, numbers in frame.iterrows():
+            cell = _mean_std(numbers[f"{metric.key}_mean"], numbers[f"{metric.key}_std"],
+                             int(numbers[f"{metric.key}_n"]), len(by_label[label].runs), metric.decimals,
+                             metric.per_run is None)
+            if with_ci and metric.ci and cell != MISSING:
+                ci = _ci(numbers[f"{metric.key}_ci_lo"], numbers[f"{metric.key}_ci_hi"], metric.decimals)
+                cell += f" {ci}" if ci != MISSING else ""
+            row[columns[label]] = cell
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _fmt(value: Any, decimals: int = 2) -> str:
-    number = _number(value)
-    if number is None:
-        return MISSING if value is None or isinstance(value, float) else str(value)
-    return f"{number:.{decimals}f}"
 
 
 def _ci(low: Any, high: Any, decimals: int = 1) -> str:
@@ -210,31 +215,21 @@ def _ci(low: Any, high: Any, decimals: int = 1) -> str:
 
 
 def runs_frame(arms: list[Arm]) -> pd.DataFrame:
-    """One row per run: final numbers and the health of its training (data wait, skips, non-finite steps)."""
+    """One row per run (runs.csv): seed, length, the health of its training (data wait, skipped samples,
+    non-finite steps) and every number of its final evaluation."""
     rows = []
     for arm in arms:
         for run in arm.runs:
             last = run.train.iloc[-1]
-            final = run.final_eval
-            rows.append({
-                "run": run.label, "arm": arm.label, "seed": run.seed, "steps": int(last["step"]),
-                "samples seen": int(last["samples_seen"]), "final loss": _fmt(last["loss"], 3),
-                "toy top-1 seen / held-out (%)": f"{_fmt(final.get('toy_top1_seen'), 1)} / "
-                                                 f"{_fmt(final.get('toy_top1_held_out'), 1)}",
-                "toy top-1, all (%)": _fmt(final.get("toy_top1"), 1),
-                "top-1 95% CI": _ci(final.get("toy_top1_ci_lo"), final.get("toy_top1_ci_hi")),
-                "R@1 i2t / t2i (%)": f"{_fmt(final.get('toy_i2t_r1'), 1)} / "
-                                     f"{_fmt(final.get('toy_t2i_r1'), 1)}",
-                "val loss": _fmt(final.get("toy_val_loss"), 3),
-                "top-5 (%)": _fmt(final.get("toy_top5"), 1),
-                "colour / shape acc (%)": f"{_fmt(final.get('toy_colour_acc'), 1)} / "
-                                          f"{_fmt(final.get('toy_shape_acc'), 1)}",
-                "eval images": _fmt(final.get("toy_n"), 0),
-                "samples/s (median)": _fmt(run.train["samples_per_s"].median(), 1),
-                "data wait (median)": _fmt(run.train["data_wait_frac"].median(), 3),
-                "skipped samples": _fmt(last.get("skipped_total"), 0),
-                "non-finite steps": _fmt(last.get("nonfinite_steps"), 0),
-            })
+            row = {"run": run.label, "arm": arm.label, "seed": run.seed, "steps": int(last["step"]),
+                   "samples_seen": int(last["samples_seen"]), "final_train_loss": _number(last["loss"]),
+                   "samples_per_s_median": _number(run.train["samples_per_s"].median()),
+                   "data_wait_frac_median": _number(run.train["data_wait_frac"].median()),
+                   "skipped_samples": _number(last.get("skipped_total")),
+                   "nonfinite_steps": _number(last.get("nonfinite_steps"))}
+            row.update({f"final_{key}": value for key, value in run.final_eval.items()
+                        if key != "step" and _number(value) is not None})
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -244,7 +239,8 @@ FINAL_EVAL_METRICS = (("top1", "top-1 (%)"), ("top5", "top-5 (%)"),
 
 
 def scores_frame(runs: list[Run], scores: list[Score]) -> pd.DataFrame:
-    """Every number: the runs' final in-training evaluations, then every score file's metrics."""
+    """Every number (scores.csv): the runs' final in-training evaluations, then every score file's
+    metrics, each with its 95% CI where the benchmark computes one."""
     rows = []
     for run in runs:
         final = run.final_eval
@@ -255,16 +251,16 @@ def scores_frame(runs: list[Run], scores: list[Score]) -> pd.DataFrame:
                 ci = ((final.get(f"{key}_ci_lo"), final.get(f"{key}_ci_hi")) if metric == "top1"
                       else (None, None))
                 rows.append({"benchmark": f"{name} (in training)", "model": run.name, "belongs to": run.label,
-                             "metric": label, "value": _fmt(final[key]), "95% CI": _ci(*ci, decimals=2),
-                             "n": _fmt(final.get(f"{name}_n"), 0), "note": f"step {final.get('step', '?')}",
-                             "file": f"{run.label}/{source}"})
+                             "metric": label, "value": _number(final[key]), "ci95_low": _number(ci[0]),
+                             "ci95_high": _number(ci[1]), "n": _number(final.get(f"{name}_n")),
+                             "note": f"step {final.get('step', '?')}", "file": f"{run.label}/{source}"})
     for score in scores:
         note = score_note(score)
         for row in metric_rows(score):
             rows.append({"benchmark": score.benchmark, "model": row["subject"] or score.model_id,
-                         "belongs to": score.owner, "metric": row["metric"], "value": _fmt(row["value"]),
-                         "95% CI": _ci(row["ci95_low"], row["ci95_high"], decimals=2),
-                         "n": _fmt(row["n"], 0), "note": note, "file": str(score.path)})
+                         "belongs to": score.owner, "metric": row["metric"], "value": row["value"],
+                         "ci95_low": row["ci95_low"], "ci95_high": row["ci95_high"], "n": _number(row["n"]),
+                         "note": note, "file": str(score.path)})
     return pd.DataFrame(rows)
 
 
@@ -276,15 +272,29 @@ def recipe_frame(runs: list[Run], differing: list[str]) -> pd.DataFrame:
         if key == "seed":
             value = ", ".join(sorted({str(run.seed) for run in runs}, key=lambda s: (len(s), s)))
         elif key in differing:
-            value = "DIFFERS: " + "; ".join(f"{run.label}: {run.recipe.get(key)}" for run in runs)
+            shown = dict.fromkeys(readable(run.recipe.get(key)) for run in runs)
+            value = "DIFFERS: " + " / ".join(shown)
         else:
-            value = str(runs[0].recipe.get(key))
+            value = readable(runs[0].recipe.get(key))
         rows.append({"recipe field": key, "value": value})
     world = sorted({str(run.config.get("world_size")) for run in runs})
     global_batch = sorted({str(run.config.get("global_batch_size")) for run in runs})
-    rows.append({"recipe field": "(world size)", "value": ", ".join(world)})
-    rows.append({"recipe field": "(global batch size)", "value": ", ".join(global_batch)})
+    rows.append({"recipe field": "world size (not in the recipe)", "value": ", ".join(world)})
+    rows.append({"recipe field": "global batch size", "value": ", ".join(global_batch)})
     return pd.DataFrame(rows)
+
+
+def readable(value: Any) -> str:
+    """A recipe value as a reader writes it: no Python reprs (None, True, dicts, lists)."""
+    if value is None:
+        return "default"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {readable(item)}" for key, item in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(readable(item) for item in value) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def provenance_frames(runs: list[Run], scores: list[Score]) -> tuple[pd.DataFrame, pd.DataFrame]:

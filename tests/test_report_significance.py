@@ -1,6 +1,7 @@
-"""results.report says when a difference is real (Welch over seeds, bootstrap CIs with one seed), shows
-ImageNet zero-shot in the headline (with CIs) and as curves (in training or per saved step), and the
-README's comparison sentence is the committed reference report's."""
+"""results.report says when a difference is real and whether it matters (paired or Welch t over seeds,
+no verdict from one seed without a seed spread, Holm / BH for the secondaries, seeds needed for 80%
+power), shows ImageNet zero-shot in the headline (with CIs) and as curves, and the README's comparison
+sentences are the committed reference report's."""
 
 from __future__ import annotations
 
@@ -35,38 +36,98 @@ def _verdicts(result) -> dict[str, str]:
     return {v.metric: v.verdict for v in result["verdicts"]}
 
 
-def test_several_seeds_welch_decides_better_worse_and_tie(tmp_path, monkeypatch):
-    # toy top-1: mixer 30-32 vs transformer 20-22 per seed: a real difference
-    monkeypatch.setitem(ARMS, "mixer", ARMS["mixer"][:2] + ({0: 30.0, 1: 31.0, 2: 32.0},) + ARMS["mixer"][3:])
-    monkeypatch.setitem(ARMS, "transformer",
-                        ARMS["transformer"][:2] + ({0: 20.0, 1: 22.0, 2: 21.0},) + ARMS["transformer"][3:])
+def _set_top1(monkeypatch, tower: str, values: dict[int, float]) -> None:
+    monkeypatch.setitem(ARMS, tower, ARMS[tower][:2] + (values,) + ARMS[tower][3:])
+
+
+def test_shared_seeds_are_paired_and_the_primary_comes_first(tmp_path, monkeypatch):
+    # toy top-1 (the primary of toy v4 runs): mixer 30 / 31 / 32 vs transformer 20 / 22 / 21 by seed
+    _set_top1(monkeypatch, "mixer", {0: 30.0, 1: 31.0, 2: 32.0})
+    _set_top1(monkeypatch, "transformer", {0: 20.0, 1: 22.0, 2: 21.0})
     runs = [make_run(tmp_path / "runs", tower, seed) for tower in ("transformer", "mixer")
             for seed in (0, 1, 2)]
     result = report.write_report(runs, None, tmp_path / "report", scores_required=False)
+    assert result["primary"] == "toy_top1"
+    top1 = result["verdicts"][0]
+    assert top1.metric == "toy_top1" and top1.role == "primary" and top1.verdict == "better"
+    differences = [10.0, 9.0, 11.0]  # the paired t interval by hand: mean +- t(0.975, 2) * sd / sqrt(3)
+    half = stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / math.sqrt(3)
+    assert (top1.difference, top1.low, top1.high) == pytest.approx((10.0, 10.0 - half, 10.0 + half))
+    assert top1.method == "paired t over 3 shared seeds"
+    assert top1.seeds_needed == significance.seeds_for_power(10.0, 1.0, paired=True)
     verdicts = _verdicts(result)
-    assert verdicts["toy_top1"] == "better"  # mixer (the second arm) vs transformer (the first)
-    # loss 2.3 / 2.2 / 2.1 vs 2.5 / 2.4 / 2.3: -0.2 +- 0.23 (t with 4 df): not real
-    loss = next(v for v in result["verdicts"] if v.metric == "final_loss")
-    assert loss.verdict == "tie" and loss.difference == pytest.approx(-0.2) and loss.low < 0 < loss.high
-    assert significance._word(-0.3, -0.1, higher_is_better=False) == "better"  # a lower loss is better
-    assert verdicts["in_training_samples_per_s"] == "tie"  # 10 + seed on both arms: identical
-    top1 = next(v for v in result["verdicts"] if v.metric == "toy_top1")
-    assert top1.difference == pytest.approx(10.0) and top1.low > 0 and "Welch t, 3 vs 3" in top1.method
+    assert verdicts["final_loss"] == ""  # one training batch's loss: a diagnostic, never a verdict
+    assert verdicts["in_training_samples_per_s"] == ""  # timed under unknown conditions: no word
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "## Is the difference real?" in text and result["summary"] in text
-    assert result["summary"].startswith("mixer-tiny vs transformer-tiny (95% intervals): better on ")
-    assert "toy zero-shot top-1" in result["summary"].split(". a tie")[0]
+    first = text.split("\n\n")[1]  # the sentence under the title
+    assert first == (f"**Primary endpoint, toy top-1 at 1,280 samples seen: mixer-tiny 31.0 vs "
+                     f"transformer-tiny 21.0 (3 seeds each), difference +10.0 points, 95% interval "
+                     f"[{10 - half:+.1f}, {10 + half:+.1f}] (paired t over 3 shared seeds): "
+                     "mixer-tiny is better.**")
+    assert result["summary"].startswith("mixer-tiny vs transformer-tiny: wins toy top-1 by 10.0 [")
+    assert f"In one sentence: {result['summary']}" in text
 
 
-@pytest.mark.parametrize(("mixer_top1", "expected"), [(40.0, "better"), (28.0, "tie"), (8.0, "worse")])
-def test_one_seed_the_runs_bootstrap_cis_decide(tmp_path, monkeypatch, mixer_top1, expected):
-    # make_run writes CI = value +- 5: transformer 20 -> [15, 25]
-    monkeypatch.setitem(ARMS, "mixer", ARMS["mixer"][:2] + ({0: mixer_top1},) + ARMS["mixer"][3:])
+def test_seeds_not_shared_use_welch(tmp_path, monkeypatch):
+    _set_top1(monkeypatch, "mixer", {0: 30.0, 1: 31.0, 2: 32.0, 3: 33.0})
+    runs = [make_run(tmp_path / "runs", "transformer", seed) for seed in (0, 1)]
+    runs += [make_run(tmp_path / "runs", "mixer", seed) for seed in (2, 3)]
+    result = report.write_report(runs, None, tmp_path / "report", scores_required=False)
+    top1 = result["verdicts"][0]
+    assert top1.method == "Welch t, 2 vs 2 seeds"
+    assert (top1.difference, top1.low, top1.high) == pytest.approx(welch_interval([32.0, 33.0], [20.0, 26.0]))
+
+
+def test_a_significant_difference_under_the_practical_minimum_is_negligible(tmp_path, monkeypatch):
+    _set_top1(monkeypatch, "mixer", {0: 20.5, 1: 26.6, 2: 21.4})
+    _set_top1(monkeypatch, "transformer", {0: 20.0, 1: 26.0, 2: 21.0})
+    runs = [make_run(tmp_path / "runs", tower, seed) for tower in ("transformer", "mixer")
+            for seed in (0, 1, 2)]
+    result = report.write_report(runs, None, tmp_path / "report", scores_required=False)
+    top1 = result["verdicts"][0]
+    assert top1.low > 0 and top1.difference == pytest.approx(0.5) and top1.verdict == "negligible"
+    wider = report.write_report(runs, None, tmp_path / "r2", scores_required=False,
+                                min_differences={"toy_top1": 0.25})
+    assert wider["verdicts"][0].verdict == "better"
+
+
+@pytest.mark.parametrize(("mixer_top1", "with_spread"), [(40.0, "better"), (28.0, "inconclusive"),
+                                                         (8.0, "worse")])
+def test_one_seed_gives_the_eval_set_interval_and_no_verdict_unless_a_spread_is_given(
+        tmp_path, monkeypatch, mixer_top1, with_spread):
+    # make_run writes CI = value +- 5: each run's bootstrap se is 5 / 1.96, the difference's sqrt(2) x that
+    _set_top1(monkeypatch, "mixer", {0: mixer_top1})
     runs = [make_run(tmp_path / "runs", tower, 0) for tower in ("transformer", "mixer")]
     result = report.write_report(runs, None, tmp_path / "report", scores_required=False)
-    verdicts = _verdicts(result)
-    assert verdicts["toy_top1"] == expected
-    assert set(verdicts) == {"toy_top1"}  # no other metric has a per-run CI: one seed decides nothing else
+    assert set(_verdicts(result).values()) == {""}  # one seed per arm: no architecture verdict at all
+    top1 = result["verdicts"][0]
+    difference = mixer_top1 - 20.0
+    half = 5 * math.sqrt(2)
+    assert (top1.low, top1.high) == pytest.approx((difference - half, difference + half))
+    assert "one seed per arm" in top1.reason and top1.seeds_needed is None
+    assert "no architecture verdict" in result["primary_sentence"]
+    spread = significance.SeedSpread(3.0, "transformer seeds 10-22")
+    given = report.write_report(runs, None, tmp_path / "r2", scores_required=False, seed_spread=spread)
+    top1 = given["verdicts"][0]
+    half = stats.norm.ppf(0.975) * 3.0 * math.sqrt(2)
+    assert (top1.low, top1.high) == pytest.approx((difference - half, difference + half))
+    assert top1.verdict == with_spread
+    assert "seed sd 3 from transformer seeds 10-22" in given["primary_sentence"]
+    assert top1.seeds_needed == significance.seeds_for_power(difference, 3.0)
+
+
+def test_seeds_for_power_matches_published_tables():
+    # G*Power / Cohen (1988): two-sided t test at 0.05 and 80% power, effect size d = difference / sd
+    assert [significance.seeds_for_power(d, 1.0) for d in (0.2, 0.5, 0.8)] == [394, 64, 26]
+    assert significance.seeds_for_power(0.5, 1.0, paired=True) == 34  # paired: 34 pairs
+    assert significance.seeds_for_power(0.0, 1.0) is None
+
+
+def test_holm_and_benjamini_hochberg_adjust_the_secondaries():
+    p = [0.01, 0.04, 0.03, 0.005]
+    assert significance.holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])  # 3p, max(2p, ...), p, 4p
+    assert significance.adjust(p, "bh") == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert significance.adjust(p, "none") == p
 
 
 def _add_imagenet_evals(run: Path, top1: float) -> None:
@@ -96,7 +157,8 @@ def test_headline_has_imagenet_top1_top5_with_cis_and_two_curve_panels(tmp_path)
     assert mixer["imagenet_top5_mean"] == pytest.approx(25.5)
     low, high = stats.t.interval(0.95, 1, loc=8.5, scale=stats.sem([8.0, 9.0]))
     assert (mixer["imagenet_top1_ci_lo"], mixer["imagenet_top1_ci_hi"]) == pytest.approx((low, high))
-    shown = result["headline_table"].set_index("arm").loc["mixer-tiny", "ImageNet zero-shot top-1 (%)"]
+    assert result["primary"] == "imagenet_top1"  # at scale the primary is ImageNet, not the toy
+    shown = result["headline_table"].set_index("metric").loc["ImageNet zero-shot top-1 (%)", "mixer-tiny"]
     assert shown == f"8.50 ± 0.71 [{low:.2f}, {high:.2f}]"
     # toy and ImageNet panels side by side: twice the width of a toy-only figure
     toy_only = tmp_path / "toy_only"
@@ -131,7 +193,8 @@ def test_every_checkpoint_scores_become_the_imagenet_curve(tmp_path):
     assert loaded.evals["toy_top1"].notna().sum() == 4  # the toy evaluations are still all there
 
 
-def test_readme_comparison_sentence_is_the_reference_reports():
+def test_readme_comparison_sentences_are_the_reference_reports():
     text = (REPO / "results" / "reference" / "report" / "report.md").read_text()
-    sentence = re.search(r"^In one sentence: (.+)$", text, re.MULTILINE).group(1)
-    assert sentence in " ".join((REPO / "README.md").read_text().split())
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert re.search(r"^\*\*(Primary endpoint.+)\*\*$", text, re.MULTILINE).group(1) in readme
+    assert re.search(r"^In one sentence: (.+)$", text, re.MULTILINE).group(1) in readme
