@@ -103,10 +103,11 @@ def title_for(arms: list) -> str:
 def _opening(doc: Document, title: str, warnings: list[str], runs: list, arms: list,
              verdicts: list, correction: str) -> None:
     doc.add("h1", title)
-    doc.add("lead", verdict_text.primary_sentence(verdicts))
+    doc.add("lead", verdict_text.primary_sentence(verdicts, tables.arm_columns(arms)))
     for warning in warnings:  # before the sentence that a warning qualifies
         doc.add("warning", warning)
-    doc.add("p", f"In one sentence: {verdict_text.summary_sentence(verdicts, correction)}")
+    summary = verdict_text.summary_sentence(verdicts, correction, tables.arm_columns(arms))
+    doc.add("p", f"In one sentence: {summary}")
     columns = tables.arm_columns(arms)
     doc.add("p", f"{len(runs)} runs in {len(arms)} arms; the first arm is the baseline every other arm is "
                  "compared with.")
@@ -125,7 +126,8 @@ def _headline_section(doc: Document, headline_table) -> None:
     doc.add("table", headline_table)
 
 
-def _significance_section(doc: Document, verdicts: list, correction: str, primary: str | None) -> None:
+def _significance_section(doc: Document, verdicts: list, correction: str, primary: str | None,
+                          tags: dict[str, str]) -> None:
     doc.add("h2", "Is the difference real, and does it matter?")
     rule = endpoints.rule(primary) if primary else None
     doc.add("p", f"Each arm against the first. Primary endpoint: {rule.short if rule else 'none'}, tested at "
@@ -141,7 +143,7 @@ def _significance_section(doc: Document, verdicts: list, correction: str, primar
                  "points of 100%, or on throughput not timed under the same conditions. Every number, "
                  "p-values and seeds needed included: verdicts.csv.")
     if verdicts:
-        doc.add("table", verdict_text.verdict_frame(verdicts, correction))
+        doc.add("table", verdict_text.verdict_frame(verdicts, correction, tags))
 
 
 def _factorial_section(doc: Document, arms: list, scores: list):
@@ -256,7 +258,7 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     _opening(doc, title, warnings, runs, arms, verdicts, correction)
     _headline_section(doc, headline_table)
     if len(arms) > 1:
-        _significance_section(doc, verdicts, correction, primary)
+        _significance_section(doc, verdicts, correction, primary, tables.arm_columns(arms))
     factorial_table = _factorial_section(doc, arms, scores)
     cautions = tables.subset_notes(scores)
     for caution in cautions:
@@ -277,8 +279,9 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     report_html.write_text(doc.html(title), encoding="utf-8")
     return {"report_md": report_md, "report_html": report_html, "headline_csv": out / "headline.csv",
             "figures": written, "skipped_figures": skipped, "headline": headline, "verdicts": verdicts,
-            "primary": primary, "primary_sentence": verdict_text.primary_sentence(verdicts),
-            "summary": verdict_text.summary_sentence(verdicts, correction),
+            "primary": primary,
+            "primary_sentence": verdict_text.primary_sentence(verdicts, tables.arm_columns(arms)),
+            "summary": verdict_text.summary_sentence(verdicts, correction, tables.arm_columns(arms)),
             "headline_table": headline_table, "factorial": factorial_table,
             "warnings": warnings + cautions + notes, "notes": all_notes, "banner": warnings + cautions}
 
@@ -382,8 +385,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _print(result["summary"])
     table = result["headline_table"]
     width = int(table["metric"].str.len().max())
-    print(table.to_string(index=False, formatters={"metric": lambda text: f"{text:<{width}}"},
-                          justify="left"))
+    text = table.to_string(index=False, formatters={"metric": lambda cell: f"{cell:<{width}}"},
+                           justify="left")
+    if max(len(line) for line in text.splitlines()) <= 120:  # wider (many arms): the report has it
+        print(text)
     print(f"wrote {result['report_md']}, report.html, {len(result['figures'])} figures and the CSV detail "
           f"to {args.out}")
     return result

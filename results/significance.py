@@ -16,7 +16,8 @@ through scipy's ``false_discovery_control``). Verdict words, from the compared a
 +- that minimum; ``inconclusive``: neither. No word (``verdict == ""``, ``reason`` says why) on
 diagnostics, on metrics where both arms are within the ceiling margin, on throughput not measured under
 the same conditions, and with one seed and no spread. ``seeds_needed`` is the seeds per arm a two-sided
-t test at 0.05 would need for 80% power at the observed difference and spread.
+t test would need for 80% power at the observed difference and spread, at 0.05 / (family size) where a
+correction applies (Bonferroni's bound on Holm).
 
     verdicts = compare_arms(arms, scores, primary="toy_top1_seen")
     print(primary_sentence(verdicts), summary_sentence(verdicts))
@@ -72,6 +73,7 @@ class Verdict:
     spread: float = math.nan  # the seed sd behind seeds_needed (of the differences when paired)
     means: tuple[float, float] = (math.nan, math.nan)  # (arm, baseline)
     seeds: tuple[int, int] = (0, 0)
+    paired: bool = False
     budget: float | None = None  # samples seen of the primary's evaluation
     min_difference: float = math.nan
     notes: list[str] = field(default_factory=list)
@@ -167,6 +169,7 @@ def _estimate(verdict: Verdict, a: Sample, b: Sample, spread: SeedSpread | None)
             differences = np.subtract(a.values, matched)
             verdict.spread = float(np.std(differences, ddof=1)) if np.ptp(differences) > 0 else 0.0
             verdict.method = f"paired t over {len(a.values)} shared seeds"
+            verdict.paired = True
         else:
             spreads = [np.std(v, ddof=1) if np.ptp(v) > 0 else 0.0 for v in (a.values, b.values)]
             verdict.spread = float(math.sqrt((spreads[0] ** 2 + spreads[1] ** 2) / 2))
@@ -178,7 +181,7 @@ def _estimate(verdict: Verdict, a: Sample, b: Sample, spread: SeedSpread | None)
                   else stats.ttest_ind(a.values, b.values, equal_var=False))
         interval = result.confidence_interval(CONFIDENCE)
         verdict.low, verdict.high, verdict.p = float(interval.low), float(interval.high), float(result.pvalue)
-        verdict.seeds_needed = seeds_for_power(verdict.difference, verdict.spread, paired=_paired(a, b))
+        verdict.seeds_needed = seeds_for_power(verdict.difference, verdict.spread, paired=verdict.paired)
         return
     if spread is not None:
         error = spread.sd * math.sqrt(1 / len(a.values) + 1 / len(b.values))
@@ -275,4 +278,7 @@ def compare_arms(arms: list[Arm], scores: list[Score], primary: str | None = Non
         for verdict, adjusted in zip(family, adjust([v.p for v in family], method), strict=True):
             verdict.p_adjusted = adjusted
             verdict.verdict = _word(verdict, endpoints.rule(verdict.metric), adjusted < ALPHA)
+            if method != "none" and len(family) > 1:  # sized for the corrected test (Bonferroni's bound)
+                verdict.seeds_needed = seeds_for_power(verdict.difference, verdict.spread, verdict.paired,
+                                                       alpha=ALPHA / len(family))
     return verdicts

@@ -63,28 +63,36 @@ def _outcome(verdict: Verdict) -> str:
     return f"inconclusive; {_needed(verdict)}"
 
 
-def primary_sentence(verdicts: list[Verdict]) -> str:
-    """The report's first sentence: arms, difference, interval, verdict and seeds of the primary."""
+def primary_sentence(verdicts: list[Verdict], tags: dict[str, str] | None = None) -> str:
+    """The report's first sentence: arms, difference, interval, verdict and seeds of the primary; with
+    several compared arms one sentence naming each by its tag (``tags``: arm label -> column)."""
     primaries = [v for v in verdicts if v.role == "primary"]
     if not primaries:
         return "No primary endpoint could be compared (one arm, or no arm has the primary metric)."
-    sentences = []
-    for v in primaries:
-        budget = f" at {v.budget:,.0f} samples seen" if v.budget else ""
-        sentences.append(
-            f"Primary endpoint, {_short(v)}{budget}: {v.arm} {v.means[0]:.1f} vs {v.baseline} "
-            f"{v.means[1]:.1f} ({_seeds(v)}), difference {v.difference:+.1f} {_unit(v)}"
-            f"{', 95% interval' if _interval(v) else ''}{_interval(v)} ({v.method}): {_outcome(v)}.")
-    return " ".join(sentences)
+    first = primaries[0]
+    budget = f" at {first.budget:,.0f} samples seen" if first.budget else ""
+    if len(primaries) == 1:
+        return (f"Primary endpoint, {_short(first)}{budget}: {first.arm} {first.means[0]:.1f} vs "
+                f"{first.baseline} {first.means[1]:.1f} ({_seeds(first)}), difference "
+                f"{first.difference:+.1f} {_unit(first)}{', 95% interval' if _interval(first) else ''}"
+                f"{_interval(first)} ({first.method}): {_outcome(first)}.")
+    tags = tags or {}
+    parts = [f"{tags.get(v.arm, v.arm)} {v.means[0]:.1f}, {v.difference:+.1f}{_interval(v)} "
+             f"{v.verdict or 'no verdict'}" for v in primaries]
+    return (f"Primary endpoint, {_short(first)}{budget}, each arm against {first.baseline} "
+            f"{first.means[1]:.1f} ({first.seeds[1]} seeds; {first.method.split(' over')[0].split(',')[0]}, "
+            f"95% intervals, Holm across {len(primaries)} arms): " + "; ".join(parts) + ".")
 
 
 def _phrase(verdict: Verdict) -> str:
     return f"{_short(verdict)} by {abs(verdict.difference):.1f}{_interval(verdict)}"
 
 
-def summary_sentence(verdicts: list[Verdict], correction: str = "holm") -> str:
-    """Per compared arm: what it wins and loses (primary and key secondaries), then the other metrics
-    counted by verdict."""
+def summary_sentence(verdicts: list[Verdict], correction: str = "holm",
+                     tags: dict[str, str] | None = None) -> str:
+    """Per compared arm (named by its tag where ``tags`` has one): what it wins and loses (primary and
+    key secondaries), then the other metrics counted by verdict."""
+    tags = tags or {}
     if not verdicts:
         return "No metric has values on both arms to compare."
     sentences = []
@@ -96,8 +104,8 @@ def summary_sentence(verdicts: list[Verdict], correction: str = "holm") -> str:
         losses = [_phrase(v) for v in named if v.verdict == "worse"]
         parts = ([f"wins {', '.join(wins)}"] if wins else []) + ([f"loses {', '.join(losses)}"] if losses
                                                                   else [])
-        head = f"{arm} vs {mine[0].baseline}: " + (" and ".join(parts) if parts else
-                                                   "no primary or key metric separates them")
+        found = " and ".join(parts) if parts else "no primary or key metric separates them"
+        head = f"{tags.get(arm, arm)} vs {tags.get(mine[0].baseline, mine[0].baseline)}: {found}"
         others = [v for v in mine if v not in named and v.role != "primary"]
         counts = {word: sum(v.verdict == word for v in others)
                   for word in ("better", "worse", "negligible", "equivalent", "inconclusive")}
@@ -120,7 +128,8 @@ def _cell(verdict: Verdict, compact: bool) -> str:
     return f"{verdict.difference:+.2f} {verdict.interval()} {word}"
 
 
-def verdict_frame(verdicts: list[Verdict], correction: str = "holm") -> pd.DataFrame:
+def verdict_frame(verdicts: list[Verdict], correction: str = "holm",
+                  tags: dict[str, str] | None = None) -> pd.DataFrame:
     """Two arms: one row per metric with difference, interval, p, adjusted p, verdict, why no verdict
     and seeds needed. More arms: one column per compared arm (difference and verdict; the intervals are
     in verdicts.csv)."""
@@ -133,14 +142,16 @@ def verdict_frame(verdicts: list[Verdict], correction: str = "holm") -> pd.DataF
             "verdict": v.verdict or "–", "why no verdict / method": v.reason or v.method,
             "seeds per arm for 80% power": "–" if v.seeds_needed is None else str(v.seeds_needed)}
             for v in verdicts])
+    tags = tags or {}
     rows: dict[str, dict[str, str]] = {}
     for v in verdicts:
-        row = rows.setdefault(v.label, {"metric": v.label, "role": v.role, "why no verdict": ""})
-        row[v.arm] = _cell(v, compact=True)
-        if v.reason and v.reason not in row["why no verdict"]:
-            row["why no verdict"] = v.reason if not row["why no verdict"] else "; ".join(
-                [row["why no verdict"], v.reason])
-    return pd.DataFrame(list(rows.values())).fillna("–")
+        row = rows.setdefault(v.label, {"metric": v.label, "role": v.role})
+        row[tags.get(v.arm, v.arm)] = _cell(v, compact=True)
+        reasons = row.setdefault("why no verdict", "")
+        if v.reason and v.reason not in reasons:
+            row["why no verdict"] = "; ".join(filter(None, [reasons, v.reason]))
+    frame = pd.DataFrame(list(rows.values())).fillna("–")
+    return frame[[c for c in frame.columns if c != "why no verdict"] + ["why no verdict"]]
 
 
 def _p(value: float) -> str:
