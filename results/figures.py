@@ -23,6 +23,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from results.runs import Arm  # noqa: E402
 from results.scores import Score, arm_throughput, own_row, run_score  # noqa: E402
+from results.tables import arm_columns  # noqa: E402
 
 DPI = 110
 REFERENCE_GREYS = ("#555555", "#8c8c8c", "#b5b5b5", "#d0d0d0")
@@ -37,6 +38,12 @@ class FigureSkipped(Exception):
 def arm_colours(arms: list[Arm]) -> dict[str, str]:
     palette = plt.get_cmap("tab10").colors
     return {arm.label: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, arm in enumerate(arms)}
+
+
+def legend_name(arms: list[Arm], arm: Arm) -> str:
+    """The arm as the legend names it: with its tag (A1: ...) where the report's tables use tags."""
+    tag = arm_columns(arms)[arm.label]
+    return arm.label if tag == arm.label else f"{tag}: {arm.label}"
 
 
 def _count(value: float, _position: object = None) -> str:
@@ -61,6 +68,35 @@ def _save(fig: plt.Figure, path: Path, rect: tuple[float, float, float, float] |
     return path
 
 
+LEGEND_ROW_INCHES = 0.24  # one legend row at legend.fontsize 10, with its spacing
+
+
+def _legend_below(fig: plt.Figure, path: Path, handles: list, labels: list[str], title: str | None = None,
+                  columns: int | None = None) -> Path:
+    """Save the figure with one legend under its axes (never over the curves or bars): the figure grows
+    by the legend's height, its width stays, so panels keep their size whatever the arm count."""
+    width, height = fig.get_size_inches()
+    longest = max((len(label) for label in labels), default=1)
+    # about 0.085 inch per character at font size 10, plus the handle
+    columns = columns or max(1, min(len(labels), int(width // (longest * 0.085 + 0.8))))
+    rows = -(-len(labels) // columns)
+    extra = rows * LEGEND_ROW_INCHES + (0.3 if title else 0) + 0.2
+    fig.set_size_inches(width, height + extra)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, frameon=False, title=title,
+               title_fontsize=10)
+    return _save(fig, path, rect=(0, extra / (height + extra), 1, 1))
+
+
+def _unique_handles(axes) -> tuple[list, list[str]]:
+    handles, labels = [], []
+    for ax in np.atleast_1d(axes).ravel():
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    return handles, labels
+
+
 def seed_curves(arm: Arm, frame_of: str, column: str) -> pd.DataFrame:
     """Samples seen x runs: ``column`` of each seed (``frame_of``: "train" or "evals"), NaN where a seed
     did not log that point."""
@@ -81,7 +117,7 @@ def _draw_arm(ax: plt.Axes, curves: pd.DataFrame, colour: str, label: str, x_sca
     if len(curves.columns) > 1 and len(complete) >= 2:
         x = complete.index.to_numpy() * x_scale
         ax.plot(x, complete.mean(axis=1), color=colour, lw=2, marker=marker, ms=4,
-                label=f"{label} (mean of {len(curves.columns)} seeds)")
+                label=f"{label} ({len(curves.columns)} seeds)")
         ax.fill_between(x, complete.min(axis=1), complete.max(axis=1), color=colour, alpha=0.2, lw=0)
     else:
         for i, column in enumerate(curves.columns):
@@ -94,7 +130,7 @@ def _draw_arm(ax: plt.Axes, curves: pd.DataFrame, colour: str, label: str, x_sca
 def loss_figure(arms: list[Arm], colours: dict[str, str], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
     for arm in arms:
-        _draw_arm(ax, seed_curves(arm, "train", "loss"), colours[arm.label], arm.label)
+        _draw_arm(ax, seed_curves(arm, "train", "loss"), colours[arm.label], legend_name(arms, arm))
     batches = {run.config.get("global_batch_size") for arm in arms for run in arm.runs}
     if len(batches) == 1 and isinstance(next(iter(batches)), int):
         batch = next(iter(batches))  # an untrained model's contrastive loss: ln(batch size)
@@ -102,10 +138,9 @@ def loss_figure(arms: list[Arm], colours: dict[str, str], path: Path) -> Path:
                    label=f"chance: ln({batch}) = {np.log(batch):.2f}")
     ax.set_xlabel("samples seen")
     ax.set_ylabel("contrastive training loss (nats)")
-    ax.set_title("Training loss (line: mean over seeds; band: min-max)")
+    ax.set_title("Training loss")
     ax.xaxis.set_major_formatter(FuncFormatter(_count))
-    ax.legend()
-    return _save(fig, path)
+    return _legend_below(fig, path, *_unique_handles(ax), title="line: mean over seeds; band: min-max")
 
 
 def _eval_arms(arms: list[Arm], column: str) -> list[Arm]:
@@ -137,18 +172,17 @@ def top1_figure(arms: list[Arm], colours: dict[str, str], path: Path, against: s
         for arm in with_evals:
             curves = seed_curves(arm, "evals", column)
             x_scale = arm.first.train_gflops * 1e9 / scale if against == "flops" else 1.0
-            _draw_arm(ax, curves, colours[arm.label], arm.label, x_scale=x_scale, marker="o")
+            _draw_arm(ax, curves, colours[arm.label], legend_name(arms, arm), x_scale=x_scale, marker="o")
         if against == "flops":
             ax.set_xlabel(f"training compute ({unit}; 3 x forward FLOPs per sample)")
-            ax.set_title(f"{name} zero-shot top-1 vs training compute")
+            ax.set_title(f"{name} zero-shot top-1 vs compute")
         else:
             ax.set_xlabel("samples seen")
             ax.xaxis.set_major_formatter(FuncFormatter(_count))
             ax.set_title(f"{name} zero-shot top-1 vs samples seen")
-        ax.set_ylabel(f"{name} zero-shot top-1 accuracy (%)")
+        ax.set_ylabel("zero-shot top-1 (%)")
         ax.set_ylim(bottom=0)
-        ax.legend(title="line: mean over seeds; band: min-max", title_fontsize=9)
-    return _save(fig, path)
+    return _legend_below(fig, path, *_unique_handles(axes), title="line: mean over seeds; band: min-max")
 
 
 def attributes_figure(arms: list[Arm], colours: dict[str, str], path: Path) -> Path:
@@ -159,15 +193,15 @@ def attributes_figure(arms: list[Arm], colours: dict[str, str], path: Path) -> P
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for ax, column, name in ((axes[0], "toy_colour_acc", "colour"), (axes[1], "toy_shape_acc", "shape")):
         for arm in with_evals:
-            _draw_arm(ax, seed_curves(arm, "evals", column), colours[arm.label], arm.label, marker="o")
+            _draw_arm(ax, seed_curves(arm, "evals", column), colours[arm.label], legend_name(arms, arm),
+                      marker="o")
         ax.axhline(12.5, color="black", ls="--", lw=1, label="chance (1 of 8): 12.5%")
         ax.set_title(f"predicted class has the right {name}")
         ax.set_xlabel("samples seen")
         ax.xaxis.set_major_formatter(FuncFormatter(_count))
         ax.set_ylim(0, 100)
     axes[0].set_ylabel("toy attribute accuracy (%)")
-    axes[1].legend(fontsize=9)
-    return _save(fig, path)
+    return _legend_below(fig, path, *_unique_handles(axes))
 
 
 def sts_figure(arms: list[Arm], colours: dict[str, str], scores: list[Score], path: Path) -> Path:
@@ -176,7 +210,7 @@ def sts_figure(arms: list[Arm], colours: dict[str, str], scores: list[Score], pa
     for arm in arms:
         per_seed = [score.metrics for run in arm.runs if (score := run_score(scores, run, "sts")) is not None]
         if per_seed:
-            series.append((arm.label, colours[arm.label], per_seed))
+            series.append((legend_name(arms, arm), colours[arm.label], per_seed))
     references = [score for score in scores if score.benchmark == "sts" and score.status == "reference"]
     for i, score in enumerate(references):
         grey = REFERENCE_GREYS[i % len(REFERENCE_GREYS)]
@@ -219,10 +253,7 @@ def sts_figure(arms: list[Arm], colours: dict[str, str], scores: list[Score], pa
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylim(min(0.0, lowest - 5), max(10.0, highest + 5))
     # the legend goes under the axes: above them it would hide the tallest bars
-    rows = -(-len(series) // 3)
-    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=min(3, len(series)), fontsize=10,
-               frameon=False)
-    return _save(fig, path, rect=(0, 0.055 * rows, 1, 1))
+    return _legend_below(fig, path, *ax.get_legend_handles_labels())
 
 
 def _cost_entries(arms: list[Arm], colours: dict[str, str], scores: list[Score]) -> tuple[list[dict], str]:
@@ -245,8 +276,12 @@ def _cost_entries(arms: list[Arm], colours: dict[str, str], scores: list[Score])
                 if other is not row and other.get("model") not in references:
                     references[other.get("model")] = other
         entries.append(entry)
+    tags = arm_columns(arms)
+    for entry in entries:
+        entry["tag"] = tags[entry["label"]]
     for i, (name, row) in enumerate(references.items()):
         entries.append({"label": f"{name} (reference)", "colour": REFERENCE_GREYS[i % len(REFERENCE_GREYS)],
+                        "tag": f"{name} (reference)" if len(arms) <= 3 else f"R{i + 1}",
                         "train": row.get("train_samples_per_s"), "infer": row.get("infer_samples_per_s"),
                         **{key: row.get(key) for key in ("image_params", "text_params", "image_gflops",
                                                          "text_gflops")}})
@@ -264,16 +299,15 @@ def _grouped_bars(ax: plt.Axes, entries: list[dict], keys: tuple[str, ...], name
     for j, hatch in enumerate(hatches[:len(keys)]):
         bars = ax.bar(x - 0.4 + width * (j + 0.5), values[:, j], width, color=[e["colour"] for e in entries],
                       hatch=hatch, edgecolor="black", linewidth=0.6)
-        ax.bar_label(bars, labels=[f"{v:.3g}" if np.isfinite(v) else "" for v in values[:, j]], fontsize=8,
-                     padding=1)
+        if len(entries) <= 4:  # more bars than that: their labels would overlap (the CSV has the values)
+            ax.bar_label(bars, labels=[f"{v:.3g}" if np.isfinite(v) else "" for v in values[:, j]],
+                         fontsize=8, padding=1)
     finite = values[np.isfinite(values) & (values > 0)]
     if finite.size and finite.max() / finite.min() > 30:
         ax.set_yscale("log")
-    ax.set_xticks(x, [e["label"] for e in entries], rotation=15, ha="right")
+    ax.set_xticks(x, [e["tag"] for e in entries], rotation=15 if len(entries) <= 3 else 0,
+                  ha="right" if len(entries) <= 3 else "center")
     ax.set_xlim(-0.6, max(len(entries), 2.5) - 0.4)  # one or two models: keep bars from filling the panel
-    # colour = model, hatching = which part: the legend shows the hatching only
-    ax.legend(handles=[Patch(facecolor="white", edgecolor="black", hatch=hatch, label=name)
-                       for name, hatch in zip(names, hatches[:len(keys)], strict=True)], fontsize=9)
 
 
 def cost_figure(arms: list[Arm], colours: dict[str, str], scores: list[Score], path: Path) -> Path:
@@ -296,4 +330,10 @@ def cost_figure(arms: list[Arm], colours: dict[str, str], scores: list[Score], p
     _grouped_bars(axes[2], entries, ("image_gflops", "text_gflops"), ("image tower", "text tower"), 1.0)
     axes[2].set_ylabel("forward GFLOPs per sample (training = 3x)")
     axes[2].set_title("Compute per sample (forward)")
-    return _save(fig, path)
+    # colour = model (its tag under the bars), hatching = which part: one legend under the panels
+    handles = [Patch(facecolor=entry["colour"], edgecolor="black", label=entry["label"] if entry["tag"] ==
+                     entry["label"] else f"{entry['tag']}: {entry['label']}") for entry in entries]
+    handles += [Patch(facecolor="white", edgecolor="black", hatch=hatch, label=name)
+                for name, hatch in (("solid: image tower / training step", ""),
+                                    ("hatched: text tower / inference", "//"))]
+    return _legend_below(fig, path, handles, [handle.get_label() for handle in handles])
