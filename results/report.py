@@ -379,8 +379,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for warning in result["banner"]:
         print(textwrap.fill(f"warning: {warning}", width=100, break_on_hyphens=False), file=sys.stderr)
     if result["notes"]:
-        print(f"{len(result['notes'])} notes (score files left out, figures not drawn): see Notes in "
-              f"{result['report_md']}", file=sys.stderr)
+        count = len(result["notes"])
+        print(f"{count} note{'s' if count > 1 else ''} (score files left out, figures not drawn): see "
+              "Notes in report.md", file=sys.stderr)
     _print(result["primary_sentence"])
     _print(result["summary"])
     table = result["headline_table"]
@@ -389,8 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            justify="left")
     if max(len(line) for line in text.splitlines()) <= 120:  # wider (many arms): the report has it
         print(text)
-    print(f"wrote {result['report_md']}, report.html, {len(result['figures'])} figures and the CSV detail "
-          f"to {args.out}")
+    print(f"wrote report.md, report.html, {len(result['figures'])} figures and the CSV detail to {args.out}")
     return result
 
 

@@ -80,8 +80,8 @@ def primary_sentence(verdicts: list[Verdict], tags: dict[str, str] | None = None
     parts = [f"{tags.get(v.arm, v.arm)} {v.means[0]:.1f}, {v.difference:+.1f}{_interval(v)} "
              f"{v.verdict or 'no verdict'}" for v in primaries]
     return (f"Primary endpoint, {_short(first)}{budget}, each arm against {first.baseline} "
-            f"{first.means[1]:.1f} ({first.seeds[1]} seeds; {first.method.split(' over')[0].split(',')[0]}, "
-            f"95% intervals, Holm across {len(primaries)} arms): " + "; ".join(parts) + ".")
+            f"{first.means[1]:.1f} ({first.seeds[1]} seed{'s' if first.seeds[1] > 1 else ''}; "
+            f"{first.method}; 95% intervals, Holm across {len(primaries)} arms): " + "; ".join(parts) + ".")
 
 
 def _phrase(verdict: Verdict) -> str:
