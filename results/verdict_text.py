@@ -80,8 +80,9 @@ def primary_sentence(verdicts: list[Verdict], tags: dict[str, str] | None = None
     parts = [f"{tags.get(v.arm, v.arm)} {v.means[0]:.1f}, {v.difference:+.1f}{_interval(v)} "
              f"{v.verdict or 'no verdict'}" for v in primaries]
     return (f"Primary endpoint, {_short(first)}{budget}, each arm against {first.baseline} "
-            f"{first.means[1]:.1f} ({first.seeds[1]} seed{'s' if first.seeds[1] > 1 else ''}; "
-            f"{first.method}; 95% intervals, Holm across {len(primaries)} arms): " + "; ".join(parts) + ".")
+            f"{first.means[1]:.1f} ({first.seeds[1]} seed{'s' if first.seeds[1] > 1 else ''}; 95% intervals, "
+            f"Holm across {len(primaries)} arms; methods and seeds per arm: verdicts.csv): "
+            + "; ".join(parts) + ".")
 
 
 def _phrase(verdict: Verdict) -> str:
