@@ -16,7 +16,7 @@ from results import tables
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:1.5em auto;padding:0 1em;line-height:1.4}"
          "table{border-collapse:collapse;font-size:13px;margin:1em 0;max-width:100%}"
          "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;"
-         "overflow-wrap:anywhere}th{background:#f2f2f2}td:first-child{min-width:14em}"
+         "overflow-wrap:break-word}th{background:#f2f2f2}td:first-child{min-width:14em}"
          "img{max-width:100%}figcaption{font-style:italic;color:#444}"
          ".warning{background:#fff3cd;border:2px solid #d39e00;padding:0.8em;margin:1em 0}"
          ".lead{font-size:1.1em}pre{background:#f6f6f6;padding:0.6em;white-space:pre-wrap}")

@@ -141,7 +141,7 @@ def verdict_frame(verdicts: list[Verdict], correction: str = "holm",
             "metric": v.label, "role": v.role, "difference": f"{v.difference:+.2f}",
             "95% interval": v.interval(), "p": _p(v.p), adjusted: _p(v.p_adjusted),
             "verdict": v.verdict or "–", "why no verdict / method": v.reason or v.method,
-            "seeds per arm for 80% power": "–" if v.seeds_needed is None else str(v.seeds_needed)}
+            "seeds for 80% power": "–" if v.seeds_needed is None else str(v.seeds_needed)}
             for v in verdicts])
     tags = tags or {}
     rows: dict[str, dict[str, str]] = {}
