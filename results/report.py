@@ -208,11 +208,30 @@ def condense_notes(notes: list[str]) -> list[str]:
     return kept
 
 
+def _spread_from_runs(seed_runs: list[str | Path], runs: list, primary: str,
+                      scores_dir: str | Path | None) -> significance.SeedSpread | None:
+    """The primary's seed sd from other runs of the compared runs' recipe (--seed-sd-from)."""
+    others = load_runs([str(run_dir) for run_dir in seed_runs])
+    differences = recipe_differences(runs[:1] + others)
+    if differences:
+        raise ReportInputError(f"--seed-sd-from: {refusal_message(differences).split(';')[0]}; expected "
+                               "other seeds of the compared runs' recipe")
+    scores = load_scores(scores_dir)
+    arms = group_arms(others)
+    assign(scores, others, arms)
+    spread = significance.spread_from_arms(arms, primary, scores)
+    if spread is None:
+        raise ReportInputError(f"--seed-sd-from: no arm has two runs with {primary}; expected at least "
+                               "two seeds of one tower")
+    return spread
+
+
 def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_dir: str | Path,
                  allow_mixed: bool = False, scores_required: bool = True, primary: str | None = None,
                  correction: str = "holm", seed_spread: significance.SeedSpread | None = None,
                  min_differences: dict[str, float] | None = None, arm_per_run: bool = False,
-                 options: list[str] | None = None) -> dict[str, Any]:
+                 options: list[str] | None = None, seed_runs: list[str | Path] | None = None
+                 ) -> dict[str, Any]:
     """Write the report; returns {"report_md", "report_html", "headline_csv": Path, "figures": {name: Path},
     "skipped_figures": {name: reason}, "headline": numeric DataFrame (index arm; ``<metric>_mean/_std/_n``),
     "verdicts": [significance.Verdict], "primary": the primary metric's key, "primary_sentence",
@@ -220,7 +239,8 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     rows, arms as columns), "warnings": [str], "notes": [str]}.
 
     ``primary`` defaults per recipe kind (endpoints.default_primary); ``seed_spread`` sets the primary's
-    interval where an arm has one seed; ``options`` are the CLI flags to repeat in the regenerate command.
+    interval where an arm has one seed, or ``seed_runs`` (other seeds of the same recipe) estimates it;
+    ``options`` are the CLI flags to repeat in the regenerate command.
     Raises :class:`ReportInputError` (one line) on unreadable input or, without ``allow_mixed``, on runs
     trained with different recipes."""
     labels = [str(run_dir) for run_dir in run_dirs]
@@ -244,6 +264,8 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     if primary is not None and endpoints.rule(primary) is None:
         raise ReportInputError(f"--primary {primary}: not a metric the report compares; expected one of "
                                f"{', '.join(endpoints.RULES)}")
+    if seed_runs and primary is not None:
+        seed_spread = _spread_from_runs(seed_runs, runs, primary, scores_dir) or seed_spread
     verdicts = significance.compare_arms(arms, scores, primary, correction, seed_spread, min_differences)
 
     out = Path(out_dir)
@@ -330,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed-sd", type=float, default=None, metavar="SD",
                         help="seed-to-seed sd of the primary metric, for arms with one seed (without it such "
                              "a comparison gets no verdict)")
+    parser.add_argument("--seed-sd-from", nargs="+", default=None, metavar="RUN_DIR",
+                        help="estimate that sd from these run folders: other seeds of the same recipe "
+                             "(pooled within each tower pair; named in the report)")
     parser.add_argument("--seed-sd-source", default=None, metavar="TEXT",
                         help="where --seed-sd comes from, e.g. 'transformer seeds 10-22 of this recipe'")
     parser.add_argument("--seed-sd-df", type=int, default=None, metavar="DF",
@@ -350,6 +375,7 @@ def _repeated_options(argv: list[str]) -> list[str]:
         name = arg.split("=")[0]
         if name.startswith("--"):
             keep = name in ("--primary", "--correction", "--seed-sd", "--seed-sd-source", "--seed-sd-df",
+                            "--seed-sd-from",
                             "--min-difference", "--arm-per-run")
             if keep:
                 options.append(arg)
@@ -372,7 +398,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               scores_required=args.scores is not None, primary=args.primary,
                               correction=args.correction, seed_spread=_seed_spread(args, parser),
                               min_differences=_min_differences(args.min_difference, parser),
-                              arm_per_run=args.arm_per_run, options=_repeated_options(argv))
+                              arm_per_run=args.arm_per_run, options=_repeated_options(argv),
+                              seed_runs=args.seed_sd_from)
     except ReportInputError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         raise SystemExit(2) from None

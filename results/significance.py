@@ -54,6 +54,22 @@ class SeedSpread:
     df: int | None = None  # degrees of freedom of the estimate; None: taken as known (normal interval)
 
 
+def spread_from_arms(arms: list[Arm], key: str, scores: list[Score]) -> SeedSpread | None:
+    """The seed sd of ``key`` pooled within arms (each arm's runs differ only in the seed), with its
+    degrees of freedom, sum(n_arm - 1); None when no arm has two runs with the metric."""
+    metric = next(m for m in HEADLINE if m.key == key)
+    squares, df, names = 0.0, 0, []
+    for arm in arms:
+        values = [v for v in (metric.per_run(run, scores) for run in arm.runs) if v is not None]
+        if len(values) >= 2:
+            squares += float(np.var(values, ddof=1)) * (len(values) - 1)
+            df += len(values) - 1
+            names.append(f"{len(values)} runs of {arm.label}")
+    if df == 0:
+        return None
+    return SeedSpread(math.sqrt(squares / df), f"{key} over {', '.join(names)} (pooled, --seed-sd-from)", df)
+
+
 @dataclass
 class Verdict:
     metric: str  # headline key
@@ -190,7 +206,7 @@ def _estimate(verdict: Verdict, a: Sample, b: Sample, spread: SeedSpread | None)
         verdict.low, verdict.high = verdict.difference - half, verdict.difference + half
         verdict.p = float(2 * law.sf(abs(verdict.difference) / error))
         verdict.spread = spread.sd
-        verdict.method = f"seed sd {spread.sd:g} from {spread.source}"
+        verdict.method = f"seed sd {spread.sd:.3g} from {spread.source}"
         verdict.seeds_needed = seeds_for_power(verdict.difference, spread.sd)
         return
     verdict.reason = "one seed per arm: the interval covers evaluation images only, not seeds"

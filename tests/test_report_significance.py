@@ -116,6 +116,21 @@ def test_one_seed_gives_the_eval_set_interval_and_no_verdict_unless_a_spread_is_
     assert top1.seeds_needed == significance.seeds_for_power(difference, 3.0)
 
 
+def test_seed_sd_from_other_seeds_of_the_recipe_sets_the_one_seed_interval(tmp_path, monkeypatch):
+    _set_top1(monkeypatch, "transformer", {0: 20.0, 1: 22.0, 2: 26.0})
+    runs = [make_run(tmp_path / "runs", tower, 0) for tower in ("transformer", "mixer")]
+    others = [make_run(tmp_path / "others", "transformer", seed) for seed in (1, 2)]
+    result = report.write_report(runs, None, tmp_path / "report", scores_required=False, seed_runs=others)
+    top1 = result["verdicts"][0]
+    sd = math.sqrt(8.0)  # 22 and 26: sample sd, 1 degree of freedom
+    half = stats.t.ppf(0.975, 1) * sd * math.sqrt(2)
+    assert (top1.low, top1.high) == pytest.approx((10.0 - half, 10.0 + half))
+    assert "toy_top1 over 2 runs of transformer-tiny" in top1.method and top1.verdict == "inconclusive"
+    other_recipe = [make_run(tmp_path / "lr", "transformer", seed, lr=0.01) for seed in (1, 2)]
+    with pytest.raises(report.ReportInputError, match="--seed-sd-from: runs trained with different recipes"):
+        report.write_report(runs, None, tmp_path / "r2", scores_required=False, seed_runs=other_recipe)
+
+
 def test_seeds_for_power_matches_published_tables():
     # G*Power / Cohen (1988): two-sided t test at 0.05 and 80% power, effect size d = difference / sd
     assert [significance.seeds_for_power(d, 1.0) for d in (0.2, 0.5, 0.8)] == [394, 64, 26]
