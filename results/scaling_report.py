@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from results.anchors import anchor_run
 from results.figures import _flop_unit, _save, plt
 from results.published import load_table, select
 from results.runs import ReportInputError, describe_differences, load_run, recipe_differences
@@ -93,6 +94,8 @@ def collect(spec: dict, t: Target, out: Path, partial: bool = False) -> dict:
     recipe = next(iter(loaded.values())).recipe
     shared = {k: v for k, v in recipe.items() if k not in SWEPT_RECIPE_FIELDS}
     return {"points": {f: list(p.values()) for f, p in points.items()}, "check": check, "choice": choice,
+            "anchors": [anchor_run(run.config, run.final_eval.get("eval/imagenet_top1"))
+                        for run in loaded.values()],
             "shared_recipe": shared, "progress": {"finished": len(finished), "planned": len(planned),
                                                   "first_missing": missing[0] if missing else None}}
 
@@ -205,8 +208,15 @@ def partial_markdown(data: dict, t: Target, timings: dict) -> str:
 
 
 def _measured_lines(data: dict, t: Target, timings: dict) -> list[str]:
-    lines = ["## Grid (error by seed)", "", "| family | size | samples | compute | errors | mean |",
-             "|---|---|---|---|---|---|"]
+    anchors = data.get("anchors", [])
+    reasons = sorted({a.reason for a in anchors if a.published is None})
+    lines = ["## Anchors to published CLIP runs", "",
+             f"{sum(a.published is not None for a in anchors)} of {len(anchors)} runs have a published "
+             "counterpart (results/anchors.py)" + (": " + "; ".join(reasons) if reasons else "") + ".", ""]
+    flagged = [f"> **{a.summary()}**" for a in anchors if a.flagged]
+    lines += flagged + ([""] if flagged else [])
+    lines += ["## Grid (error by seed)", "", "| family | size | samples | compute | errors | mean |",
+              "|---|---|---|---|---|---|"]
     for family, points in data["points"].items():
         for p in sorted(points, key=lambda p: p["compute"]):
             lines.append(f"| {family} | {p['size']} | {p['budget']:,} | {p['compute']:.3g} | "
