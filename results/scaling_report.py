@@ -145,6 +145,12 @@ def _interval_or_dash(pair) -> str:
     return "-" if pair is None or np.isnan(pair[0]) else _interval(pair)
 
 
+def _onset_cell(labels: list[str]) -> str:
+    """A few labels, then a count (the published table has dozens; summary.json lists them all)."""
+    return "-" if not labels else ", ".join(labels[:4]) + (f" and {len(labels) - 4} more" if len(labels) > 4
+                                                            else "")
+
+
 def _number(value: float, form: str = ".2f") -> str:
     return "-" if np.isnan(value) else format(value, form)
 
@@ -174,7 +180,7 @@ def report_markdown(result: dict, cells: dict, title: str, metric: str, extra: l
                          f"{_interval_or_dash(ci.get('e_inf'))}")
         c0 = f"{fit.law.c_ref:.3g}" if fit.law else "-"
         lines.append(f"| {family} | {cells_law} | {c0} | {fit.status()} | "
-                     f"{', '.join(fit.before_onset) or '-'} |")
+                     f"{_onset_cell(fit.before_onset)} |")
     lines += ["", "## Frontier and held-out predictions", "",
               "| family | point | compute | error | predicted | held out |", "|---|---|---|---|---|---|"]
     for family, fit in result["fits"].items():
