@@ -43,6 +43,7 @@ class Anchor:
     curve: str  # which published curve, or "" with no counterpart
     reason: str  # why there is no anchor, or how the published value was read
     margin: float = 0.0
+    dataset: str = ""  # the published curve's dataset
 
     @property
     def gap(self) -> float | None:
@@ -53,15 +54,18 @@ class Anchor:
     def flagged(self) -> bool:
         return self.gap is not None and self.gap > self.margin
 
+    def warning(self) -> str:
+        return (f"this baseline is {self.gap:.1f} points under open CLIP at the same samples seen "
+                f"({self.run}: {self.score:.1f}% vs {self.published:.1f}%, {self.curve} at "
+                f"{self.samples_seen:,}; margin {self.margin:.1f}): check the recipe before reading the "
+                "comparison")
+
     def summary(self) -> str:
         """One line for the report and training's end-of-run summary."""
         if self.published is None or self.score is None:
             return f"anchor: {self.run} has no published counterpart: {self.reason}"
         if self.flagged:
-            return (f"WARNING: this baseline is {self.gap:.1f} points under open CLIP at the same samples "
-                    "seen "
-                    f"({self.score:.1f}% vs {self.published:.1f}%, {self.curve} at {self.samples_seen:,}; "
-                    f"margin {self.margin:.1f}): check the recipe before reading the comparison")
+            return "WARNING: " + self.warning()
         return (f"anchor: {self.run} scores {self.score:.1f}% against open CLIP's {self.published:.1f}% "
                 f"({self.curve} at {self.samples_seen:,} samples seen, {self.reason}; within the "
                 f"{self.margin:.1f}-point margin)")
@@ -122,7 +126,7 @@ def anchor_run(config: dict, score: float | None, table: Path = PACKAGED, datase
     published = value_at(curve_rows, min(samples, last))
     if used != schedule:
         how += f"; no {schedule} curve, the {used} one"
-    return Anchor(name, score, published, samples, curve, how, margin_for(published))
+    return Anchor(name, score, published, samples, curve, how, margin_for(published), dataset)
 
 
 def anchor_run_dir(run_dir: str | Path, table: Path = PACKAGED) -> Anchor:
@@ -132,6 +136,15 @@ def anchor_run_dir(run_dir: str | Path, table: Path = PACKAGED) -> Anchor:
     final = run_dir / "final_eval.json"
     score = json.loads(final.read_text()).get("eval/imagenet_top1") if final.is_file() else None
     return anchor_run(config, score, table)
+
+
+def end_of_run_line(run_dir: str | Path) -> str:
+    """Training's end-of-run line: the run's in-training ImageNet score against the published curve. Never
+    raises: a finished run must not fail over its anchor."""
+    try:
+        return anchor_run_dir(run_dir).summary()
+    except (OSError, ValueError, KeyError) as error:  # ReportInputError is a ValueError
+        return f"anchor: not available ({error})"
 
 
 def anchor_figure(anchors: list[Anchor], computes: dict[str, float], path: Path, dataset: str = "datacomp_1b",
@@ -165,16 +178,42 @@ def anchor_figure(anchors: list[Anchor], computes: dict[str, float], path: Path,
     return _save(fig, path)
 
 
-def anchor_lines(anchors: list[Anchor]) -> list[str]:
-    """The report's first lines: a warning per flagged run, then a table of every run's anchor."""
-    lines = [f"> **{a.summary()}**" for a in anchors if a.flagged]
-    lines += ["", "| run | ImageNet top-1 | published at its samples seen | published minus run | anchor |",
-              "|---|---|---|---|---|"]
+def anchor_rows(anchors: list[Anchor]) -> list[dict[str, str]]:
+    """One row per run: its score, the published value at its samples seen, the gap, the verdict."""
+    rows = []
     for a in anchors:
-        if a.published is None or a.score is None:
-            lines.append(f"| {a.run} | {'-' if a.score is None else f'{a.score:.1f}'} | - | - | none: "
-                         f"{a.reason} |")
-        else:
-            lines.append(f"| {a.run} | {a.score:.1f} | {a.published:.1f} ({a.curve}, {a.samples_seen:,}) | "
-                         f"{a.gap:+.1f} | {'FLAGGED' if a.flagged else 'within'} {a.margin:.1f} |")
+        anchored = a.published is not None and a.score is not None
+        rows.append({"run": a.run, "ImageNet top-1": "-" if a.score is None else f"{a.score:.1f}",
+                     "published at its samples seen": f"{a.published:.1f} ({a.curve}, {a.samples_seen:,})"
+                     if anchored else "-",
+                     "published minus run": f"{a.gap:+.1f}" if anchored else "-",
+                     "anchor": (f"{'FLAGGED' if a.flagged else 'within'} {a.margin:.1f}" if anchored
+                                else f"none: {a.reason}")})
+    return rows
+
+
+def anchor_lines(anchors: list[Anchor]) -> list[str]:
+    """Markdown: a warning line per flagged run, then a table of every run's anchor."""
+    rows = anchor_rows(anchors)
+    lines = [f"> **{a.summary()}**" for a in anchors if a.flagged]
+    lines += ["", "| " + " | ".join(rows[0]) + " |", "|---" * len(rows[0]) + "|"] if rows else []
+    lines += ["| " + " | ".join(row.values()) + " |" for row in rows]
     return lines + [""]
+
+
+def report_anchors(runs: list, out: Path) -> tuple[list[str], list[tuple[str, object]]]:
+    """For results.report: the warnings its opening lists (one per flagged run) and its blocks (kind,
+    content): a section with every run's anchor and, when a run is anchored, the figure (out/anchors.png).
+    `runs`: results.runs.Run objects; the score is the run's final in-training ImageNet top-1."""
+    anchors = [anchor_run(run.config, run.final_eval.get("eval/imagenet_top1")) for run in runs]
+    import pandas as pd
+
+    blocks: list[tuple[str, object]] = [("h2", "Anchors: each run against published open CLIP runs"),
+                                        ("table", pd.DataFrame(anchor_rows(anchors)))]
+    placed = [a for a in anchors if a.published is not None]
+    if placed:
+        computes = {run.config.get("name", "run"): run.train_gflops * 1e9 * a.samples_seen
+                    for run, a in zip(runs, anchors, strict=True)}
+        path = anchor_figure(anchors, computes, out / "anchors.png", dataset=placed[0].dataset)
+        blocks.append(("figure", (path.name, "runs (stars) on the published error-vs-compute curves")))
+    return [a.warning() for a in anchors if a.flagged], blocks

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from results import factorial, figures, significance, tables
+from results.anchors import report_anchors
 from results.runs import (
     ReportInputError,
     duplicate_seed_notes,
@@ -249,10 +250,14 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     headline_table = tables.headline_display(headline, arms)
     headline.to_csv(out / "headline.csv")
 
+    anchor_warnings, anchor_blocks = report_anchors(runs, out)  # a Transformer arm under open CLIP: first
     doc = Document()
     title = "mixclip-bench comparison: " + " vs ".join(arm.label for arm in arms)
-    _opening(doc, title, warnings, runs, arms, command_for(labels, scores_dir, out_dir, allow_mixed))
+    _opening(doc, title, anchor_warnings + warnings, runs, arms, command_for(labels, scores_dir, out_dir,
+                                                                           allow_mixed))
     _headline_section(doc, headline_table)
+    for block in anchor_blocks:
+        doc.add(*block)
     verdicts = significance.compare_arms(arms, scores)
     if len(arms) > 1:
         _significance_section(doc, verdicts)

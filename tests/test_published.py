@@ -7,11 +7,12 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from results.anchors import anchor_lines, anchor_run, margin_for
+from results.anchors import anchor_lines, anchor_run, margin_for, report_anchors
 from results.published import PACKAGED, from_nezhurina, load_table, select, value_at
 from results.runs import ReportInputError
 
@@ -86,7 +87,8 @@ def test_a_broken_baseline_is_flagged_and_a_faithful_one_is_not():
     assert broken.curve.startswith("ViT-B-32 on relaion2b-en") and 44.0 < broken.published < 51.2
     assert broken.flagged and broken.gap == pytest.approx(broken.published - 2.3)
     line = broken.summary()
-    assert line.startswith(f"WARNING: this baseline is {broken.gap:.1f} points under open CLIP")
+    assert line.startswith(f"WARNING: this baseline is {broken.gap:.1f} points under open CLIP at the same "
+                           "samples seen (run: 2.3% vs")
     assert "check the recipe before reading the comparison" in line
     lines = anchor_lines([broken])
     assert lines[0] == f"> **{line}**" and "FLAGGED" in lines[-2]
@@ -114,3 +116,33 @@ def test_a_run_with_no_published_counterpart_gets_no_anchor_and_says_why():
     unscored = anchor_run(b32(409_600_000, "/data/laion400m/x.tar"), None)
     assert unscored.published is None and "no ImageNet zero-shot score" in unscored.summary()
     assert "| none: " in anchor_lines([toy])[-2]
+
+
+def test_the_comparison_report_warns_first_and_draws_the_runs_on_the_published_curves(tmp_path):
+    laion = "/data/laion400m/{00000..41407}.tar"
+    runs = [SimpleNamespace(config=b32(409_600_000, laion), final_eval={"eval/imagenet_top1": 2.3},
+                            train_gflops=3 * 14.54),
+            SimpleNamespace(config={**b32(409_600_000, laion, towers=("mixer", "mixer")), "name": "mixer"},
+                            final_eval={"eval/imagenet_top1": 40.0}, train_gflops=3 * 12.0)]
+    warnings, blocks = report_anchors(runs, tmp_path)
+    assert len(warnings) == 1 and warnings[0].startswith("this baseline is 44.5 points under open CLIP")
+    assert blocks[1][0] == "table" and list(blocks[1][1]["anchor"].str[:7]) == ["FLAGGED", "none: t"]
+    assert blocks[2] == ("figure", ("anchors.png", "runs (stars) on the published error-vs-compute curves"))
+    assert (tmp_path / "anchors.png").stat().st_size > 10_000
+
+
+def test_training_end_of_run_line_places_the_run_and_never_raises(tmp_path):
+    import json
+
+    from results.anchors import end_of_run_line
+
+    run = tmp_path / "b32"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(b32(409_600_000, "/data/laion400m/{00000..41407}.tar")))
+    (run / "final_eval.json").write_text(json.dumps({"step": 100000, "eval/imagenet_top1": 2.3}))
+    assert end_of_run_line(run).startswith("WARNING: this baseline is 44.5 points under open CLIP")
+    toy = tmp_path / "toy"
+    toy.mkdir()
+    (toy / "config.json").write_text(json.dumps(b32(102_400, {"toy_seed": 0, "toy_version": 5})))
+    assert "no published counterpart: the toy data set" in end_of_run_line(toy)
+    assert end_of_run_line(tmp_path / "missing").startswith("anchor: not available (")
