@@ -92,3 +92,11 @@ def test_the_published_clip_vs_mammut_comparison_on_the_shared_table(shared_data
     assert result["verdicts"][0]["difference"] == pytest.approx(-0.94, abs=0.3)  # mammut minus clip
     assert max(abs(e) for e in clip.prediction_error + mammut.prediction_error) < 2.5
     assert result["largest_compute"] == pytest.approx(3 * 370.28e9 * 3.072e9, rel=1e-6)  # CLIP H-14, 3B
+
+
+def test_the_readme_states_the_committed_published_comparison_before_the_toy_sweep():
+    readme = " ".join((REPO / "README.md").read_text().split())
+    published = json.loads((REPO / "results" / "scaling" / "published" / "summary.json").read_text())
+    toy = json.loads((REPO / "results" / "scaling" / "report" / "summary.json").read_text())
+    assert published["verdict"] in readme and toy["verdict"] in readme
+    assert readme.index(published["verdict"]) < readme.index(toy["verdict"])
