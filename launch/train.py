@@ -308,6 +308,8 @@ class TrainingRun(RunResume):
             final = self.evaluate()
             if self.main:
                 write_json(self.folder.final_eval, {"step": self.step, **final})
+                from results.anchors import end_of_run_line  # files only: the published open CLIP curve
+                print(end_of_run_line(self.run_dir), flush=True)
                 print(next_commands(self.run_dir), flush=True)
         finally:
             self.stop.uninstall()

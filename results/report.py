@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from results import endpoints, factorial, figures, significance, tables, verdict_text
+from results.anchors import report_anchors
 from results.document import Document
 from results.runs import (
     ReportInputError,
@@ -100,9 +101,11 @@ def title_for(arms: list) -> str:
     return f"mixclip-bench: {len(arms)} arms against {arms[0].label}"
 
 
-def _opening(doc: Document, title: str, warnings: list[str], runs: list, arms: list,
-             verdicts: list, correction: str) -> None:
+def _opening(doc: Document, title: str, anchor_warnings: list[str], warnings: list[str], runs: list,
+             arms: list, verdicts: list, correction: str) -> None:
     doc.add("h1", title)
+    for warning in anchor_warnings:  # a baseline under open CLIP: read this before any comparison
+        doc.add("warning", warning)
     doc.add("lead", verdict_text.primary_sentence(verdicts, tables.arm_columns(arms)))
     for warning in warnings:  # before the sentence that a warning qualifies
         doc.add("warning", warning)
@@ -275,10 +278,13 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     headline_table = tables.headline_display(headline, arms)
     _write_details(out, headline, verdicts, runs, arms, scores)
 
+    anchor_warnings, anchor_blocks = report_anchors(runs, out)  # a Transformer arm under open CLIP: first
     doc = Document()
     title = title_for(arms)
-    _opening(doc, title, warnings, runs, arms, verdicts, correction)
+    _opening(doc, title, anchor_warnings, warnings, runs, arms, verdicts, correction)
     _headline_section(doc, headline_table)
+    for block in anchor_blocks:
+        doc.add(*block)
     if len(arms) > 1:
         _significance_section(doc, verdicts, correction, primary, tables.arm_columns(arms))
     factorial_table = _factorial_section(doc, arms, scores)

@@ -6,25 +6,32 @@ Why this form and this frontier (docs/scaling-laws.md): zero-shot error cannot f
 irreducible error, so a pure power law bends the wrong way at large compute; E_inf takes the floor.
 Only the frontier (each point better than every point of less compute: the best a model size can do
 at that compute) follows a law of compute alone; points off it measure a mis-sized model (Cherti et
-al. 2023, Nezhurina et al. 2025 fit the same frontier). The law is fitted without the `holdout`
-largest-compute frontier points and must predict them. Intervals come from a bootstrap that
-resamples the seeds of every grid point, then the fitted frontier points.
+al. 2023, Nezhurina et al. 2025 fit the same frontier). Points at or above a declared learning-onset
+error (`onset_error`) are not part of it: before the onset the error is not a power law of compute.
+The law is fitted without the `holdout` largest-compute frontier points (or those above `fit_below`)
+and must predict them. A fit with no more points than its 3 parameters is under-determined: it is
+reported without intervals and gives no verdict. Intervals: a bootstrap that never drops a resample,
+over the seeds within each fitted point when seed noise explains the scatter about the law, else
+parametric (the fitted law plus normal residuals of the fit's own spread: one seed per point, or a
+lack of fit larger than the seed noise). The verdict is stated only at the largest compute both
+families have measured; at 10x and 100x beyond it the laws give predictions, not verdicts.
 
     from results.scaling_fit import fit_law, compare
     law = fit_law(compute, error)            # Law(a, alpha, e_inf, c_ref)
-    verdict = compare({"mixer": points, "transformer": points}, holdout=2)
+    result = compare({"mixer": points, "transformer": points}, holdout=2, onset_error=75)
 
 Reads numbers only (numpy, scipy); no model code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import least_squares
 
-HORIZONS = (1.0, 10.0, 100.0)  # x the largest measured compute
+HORIZONS = (1.0, 10.0, 100.0)  # x the largest compute both families measured; only 1x is a verdict
+PARAMETERS = 3  # A, alpha, E_inf
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,7 @@ def fit_law(compute, error, c_ref: float | None = None, start: Law | None = None
     the smallest error; the best of a few starts (the loss surface has flat valleys), or one `start`
     (a bootstrap refit starts from the point estimate)."""
     compute, error = np.asarray(compute, dtype=float), np.asarray(error, dtype=float)
-    if len(compute) < 3 or len(np.unique(compute)) < 3:
+    if len(compute) < PARAMETERS or len(np.unique(compute)) < 3:
         raise ValueError(f"a 3-parameter law needs >= 3 distinct compute values, got "
                          f"{len(np.unique(compute))}")
     c_ref = float(c_ref or compute.min())
@@ -78,51 +85,85 @@ def pareto_frontier(compute, error) -> np.ndarray:
 
 @dataclass
 class FamilyFit:
-    law: Law
+    law: Law | None  # None: fewer fitted points than parameters
     frontier: list[dict]  # {compute, error, label, held_out, predicted}
     prediction_error: list[float]  # predicted - observed at each held-out point (error points)
-    intervals: dict[str, tuple[float, float]]  # a, alpha, e_inf: 95% bootstrap
+    intervals: dict[str, tuple[float, float]] | None  # a, alpha, e_inf: 95% bootstrap; None: under-determined
     samples: dict[str, np.ndarray]  # bootstrap draws of the parameters and of E at each horizon
+    fitted: int = 0  # frontier points the law is fitted on
+    before_onset: list[str] = field(default_factory=list)  # labels of points at or above the onset error
+    bootstrap_kind: str = "none"  # seeds | parametric | none
+
+    @property
+    def determined(self) -> bool:
+        return self.law is not None and self.fitted > PARAMETERS
+
+    def status(self) -> str:
+        if self.determined:
+            return f"fitted on {self.fitted} frontier points ({self.bootstrap_kind} bootstrap)"
+        return (f"under-determined: {self.fitted} frontier point(s) to fit for {PARAMETERS} parameters "
+                "(no intervals, no verdict)")
 
 
-def _frontier_fit(compute, means, holdout: int, c_ref: float):
-    frontier = pareto_frontier(compute, means)
-    fitted = frontier[:-holdout] if holdout else frontier
-    return frontier, fitted, fit_law(compute[fitted], means[fitted], c_ref)
+def onset_split(points: list[dict], onset_error: float | None) -> tuple[list[int], list[int]]:
+    """Indices of the points past the learning onset (seed-mean error below `onset_error`) and before it."""
+    means = [float(np.mean(p["errors"])) for p in points]
+    if onset_error is None:
+        return list(range(len(points))), []
+    return ([i for i, m in enumerate(means) if m < onset_error], [i for i, m in enumerate(means)
+                                                                   if m >= onset_error])
 
 
-def fit_family(points: list[dict], holdout: int, horizons_at: float, bootstrap: int = 1000,
-               seed: int = 0) -> FamilyFit:
+def fit_family(points: list[dict], holdout: int, horizons_at: float, bootstrap: int = 1000, seed: int = 0,
+               onset_error: float | None = None, fit_below: float | None = None) -> FamilyFit:
     """`points`: one dict per grid point, {compute, errors: [one per seed], label}. `horizons_at`: the
-    largest measured compute of the comparison (the horizons are multiples of it)."""
-    compute = np.array([p["compute"] for p in points], dtype=float)
-    errors = [np.asarray(p["errors"], dtype=float) for p in points]
+    largest compute both families measured (the horizons are multiples of it). `fit_below`: fit only
+    frontier points of at most this compute and predict the others (else the `holdout` largest)."""
+    past, before = onset_split(points, onset_error)
+    compute = np.array([points[i]["compute"] for i in past], dtype=float)
+    errors = [np.asarray(points[i]["errors"], dtype=float) for i in past]
+    labels = [points[i].get("label", "") for i in past]
     means = np.array([e.mean() for e in errors])
-    c_ref = float(compute.min())
-    frontier, fitted, law = _frontier_fit(compute, means, holdout, c_ref)
-    held = [int(i) for i in frontier if i not in set(fitted.tolist())]
-    rows = [{"compute": float(compute[i]), "error": float(means[i]), "label": points[i].get("label", ""),
-             "held_out": int(i) in held, "predicted": float(law(compute[i]))} for i in frontier]
+    c_ref = float(min(p["compute"] for p in points))
+    frontier = pareto_frontier(compute, means) if len(past) else np.array([], dtype=int)
+    if fit_below is not None:
+        fitted = np.array([i for i in frontier if compute[i] <= fit_below], dtype=int)
+    else:
+        fitted = frontier[:-holdout] if holdout else frontier
+    law = None
+    if len(fitted) >= PARAMETERS and len(np.unique(compute[fitted])) >= PARAMETERS:
+        law = fit_law(compute[fitted], means[fitted], c_ref)
+    kept = set(fitted.tolist())
+    rows = [{"compute": float(compute[i]), "error": float(means[i]), "label": labels[i],
+             "held_out": int(i) not in kept, "predicted": float(law(compute[i])) if law else float("nan")}
+            for i in frontier]
+    result = FamilyFit(law, rows, [r["predicted"] - r["error"] for r in rows if r["held_out"] and law], None,
+                       {}, fitted=len(fitted), before_onset=[points[i].get("label", "") for i in before])
+    if not result.determined:
+        return result
     rng = np.random.default_rng(seed)
+    spread = float(np.sqrt(np.sum((law(compute[fitted]) - means[fitted]) ** 2) / (len(fitted) - PARAMETERS)))
+    # seeds resampled only when seed noise explains the scatter about the law; when the law misses the
+    # points by more (lack of fit), resampling seeds would hide it, so the residuals' spread is drawn
+    seed_se = (float(np.sqrt(np.mean([errors[i].var(ddof=1) / len(errors[i]) for i in fitted])))
+               if all(len(errors[i]) >= 2 for i in fitted) else 0.0)
+    by_seed = seed_se >= spread
     draws: dict[str, list[float]] = {k: [] for k in ("a", "alpha", "e_inf", *map(str, HORIZONS))}
     for _ in range(bootstrap):
-        resampled = np.array([rng.choice(e, size=len(e)).mean() for e in errors])  # over seeds
-        try:
-            front = pareto_frontier(compute, resampled)
-            fit_points = front[:-holdout] if holdout else front
-            chosen = rng.choice(fit_points, size=len(fit_points))  # over points
-            boot = fit_law(compute[chosen], resampled[chosen], c_ref, start=law)
-        except ValueError:  # a resample with < 3 distinct computes: no 3-parameter fit
-            continue
+        if by_seed:  # every fitted point keeps its place; its seeds are resampled
+            resampled = np.array([rng.choice(errors[i], size=len(errors[i])).mean() for i in fitted])
+        else:  # one seed per point: the law plus residuals of the fit's own spread
+            resampled = law(compute[fitted]) + rng.normal(0.0, spread, len(fitted))
+        boot = fit_law(compute[fitted], resampled, c_ref, start=law)
         for name in ("a", "alpha", "e_inf"):
             draws[name].append(getattr(boot, name))
         for horizon in HORIZONS:
             draws[str(horizon)].append(float(boot(horizon * horizons_at)))
-    samples = {k: np.array(v) for k, v in draws.items()}
-    intervals = {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) else
-                 (float("nan"), float("nan")) for k, v in samples.items() if k in ("a", "alpha", "e_inf")}
-    return FamilyFit(law, rows, [r["predicted"] - r["error"] for r in rows if r["held_out"]], intervals,
-                     samples)
+    result.samples = {k: np.array(v) for k, v in draws.items()}
+    result.intervals = {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))
+                        for k, v in result.samples.items() if k in ("a", "alpha", "e_inf")}
+    result.bootstrap_kind = "seeds" if by_seed else "parametric"
+    return result
 
 
 def crossings(first: Law, second: Law, low: float, high: float, points: int = 2000) -> list[float]:
@@ -133,48 +174,78 @@ def crossings(first: Law, second: Law, low: float, high: float, points: int = 20
     return [float(np.sqrt(grid[i] * grid[i + 1])) for i in change]
 
 
-def compare(points: dict[str, list[dict]], holdout: int, bootstrap: int = 1000, seed: int = 0) -> dict:
-    """Both families' fits and the verdict at the largest measured compute and 10x / 100x beyond: the
-    difference in predicted error (second family minus first) with its 95% bootstrap interval."""
+def compare(points: dict[str, list[dict]], holdout: int, bootstrap: int = 1000, seed: int = 0,
+            onset_error: float | None = None, fit_below: float | None = None) -> dict:
+    """Both families' fits; at the largest compute both measured, the difference in predicted error
+    (second family minus first) with its 95% bootstrap interval and a verdict; at 10x and 100x that, the
+    same numbers as an extrapolation, never a verdict."""
     names = sorted(points)
     if len(names) != 2:
         raise ValueError(f"a verdict compares two families, got {names}")
-    largest = max(p["compute"] for family in names for p in points[family])
+    largest = min(max(p["compute"] for p in points[family]) for family in names)  # both measured up to it
     smallest = min(p["compute"] for family in names for p in points[family])
-    fits = {f: fit_family(points[f], holdout, largest, bootstrap, seed) for f in names}
+    fits = {f: fit_family(points[f], holdout, largest, bootstrap, seed, onset_error, fit_below)
+            for f in names}
     first, second = names
+    both = fits[first].determined and fits[second].determined
     verdicts = []
     for horizon in HORIZONS:
-        a, b = fits[first].samples[str(horizon)], fits[second].samples[str(horizon)]
-        n = min(len(a), len(b))
-        gap = b[:n] - a[:n]  # independent resamples of the two families, paired by draw
-        point = float(fits[second].law(horizon * largest) - fits[first].law(horizon * largest))
-        low, high = (float(np.percentile(gap, 2.5)), float(np.percentile(gap, 97.5))) if n else (
-            np.nan, np.nan)
-        better = first if low > 0 else second if high < 0 else None
-        verdicts.append({"horizon": horizon, "compute": horizon * largest, "difference": point,
-                         "interval": (low, high), "better": better,
-                         "predicted": {f: float(fits[f].law(horizon * largest)) for f in names},
-                         "predicted_interval": {
-                             f: tuple(float(np.percentile(fits[f].samples[str(horizon)], q))
-                                      for q in (2.5, 97.5))
-                             for f in names}})
-    cross = crossings(fits[first].law, fits[second].law, smallest, 100 * largest)
+        c = horizon * largest
+        laws = fits[first].law is not None and fits[second].law is not None
+        point = float(fits[second].law(c) - fits[first].law(c)) if laws else float("nan")
+        low = high = float("nan")
+        if both:
+            gap = fits[second].samples[str(horizon)] - fits[first].samples[str(horizon)]  # paired by draw
+            low, high = float(np.percentile(gap, 2.5)), float(np.percentile(gap, 97.5))
+        better = None
+        if both and horizon == 1.0:
+            better = first if low > 0 else second if high < 0 else None
+        verdicts.append({
+            "horizon": horizon, "compute": c, "kind": "verdict" if horizon == 1.0 else "extrapolation",
+            "difference": point, "interval": (low, high), "better": better, "determined": both,
+            "predicted": {f: float(fits[f].law(c)) if fits[f].law else float("nan") for f in names},
+            "predicted_interval": {f: tuple(float(np.percentile(fits[f].samples[str(horizon)], q))
+                                            for q in (2.5, 97.5)) if fits[f].determined
+                                   else (float("nan"), float("nan")) for f in names}})
+    cross = (crossings(fits[first].law, fits[second].law, smallest, 100 * largest)
+             if fits[first].law and fits[second].law else [])
     return {"families": names, "fits": fits, "verdicts": verdicts, "crossings": cross,
-            "largest_compute": largest}
+            "measured_crossings": [c for c in cross if c <= largest], "largest_compute": largest,
+            "onset_error": onset_error, "fit_below": fit_below}
 
 
-def verdict_sentence(result: dict, metric: str = "toy zero-shot top-1 error") -> str:
-    """One sentence the README can quote: who is better at the largest measured compute, 10x and 100x."""
+def law_sentence(result: dict) -> str:
+    """What the laws say: a verdict at the largest compute both families measured, only when both laws are
+    determined; beyond it, predictions labelled as such."""
+    a, b = result["families"]
+    undetermined = [f for f in result["families"] if not result["fits"][f].determined]
+    if undetermined:
+        return ("No law-based verdict: " + "; ".join(f"the {f} law is {result['fits'][f].status()}"
+                                                     for f in undetermined) + ".")
     parts = []
     for v in result["verdicts"]:
         low, high = v["interval"]
-        a, b = result["families"]
-        where = "at the largest measured compute" if v["horizon"] == 1 else f"at {v['horizon']:g}x that"
-        who = (f"{v['better']} is better" if v["better"] else "neither is better")
-        parts.append(f"{where} ({v['compute']:.2g} FLOPs) {who} ({b} minus {a}: {v['difference']:+.1f} "
-                     f"points, 95% [{low:+.1f}, {high:+.1f}])")
-    cross = result["crossings"]
-    crossing = (f"; the fitted laws cross at {', '.join(f'{c:.2g}' for c in cross)} FLOPs" if cross
-                else "; the fitted laws do not cross up to 100x")
-    return f"On {metric}, " + ", ".join(parts) + crossing + "."
+        numbers = f"{b} minus {a}: {v['difference']:+.1f} points, 95% [{low:+.1f}, {high:+.1f}]"
+        if v["kind"] == "verdict":
+            who = f"{v['better']} is better" if v["better"] else "neither is better"
+            parts.append(f"at the largest compute both measured ({v['compute']:.2g} FLOPs) {who} ({numbers})")
+        else:
+            parts.append(f"extrapolated to {v['horizon']:g}x that ({v['compute']:.2g} FLOPs, a prediction, "
+                         f"not a verdict) {numbers}")
+    measured = result["measured_crossings"]
+    beyond = [c for c in result["crossings"] if c not in measured]
+    cross = (f"; the laws cross inside the measured range at {', '.join(f'{c:.2g}' for c in measured)} FLOPs"
+             if measured else "; the laws do not cross inside the measured range")
+    if beyond:
+        cross += f" and are predicted to cross at {', '.join(f'{c:.2g}' for c in beyond)} FLOPs"
+    return "From the fitted laws, " + "; ".join(parts) + cross + "."
+
+
+def verdict_sentence(result: dict, metric: str = "toy zero-shot top-1 error",
+                     cells: dict | None = None) -> str:
+    """The sentence the README quotes: the measured matched cells first (results.scaling_cells), then the
+    laws."""
+    from results.scaling_cells import cells_sentence
+
+    lead = cells_sentence(cells) + " " if cells and cells["cells"] else ""
+    return f"On {metric}: {lead}{law_sentence(result)}"

@@ -3,11 +3,15 @@
     python -m results.scaling_report                       # results/scaling -> results/scaling/report/
     python -m results.scaling_report --out /tmp/sweep --target toy
     python -m results.scaling_report --partial             # a sweep still running: its finished runs
+    python -m results.scaling_report --table results/published/published_results.csv --families clip mammut \
+        --benchmark imagenet1k --dataset datacomp_1b --schedule cosine --fit-below 3e21 --out DIR
 
 Reads the sweep folder `results.scaling_sweep` filled (runs/, lr_choice.json, timings.json) and writes
 `report/report.md`, `report/scaling.png` and `report/summary.json`. It refuses (one line, exit 2) runs
-whose recipes differ in anything but the swept fields (steps, cooldown_steps, lr, seed). Reads files
-only; no model code.
+whose recipes differ in anything but the swept fields (steps, cooldown_steps, lr, seed). With `--table`
+it reads a published-results table (results/published.py's schema) instead, one run per (model, samples
+seen), compute = 3 x forward FLOPs x samples seen, and writes the same report to DIR. Both go through
+`fitted_report`: the matched cells first, then the laws. Reads files only; no model code.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from results.anchors import anchor_run
 from results.figures import _flop_unit, _save, plt
+from results.published import load_table, select
 from results.runs import ReportInputError, describe_differences, load_run, recipe_differences
-from results.scaling_fit import compare, verdict_sentence
+from results.scaling_cells import cells_table, matched_cells
+from results.scaling_fit import compare, law_sentence, verdict_sentence
 from results.scaling_spec import (
     DEFAULT_SPEC,
     PHASES,
@@ -34,8 +41,9 @@ from results.scaling_spec import (
 )
 from results.scaling_sweep import run_error
 
-COLOURS = {"transformer": "#1f77b4", "mixer": "#d62728"}
-METRIC_NAMES = {"toy_top1": "toy zero-shot top-1 error", "imagenet_top1": "ImageNet zero-shot top-1 error"}
+COLOURS = {"transformer": "#1f77b4", "mixer": "#d62728", "clip": "#1f77b4", "mammut": "#2ca02c"}
+METRIC_NAMES = {"toy_top1": "toy zero-shot top-1 error", "imagenet_top1": "ImageNet zero-shot top-1 error",
+                "imagenet1k": "ImageNet zero-shot top-1 error"}
 
 
 def _lr_choice(out: Path) -> dict:
@@ -86,6 +94,8 @@ def collect(spec: dict, t: Target, out: Path, partial: bool = False) -> dict:
     recipe = next(iter(loaded.values())).recipe
     shared = {k: v for k, v in recipe.items() if k not in SWEPT_RECIPE_FIELDS}
     return {"points": {f: list(p.values()) for f, p in points.items()}, "check": check, "choice": choice,
+            "anchors": [anchor_run(run.config, run.final_eval.get("eval/imagenet_top1"))
+                        for run in loaded.values()],
             "shared_recipe": shared, "progress": {"finished": len(finished), "planned": len(planned),
                                                   "first_missing": missing[0] if missing else None}}
 
@@ -101,21 +111,25 @@ def scaling_figure(result: dict, data: dict, path: Path) -> Path:
         fit, colour = result["fits"][family], COLOURS.get(family, "#555555")
         every = data["points"][family]
         ax.scatter([p["compute"] / scale for p in every], [np.mean(p["errors"]) for p in every], s=14,
-                   color=colour, alpha=0.3)
+                   color=colour, alpha=0.3, marker=".")
         for held, marker in ((False, "o"), (True, "o")):
             rows = [r for r in fit.frontier if r["held_out"] == held]
             ax.scatter([r["compute"] / scale for r in rows], [r["error"] for r in rows], s=40, marker=marker,
                        facecolors="none" if held else colour, edgecolors=colour,
                        label=f"{family} {'held out' if held else 'frontier (fitted)'}")
         draws = fit.samples
-        if len(draws["a"]):
+        if fit.determined:
             curves = (draws["a"][:, None] * (grid[None] / fit.law.c_ref) ** -draws["alpha"][:, None]
                       + draws["e_inf"][:, None])
-            ax.fill_between(grid / scale, *np.percentile(curves, [2.5, 97.5], axis=0), color=colour,
-                            alpha=0.12)
-        ax.plot(grid / scale, fit.law(grid), color=colour,
-                label=f"{family}: {fit.law.a:.1f}·(C/C0)^-{fit.law.alpha:.2f} + {fit.law.e_inf:.1f}")
+            band = np.clip(np.percentile(curves, [2.5, 97.5], axis=0), 0, 100)  # an error stays in [0, 100]
+            ax.fill_between(grid / scale, *band, color=colour, alpha=0.12)
+        if fit.law is not None:
+            ax.plot(grid / scale, np.clip(fit.law(grid), 0, 100), color=colour,
+                    ls="-" if fit.determined else "--",
+                    label=f"{family}: {fit.law.a:.1f}·(C/C0)^-{fit.law.alpha:.2f} + {fit.law.e_inf:.1f}"
+                          + ("" if fit.determined else " (under-determined)"))
     ax.axvline(result["largest_compute"] / scale, color="#999999", lw=0.8, ls=":")
+    ax.set_ylim(0, 100)
     ax.set_xscale("log")
     ax.set_xlabel(f"training compute ({unit})")
     ax.set_ylabel("zero-shot top-1 error (points)")
@@ -127,35 +141,65 @@ def _interval(pair) -> str:
     return f"[{pair[0]:.2f}, {pair[1]:.2f}]"
 
 
-def report_markdown(result: dict, data: dict, t: Target, timings: dict) -> str:
-    lines = [f"# Scaling laws: {' vs '.join(result['families'])} ({t.name})", "",
-             verdict_sentence(result, METRIC_NAMES.get(t.metric, f"{t.metric} error")), "",
-             "## Fitted laws: E(C) = A (C/C0)^-alpha + E_inf on the compute-optimal frontier", "",
-             "| family | A | alpha | E_inf | C0 (FLOPs) | bootstrap fits |", "|---|---|---|---|---|---|"]
+def _interval_or_dash(pair) -> str:
+    return "-" if pair is None or np.isnan(pair[0]) else _interval(pair)
+
+
+def _onset_cell(labels: list[str]) -> str:
+    """A few labels, then a count (the published table has dozens; summary.json lists them all)."""
+    return "-" if not labels else ", ".join(labels[:4]) + (f" and {len(labels) - 4} more" if len(labels) > 4
+                                                            else "")
+
+
+def _number(value: float, form: str = ".2f") -> str:
+    return "-" if np.isnan(value) else format(value, form)
+
+
+def report_markdown(result: dict, cells: dict, title: str, metric: str, extra: list[str]) -> str:
+    """The matched cells first, then the laws (each family's status), the frontier and the verdicts."""
+    onset = result["onset_error"]
+    cut = result["fit_below"]
+    lines = [f"# {title}", "", verdict_sentence(result, metric, cells), "",
+             "## Measured: matched (size, budget) cells (error, points; seeds in brackets)", ""]
+    lines += cells_table(cells) if cells["cells"] else ["No (size, budget) cell was trained by both."]
+    lines += ["", "## Fitted laws: E(C) = A (C/C0)^-alpha + E_inf on the compute-optimal frontier", "",
+              "Learning-onset rule: " + (f"only points with error below {onset:g} are fitted (the rule and "
+                                         "its reason: docs/scaling-laws.md)" if onset is not None else
+                                         "none (every point may be on the frontier)")
+              + "; held out: " + (f"frontier points above {cut:.3g} FLOPs" if cut is not None else
+                                  "the largest-compute frontier points") + ".", "",
+              "| family | A | alpha | E_inf | C0 (FLOPs) | status | before the onset |",
+              "|---|---|---|---|---|---|---|"]
     for family, fit in result["fits"].items():
-        ci = fit.intervals
-        lines.append(f"| {family} | {fit.law.a:.2f} {_interval(ci['a'])} | {fit.law.alpha:.3f} "
-                     f"{_interval(ci['alpha'])} | {fit.law.e_inf:.2f} {_interval(ci['e_inf'])} "
-                     f"| {fit.law.c_ref:.3g} | {len(fit.samples['a'])} |")
+        ci = fit.intervals or {}
+        if fit.law is None:
+            cells_law = "- | - | -"
+        else:
+            cells_law = (f"{fit.law.a:.2f} {_interval_or_dash(ci.get('a'))} | {fit.law.alpha:.3f} "
+                         f"{_interval_or_dash(ci.get('alpha'))} | {fit.law.e_inf:.2f} "
+                         f"{_interval_or_dash(ci.get('e_inf'))}")
+        c0 = f"{fit.law.c_ref:.3g}" if fit.law else "-"
+        lines.append(f"| {family} | {cells_law} | {c0} | {fit.status()} | "
+                     f"{_onset_cell(fit.before_onset)} |")
     lines += ["", "## Frontier and held-out predictions", "",
               "| family | point | compute | error | predicted | held out |", "|---|---|---|---|---|---|"]
     for family, fit in result["fits"].items():
         for r in fit.frontier:
             lines.append(f"| {family} | {r['label']} | {r['compute']:.3g} | {r['error']:.2f} | "
-                         f"{r['predicted']:.2f} | {'yes' if r['held_out'] else ''} |")
+                         f"{_number(r['predicted'])} | {'yes' if r['held_out'] else ''} |")
     lines += ["", "Held-out prediction error (predicted - observed): " + "; ".join(
-        f"{f} " + ", ".join(f"{e:+.2f}" for e in fit.prediction_error)
+        f"{f} " + (", ".join(f"{e:+.2f}" for e in fit.prediction_error) or "none")
         for f, fit in result["fits"].items()), "",
-        "## Verdict", "", "| compute | " + " | ".join(result["families"]) + " | difference | better |",
-        "|---|---|---|---|---|"]
+        "## What the laws say", "", law_sentence(result), "",
+        "| compute | kind | " + " | ".join(result["families"]) + " | difference | better |",
+        "|---|---|---|---|---|---|"]
     for v in result["verdicts"]:
-        cells = [f"{v['predicted'][f]:.2f} {_interval(v['predicted_interval'][f])}"
+        shown = [f"{_number(v['predicted'][f])} {_interval_or_dash(v['predicted_interval'][f])}"
                  for f in result["families"]]
-        lines.append(f"| {v['horizon']:g}x = {v['compute']:.3g} | " + " | ".join(cells)
-                     + f" | {v['difference']:+.2f} {_interval(v['interval'])} | {v['better'] or 'neither'} |")
-    crossings = ", ".join(f"{c:.3g} FLOPs" for c in result["crossings"]) or "none up to 100x"
-    lines += ["", "Crossings: " + crossings, ""]
-    return "\n".join(lines + _measured_lines(data, t, timings)) + "\n"
+        word = (v["better"] or "neither") if v["kind"] == "verdict" and v["determined"] else "-"
+        lines.append(f"| {v['horizon']:g}x = {v['compute']:.3g} | {v['kind']} | " + " | ".join(shown)
+                     + f" | {_number(v['difference'], '+.2f')} {_interval_or_dash(v['interval'])} | {word} |")
+    return "\n".join(lines + [""] + extra) + "\n"
 
 
 def partial_markdown(data: dict, t: Target, timings: dict) -> str:
@@ -170,8 +214,15 @@ def partial_markdown(data: dict, t: Target, timings: dict) -> str:
 
 
 def _measured_lines(data: dict, t: Target, timings: dict) -> list[str]:
-    lines = ["## Grid (error by seed)", "", "| family | size | samples | compute | errors | mean |",
-             "|---|---|---|---|---|---|"]
+    anchors = data.get("anchors", [])
+    reasons = sorted({a.reason for a in anchors if a.published is None})
+    lines = ["## Anchors to published CLIP runs", "",
+             f"{sum(a.published is not None for a in anchors)} of {len(anchors)} runs have a published "
+             "counterpart (results/anchors.py)" + (": " + "; ".join(reasons) if reasons else "") + ".", ""]
+    flagged = [f"> **{a.summary()}**" for a in anchors if a.flagged]
+    lines += flagged + ([""] if flagged else [])
+    lines += ["## Grid (error by seed)", "", "| family | size | samples | compute | errors | mean |",
+              "|---|---|---|---|---|---|"]
     for family, points in data["points"].items():
         for p in sorted(points, key=lambda p: p["compute"]):
             lines.append(f"| {family} | {p['size']} | {p['budget']:,} | {p['compute']:.3g} | "
@@ -222,6 +273,42 @@ def points_figure(data: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def fitted_report(data: dict, folder: Path, title: str, metric: str, extra: list[str], holdout: int,
+                  bootstrap: int, onset_error: float | None = None, fit_below: float | None = None) -> dict:
+    """The one path from grid points to report.md, scaling.png and summary.json (toy sweep and tables)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cells = matched_cells(data["points"])
+    result = compare(data["points"], holdout=holdout, bootstrap=bootstrap, onset_error=onset_error,
+                     fit_below=fit_below)
+    scaling_figure(result, data, folder / "scaling.png")
+    (folder / "report.md").write_text(report_markdown(result, cells, title, metric, extra))
+    summary = {"verdict": verdict_sentence(result, metric, cells), "cells": cells,
+               "crossings": result["crossings"], "measured_crossings": result["measured_crossings"],
+               "onset_error": onset_error, "fit_below": fit_below,
+               "laws": {f: {"status": fit.status(), "determined": fit.determined, "fitted_points": fit.fitted,
+                            "before_onset": fit.before_onset,
+                            **({"a": fit.law.a, "alpha": fit.law.alpha, "e_inf": fit.law.e_inf,
+                                "c_ref": fit.law.c_ref} if fit.law else {}),
+                            "intervals": fit.intervals, "prediction_error": fit.prediction_error,
+                            "frontier": fit.frontier}
+                        for f, fit in result["fits"].items()},
+               "verdicts": result["verdicts"]}
+    (folder / "summary.json").write_text(json.dumps(_nan_to_none(summary), indent=2, allow_nan=False) + "\n")
+    return {"verdict": summary["verdict"], "report_md": folder / "report.md", "result": result,
+            "cells": cells}
+
+
+def _nan_to_none(value):
+    """JSON has no NaN: an undefined number (an under-determined law's interval) is written as null."""
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
 def write_scaling_report(spec: dict, t: Target, out: Path, bootstrap: int | None = None,
                          partial: bool = False) -> dict:
     data = collect(spec, t, out, partial)
@@ -239,19 +326,38 @@ def write_scaling_report(spec: dict, t: Target, out: Path, bootstrap: int | None
                                              + "\n")
         return {"verdict": verdict, "report_md": folder / "report.md", "result": None}
     fit_spec = spec.get("fit") or {}
-    result = compare(data["points"], holdout=int(fit_spec.get("holdout", 2)),
-                     bootstrap=int(bootstrap if bootstrap is not None else fit_spec.get("bootstrap", 1000)))
-    scaling_figure(result, data, folder / "scaling.png")
-    (folder / "report.md").write_text(report_markdown(result, data, t, timings))
-    summary = {"verdict": verdict_sentence(result, METRIC_NAMES.get(t.metric, f"{t.metric} error")),
-               "crossings": result["crossings"],
-               "laws": {f: {"a": fit.law.a, "alpha": fit.law.alpha, "e_inf": fit.law.e_inf,
-                            "c_ref": fit.law.c_ref, "intervals": fit.intervals,
-                            "prediction_error": fit.prediction_error}
-                        for f, fit in result["fits"].items()},
-               "verdicts": [{k: v for k, v in verdict.items()} for verdict in result["verdicts"]]}
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return {"verdict": summary["verdict"], "report_md": folder / "report.md", "result": result}
+    return fitted_report(data, folder, f"Scaling laws: {' vs '.join(sorted(data['points']))} ({t.name})",
+                         METRIC_NAMES.get(t.metric, f"{t.metric} error"), _measured_lines(data, t, timings),
+                         holdout=int(fit_spec.get("holdout", 2)),
+                         bootstrap=int(fit_spec.get("bootstrap", 1000) if bootstrap is None else bootstrap),
+                         onset_error=t.onset_error)
+
+
+def collect_table(table: Path, families: list[str], benchmark: str, dataset: str, schedule: str) -> dict:
+    """Grid points per family from a published-results table: one per (model, samples seen), error =
+    100 - value, compute = training FLOPs (3 x forward)."""
+    rows = load_table(table)
+    points: dict[str, list[dict]] = {}
+    for family in families:
+        chosen = select(rows, family=family, benchmark=benchmark, dataset=dataset, schedule=schedule)
+        if not chosen:
+            raise ReportInputError(f"{table}: no {family} rows for benchmark {benchmark}, dataset {dataset}, "
+                                   f"schedule {schedule}")
+        if any(r.gflops_per_sample is None for r in chosen):
+            raise ReportInputError(f"{table}: {family} rows without gflops_per_sample: no compute to fit on")
+        points[family] = [{"compute": r.train_flops, "errors": [100.0 - r.value], "size": r.model,
+                           "budget": r.samples_seen, "label": f"{r.model} {r.samples_seen / 1e6:g}M"}
+                          for r in chosen]
+    return {"points": points}
+
+
+def table_lines(data: dict, table: Path, args) -> list[str]:
+    lines = ["## Source", "", f"Table `{table}`: benchmark {args.benchmark}, dataset {args.dataset}, "
+             f"schedule {args.schedule}; "
+             + ", ".join(f"{f} {len(p)} points" for f, p in data["points"].items())
+             + ". Compute: 3 x the table's forward GFLOPs per sample x samples seen.", "",
+             "![scaling](scaling.png)"]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,14 +365,39 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
     parser.add_argument("--target", default="toy")
-    parser.add_argument("--out", type=Path, default=Path("results/scaling"), help="the sweep folder")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the sweep folder (default results/scaling); with --table, the report folder")
     parser.add_argument("--bootstrap", type=int, default=None, help="resamples (default: the spec's)")
     parser.add_argument("--partial", action="store_true",
                         help="a sweep still running: tables of the finished runs, no law and no verdict")
+    table = parser.add_argument_group("a published-results table instead of a sweep")
+    table.add_argument("--table", type=Path, help="CSV in results/published.py's schema")
+    table.add_argument("--families", nargs=2, default=["clip", "mammut"])
+    table.add_argument("--benchmark", default="imagenet1k")
+    table.add_argument("--dataset", default="datacomp_1b")
+    table.add_argument("--schedule", default="cosine")
+    table.add_argument("--fit-below", type=float, default=None,
+                       help="fit only frontier points up to this training compute (FLOPs); predict the rest")
+    table.add_argument("--holdout", type=int, default=2, help="without --fit-below: largest frontier points "
+                       "held out")
+    table.add_argument("--onset-error", type=float, default=None,
+                       help="fit only points with error below this (points); default: no onset rule")
     args = parser.parse_args(argv)
     try:
-        spec = load_spec(args.spec)
-        result = write_scaling_report(spec, target(spec, args.target), args.out, args.bootstrap, args.partial)
+        if args.table is not None:
+            if args.out is None:
+                raise ReportInputError("--table needs --out DIR (the report folder)")
+            data = collect_table(args.table, args.families, args.benchmark, args.dataset, args.schedule)
+            result = fitted_report(data, args.out, f"Scaling laws: {' vs '.join(sorted(args.families))} "
+                                   f"({args.dataset}, {args.schedule}, {args.benchmark})",
+                                   METRIC_NAMES.get(args.benchmark, f"{args.benchmark} error"),
+                                   table_lines(data, args.table, args), holdout=args.holdout,
+                                   bootstrap=1000 if args.bootstrap is None else args.bootstrap,
+                                   onset_error=args.onset_error, fit_below=args.fit_below)
+        else:
+            spec = load_spec(args.spec)
+            out = args.out or Path("results/scaling")
+            result = write_scaling_report(spec, target(spec, args.target), out, args.bootstrap, args.partial)
     except (SpecError, ReportInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

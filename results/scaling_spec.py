@@ -52,6 +52,7 @@ class Target:
     check_size: str
     check_budget: int
     metric: str
+    onset_error: float | None = None  # the learning-onset rule: fit only points with error below it
     nodes: int = 1
     gpus_per_node: int = 1
     slurm: dict[str, Any] = field(default_factory=dict)
@@ -125,6 +126,7 @@ def target(spec: dict, name: str) -> Target:
         check_size=str(_need(check, "size", f"{where}branch_check.", path)),
         check_budget=int(_need(check, "budget", f"{where}branch_check.", path, int)),
         metric=str(raw.get("metric", spec.get("metric", "toy_top1"))),
+        onset_error=None if raw.get("onset_error") is None else float(raw["onset_error"]),
         nodes=int(raw.get("nodes", 1)), gpus_per_node=int(raw.get("gpus_per_node", 1)),
         slurm=dict(raw.get("slurm") or {}))
     processes = result.nodes * result.gpus_per_node

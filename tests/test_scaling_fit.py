@@ -7,7 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from results.scaling_fit import Law, compare, crossings, fit_law, pareto_frontier, verdict_sentence
+from results.scaling_cells import cells_sentence, matched_cells
+from results.scaling_fit import (
+    Law,
+    compare,
+    crossings,
+    fit_family,
+    fit_law,
+    pareto_frontier,
+    verdict_sentence,
+)
 
 
 def test_fit_recovers_known_parameters_exactly_without_noise_and_closely_with_it():
@@ -37,7 +46,7 @@ def grid(law: Law, rng, seeds: int = 3, noise: float = 0.3) -> list[dict]:
             compute = 1e12 * 2.0 ** (size + budget) * (1 + 0.1 * size)
             error = law(compute) + 1.5 * abs(size - budget)
             points.append({"compute": compute, "errors": list(error + rng.normal(0, noise, seeds)),
-                           "label": f"s{size} b{budget}"})
+                           "label": f"s{size} b{budget}", "size": f"w{size}", "budget": budget})
     return points
 
 
@@ -53,13 +62,20 @@ def test_compare_predicts_held_out_points_and_gives_the_verdict_with_intervals()
         assert max(abs(e) for e in fit.prediction_error) < 2.0  # points of error, seed noise 0.3
         low, high = fit.intervals["alpha"]
         assert low <= truth.alpha <= high and len(fit.samples["a"]) > 100
-    # mixer's law is lower everywhere; at 100x the extrapolation's interval may be too wide to say so
-    assert [v["better"] for v in result["verdicts"]][:2] == ["mixer"] * 2
-    assert all(v["difference"] > 0 and v["better"] in ("mixer", None) for v in result["verdicts"])
+    # mixer's law is lower everywhere; only the largest measured compute gets a verdict, 10x and 100x are
+    # extrapolations with numbers and no verdict word
+    assert [v["better"] for v in result["verdicts"]] == ["mixer", None, None]
+    assert [v["kind"] for v in result["verdicts"]] == ["verdict", "extrapolation", "extrapolation"]
+    assert all(v["difference"] > 0 for v in result["verdicts"])
     first = result["verdicts"][0]
     assert first["interval"][0] < first["difference"] < first["interval"][1] and first["interval"][0] > 0
+    # every resample is a fit, none is dropped; the grid's mis-sized frontier points miss the law by more
+    # than the seed noise, so the residuals' spread is drawn (resampling seeds would hide that lack of fit)
+    for fit in result["fits"].values():
+        assert len(fit.samples["a"]) == 200 and fit.bootstrap_kind == "parametric"
     sentence = verdict_sentence(result)
-    assert sentence.count("mixer is better") >= 2 and "do not cross" in sentence and sentence.endswith(".")
+    assert sentence.count("mixer is better") == 1 and "not a verdict" in sentence and sentence.endswith(".")
+    assert "do not cross inside the measured range" in sentence
 
 
 def test_crossing_is_where_the_laws_meet():
@@ -69,3 +85,57 @@ def test_crossing_is_where_the_laws_meet():
     assert len(found) == 1
     x = found[0] / 1e12
     assert 20 * x ** -0.5 + 10 == pytest.approx(10 * x ** -0.25 + 12, abs=0.01)
+
+
+def test_points_before_the_learning_onset_are_not_fitted_and_too_few_points_give_no_verdict():
+    rng = np.random.default_rng(5)
+    law = Law(30.0, 0.5, 10.0, 1e12)
+    points = grid(law, rng)
+    # an onset above every point's error: nothing changes; one that cuts the frontier to 3 points leaves
+    # 1 fitted point after 2 held out: under-determined, no law, no intervals, no verdict
+    full = fit_family(points, 2, 1e14, bootstrap=20)
+    assert fit_family(points, 2, 1e14, bootstrap=20, onset_error=100).fitted == full.fitted > 3
+    onset = full.frontier[-3]["error"] + 1e-9  # past it: exactly the last 3 frontier points
+    cut = fit_family(points, 2, 1e14, bootstrap=20, onset_error=onset)
+    assert cut.fitted == 1 and cut.law is None and cut.intervals is None and not cut.determined
+    assert len(cut.frontier) == 3 and "under-determined" in cut.status()
+    # exactly as many fitted points as parameters: a law through them, still without intervals
+    three = fit_family(points, 0, 1e14, bootstrap=20, onset_error=onset)
+    assert three.fitted == 3 and three.law is not None and three.intervals is None
+    result = compare({"mixer": points, "transformer": grid(Law(30.0, 0.3, 18.0, 1e12), rng)}, holdout=2,
+                     bootstrap=20, onset_error=onset)
+    assert all(v["better"] is None for v in result["verdicts"])
+    assert "No law-based verdict" in verdict_sentence(result)
+
+
+def test_one_seed_per_point_gets_a_parametric_bootstrap_that_covers_the_truth():
+    rng = np.random.default_rng(7)
+    truth = Law(40.0, 0.35, 12.0, 1e12)
+    compute = np.geomspace(1e12, 1e15, 14)
+    points = [{"compute": c, "errors": [float(truth(c) + rng.normal(0, 0.5))], "label": str(i)}
+              for i, c in enumerate(compute)]
+    fit = fit_family(points, 2, compute[-1], bootstrap=300)
+    assert fit.bootstrap_kind == "parametric" and len(fit.samples["alpha"]) == 300
+    for name in ("a", "alpha", "e_inf"):
+        low, high = fit.intervals[name]
+        assert low <= getattr(truth, name) <= high, name
+    assert max(abs(e) for e in fit.prediction_error) < 2.0
+    # three seeds per point scattered only by seed noise: the seeds within each point are resampled
+    seeded = [{"compute": c, "errors": list(truth(c) + rng.normal(0, 0.5, 3)), "label": str(i)}
+              for i, c in enumerate(compute)]
+    fit = fit_family(seeded, 2, compute[-1], bootstrap=300)
+    assert fit.bootstrap_kind == "seeds" and len(fit.samples["alpha"]) == 300
+    assert fit.intervals["alpha"][0] <= truth.alpha <= fit.intervals["alpha"][1]
+
+
+def test_matched_cells_are_the_headline_with_seed_level_intervals():
+    rng = np.random.default_rng(11)
+    low, high = grid(Law(30.0, 0.5, 10.0, 1e12), rng), grid(Law(30.0, 0.5, 20.0, 1e12), rng)
+    cells = matched_cells({"transformer": high, "mixer": low})
+    assert cells["families"] == ["mixer", "transformer"] and len(cells["cells"]) == 12
+    for cell in cells["cells"]:
+        assert cell["difference"] == pytest.approx(10.0, abs=1.0)  # E_inf differs by 10, seed noise 0.3
+        assert cell["interval"][0] > 0 and cell["separated"] == "first"
+    sentence = cells_sentence(cells)
+    assert "the mixer's error is lower at 12 of 12" in sentence and "excludes 0 in 12 of 12" in sentence
+    assert "every transformer seed is worse than every mixer seed in 12 of 12" in sentence

@@ -119,6 +119,7 @@ def test_run_writes_its_record_and_refuses_another_tower_on_resume(tmp_path, cap
     assert f"run written to {run_dir}/" in out
     assert f"python -m benchmarks.imagenet_zeroshot --model {run_dir} --dataset toy" in out
     assert f"python -m results.report {run_dir} " in out
+    assert "has no published counterpart: towers mixer/mixer" in out  # the end-of-run anchor line
     # the same run name again without --resume is refused (never overwrites a run)
     assert train.main(_args(tmp_path, "run", "--steps", "4")) == 2
     assert "already holds a run" in capsys.readouterr().err
