@@ -42,6 +42,9 @@ REPORT_TO = ("tensorboard", "wandb", "all")  # launch.run_record.make_trackers
 TOY_CONTEXT_LENGTH = 32
 CLIP_CONTEXT_LENGTH = 77
 COOLDOWN_FRACTION = 0.2  # the default cooldown, as in the scaling sweep (Hägele et al. 2024)
+# The default warmup: the default run's 40 of its 640 steps, so it follows --steps (1 step: none, 20: 1);
+# every committed run that left it out trained 640 steps, so their recipe hashes are unchanged.
+WARMUP_FRACTION = 1 / 16
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the committed recipes (README: Training)
 
 
@@ -54,7 +57,9 @@ class Recipe:
     batch_size: int = 128  # per process; global batch = batch_size x processes x accum
     accum: int = 1  # micro-batches per step; the contrastive loss still sees the whole batch
     lr: float = 1e-3
-    warmup_steps: int = 40  # linear warmup, then the schedule (lr_schedule)
+    # linear warmup, then the schedule (lr_schedule); None: resolved on construction to WARMUP_FRACTION of
+    # `steps` (at most what an explicit cooldown leaves); the resolved number is what is hashed
+    warmup_steps: int | None = None
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     weight_decay: float = 0.2  # on >= 2-d weights only (chosen by shape, never by name)
@@ -86,6 +91,9 @@ class Recipe:
         if self.context_length is None:
             resolved = TOY_CONTEXT_LENGTH if self.train_data is None else CLIP_CONTEXT_LENGTH
             object.__setattr__(self, "context_length", resolved)
+        if self.warmup_steps is None:
+            room = max(self.steps - (self.cooldown_steps or 0), 0)
+            object.__setattr__(self, "warmup_steps", min(round(WARMUP_FRACTION * self.steps), room))
         if self.cooldown_steps is None:
             cooldown = min(round(COOLDOWN_FRACTION * self.steps), max(self.steps - self.warmup_steps, 0)) \
                 if self.lr_schedule == "constant" else 0
@@ -279,8 +287,10 @@ def parse_experiment(argv: list[str] | None = None) -> tuple[Experiment, RunOpti
     """Flags (over an optional --config file, over the defaults) -> (Experiment, RunOptions)."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    values = _read_config_file(args.pop("config"), parser) if args.get("config") else {}
-    args.pop("config", None)
+    config_file = args.pop("config", None)
+    values = _read_config_file(config_file, parser) if config_file else {}
+    # where each value came from, for errors that name what the user passed
+    given = {**{name: f" (from --config {config_file})" for name in values}, **{name: "" for name in args}}
     # a flag overrides the config's batch, whichever of the two spellings either uses
     if "batch_size" in args:
         values.pop("global_batch_size", None)
@@ -315,6 +325,7 @@ def parse_experiment(argv: list[str] | None = None) -> tuple[Experiment, RunOpti
         parser.error(f"--variant/--tower: {error}")
     experiment = dataclasses.replace(experiment, variant=canonical_variant(experiment.variant))
     _check_numbers(parser, experiment.recipe, RunOptions(**run_values))
+    _check_schedule(parser, experiment.recipe, given)
     return experiment, RunOptions(**run_values)
 
 
@@ -330,7 +341,7 @@ def _split_global_batch(parser: argparse.ArgumentParser, global_batch: int, accu
 
 def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOptions) -> None:
     checks = [
-        (recipe.steps > 0, "--steps must be > 0"),
+        (recipe.steps > 0, "--steps must be >= 1"),
         (recipe.batch_size > 0, "--batch-size must be > 0"),
         (recipe.accum > 0, "--accum must be > 0"),
         (recipe.lr > 0, "--lr must be > 0"),
@@ -338,10 +349,7 @@ def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOpti
         (recipe.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}"),
         (recipe.decoder in DECODERS, f"--decoder must be one of {DECODERS}"),
         (recipe.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {LR_SCHEDULES}"),
-        (recipe.cooldown_steps == 0 or recipe.lr_schedule == "constant",
-         "--cooldown-steps needs --lr-schedule constant"),
-        (0 <= recipe.cooldown_steps <= recipe.steps - recipe.warmup_steps,
-         "--cooldown-steps must be between 0 and --steps minus --warmup-steps"),
+        (recipe.cooldown_steps >= 0, "--cooldown-steps must be >= 0"),
         (run.workers >= 0, "--workers must be >= 0"),
         (run.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0 (0 keeps all)"),
         (run.cpu_threads is None or run.cpu_threads > 0, "--cpu-threads must be > 0"),
@@ -351,6 +359,24 @@ def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOpti
     for ok, message in checks:
         if not ok:
             parser.error(message)
+
+
+def _check_schedule(parser: argparse.ArgumentParser, recipe: Recipe, given: dict[str, str]) -> None:
+    """Warmup and cooldown must fit in --steps; a value left out follows --steps and always fits, so the
+    one line names the value the user gave (on the command line or in --config)."""
+    def named(name: str) -> str:
+        return f"{_flag(name)} {getattr(recipe, name)}{given[name]}"
+
+    steps = f"--steps {recipe.steps}{given.get('steps', '')}"
+    if recipe.cooldown_steps and recipe.lr_schedule != "constant":
+        parser.error(f"{named('cooldown_steps')} needs --lr-schedule constant (this run's is "
+                     f"{recipe.lr_schedule})")
+    for name in ("warmup_steps", "cooldown_steps"):
+        if getattr(recipe, name) > recipe.steps:
+            parser.error(f"{named(name)} is longer than {steps}: pass a smaller {_flag(name)}, or leave it "
+                         "out and it follows --steps")
+    if recipe.warmup_steps + recipe.cooldown_steps > recipe.steps:  # both given: neither follows --steps
+        parser.error(f"{named('warmup_steps')} plus {named('cooldown_steps')} is longer than {steps}")
 
 
 def experiment_dict(experiment: Experiment) -> dict:
