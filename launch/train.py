@@ -60,7 +60,14 @@ from launch.faults import (
     failure_line,
     write_preempted,
 )
-from launch.run_record import MetricsLog, TrackerUnavailableError, make_trackers, next_commands
+from launch.run_record import (
+    MetricsLog,
+    OutputLog,
+    TrackerUnavailableError,
+    log_output_to,
+    make_trackers,
+    next_commands,
+)
 from launch.run_resume import RunError, RunResume
 from launch.trainer import (
     ContrastiveStep,
@@ -286,6 +293,8 @@ class TrainingRun(RunResume):
 
     def train(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.main:  # what this launch printed so far and prints from now on, appended
+            log_output_to(self.folder.out_log)
         self.accelerator.wait_for_everyone()
         self.log = (MetricsLog(self.run_dir, self.started, self.accelerator, self.write_config())
                     if self.main else None)
@@ -308,7 +317,8 @@ class TrainingRun(RunResume):
             final = self.evaluate()
             if self.main:
                 write_json(self.folder.final_eval, {"step": self.step, **final})
-                print(next_commands(self.run_dir), flush=True)
+                print(next_commands(self.run_dir, self.recipe.train_data, self.options.imagenet_val),
+                      flush=True)
         finally:
             self.stop.uninstall()
             if self.main:
@@ -360,6 +370,12 @@ def training_device(on_cpu: bool) -> torch.device:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train; what the main process prints also goes to RUN/out.log once the run folder exists."""
+    with OutputLog():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     experiment, options = parse_experiment(argv)
     try:
         trackers = make_trackers(options.report_to, run_directory(experiment, options), options.wandb_project)
