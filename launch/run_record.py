@@ -238,7 +238,7 @@ def next_commands(run_dir: Path, train_data: str | None = None, imagenet_val: st
     a placeholder for the user's) and on MTEB's STS sets."""
     run = shlex.quote(str(run_dir))
     if train_data is None:
-        score = ["next: score it on the toy set's held-out classes and on STS",
+        score = ["next: score it",
                  f"  python -m benchmarks.imagenet_zeroshot --model {run} --dataset toy",
                  f"  python -m benchmarks.sts --model {run}"]
     else:
@@ -249,7 +249,7 @@ def next_commands(run_dir: Path, train_data: str | None = None, imagenet_val: st
                  f"  python -m benchmarks.sts --model {run} --source hf"]
     return "\n".join([
         f"run written to {run_dir}/ (config.json, metrics.jsonl, final_eval.json, checkpoints/, "
-        "tensorboard/, out.log)",
+        "tensorboard/)",
         *score,
         "and compare it with other runs of the same recipe (another tower, other seeds):",
         f"  python -m results.report {run} runs/OTHER_RUN ... --out report/",

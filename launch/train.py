@@ -5,8 +5,9 @@ every other flag is the recipe (`launch/config.py`), identical for every tower. 
 `--train-data` the run uses the embedded `toy` set (generated on first use), through the same
 WebDataset code path as a LAION run. A run writes `runs/<name>/`: config.json, metrics.jsonl,
 TensorBoard events and atomic checkpoints (`--save-every`, `latest` pointer, the newest
-`--keep-checkpoints` kept); `--resume latest` continues exactly where the last checkpoint left off
-(the data position is stream state, so resuming costs the same at any step), and `--resume auto`
+`--keep-checkpoints` kept) and out.log (what it printed, appended by every launch); `--resume latest`
+continues exactly where the last checkpoint left off, or starts the run when it has none (open_clip's
+meaning; the data position is stream state, so resuming costs the same at any step), and `--resume auto`
 (requeued jobs) starts the run when there is no readable checkpoint, else continues from the newest
 readable one. Zero-shot accuracy on the toy val split (when training on toy) and on ImageNet
 (`--imagenet-val PATH`: ILSVRC or ImageNetV2 folder, or shards with `.cls`) is scored at the end and
