@@ -347,7 +347,7 @@ def _split_global_batch(parser: argparse.ArgumentParser, global_batch: int, accu
 
 def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOptions) -> None:
     checks = [
-        (recipe.steps > 0, "--steps must be >= 1"),
+        (recipe.steps > 0, "--steps must be > 0"),
         (recipe.batch_size > 0, "--batch-size must be > 0"),
         (recipe.accum > 0, "--accum must be > 0"),
         (recipe.lr > 0, "--lr must be > 0"),
@@ -371,7 +371,7 @@ def _check_schedule(parser: argparse.ArgumentParser, recipe: Recipe, given: dict
     """Warmup and cooldown must fit in --steps; a value left out follows --steps and always fits, so the
     one line names the value the user gave (on the command line or in --config)."""
     def named(name: str) -> str:
-        return f"{_flag(name)} {getattr(recipe, name)}{given[name]}"
+        return f"{_flag(name)} {getattr(recipe, name)}{given.get(name, '')}"
 
     steps = f"--steps {recipe.steps}{given.get('steps', '')}"
     if recipe.cooldown_steps and recipe.lr_schedule != "constant":

@@ -164,7 +164,7 @@ def test_warmup_and_cooldown_follow_the_steps(steps, warmup, cooldown):
     (["--config", str(CONFIGS_DIR / "laion400m-b32.yaml"), "--steps", "20"],
      f"--warmup-steps 2000 (from --config {CONFIGS_DIR / 'laion400m-b32.yaml'}) is longer than --steps 20"),
     (["--lr-schedule", "cosine", "--cooldown-steps", "3"], "--cooldown-steps 3 needs --lr-schedule constant"),
-    (["--steps", "0"], "--steps must be >= 1"),
+    (["--steps", "0"], "--steps must be > 0"),
 ])
 def test_a_schedule_that_does_not_fit_names_the_flag_given(argv, message, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "8")

@@ -147,8 +147,13 @@ def _check_trackers_got_the_jsonl(run_dir: Path) -> None:
     for step, numbers in sent.items():
         for tag, value in numbers.items():
             assert scalars[tag][step] == pytest.approx(value, rel=1e-6), tag  # TensorBoard keeps float32
-    # one events file and no `<timestamp>/` sub-run for the hparams (one run in TensorBoard's list)
+    # one events file and no `<timestamp>/` sub-run for the hparams (one run in TensorBoard's list) ...
     assert [p.name[:20] for p in (run_dir / "tensorboard").iterdir()] == ["events.out.tfevents."]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()  # ... which holds them itself
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
 
 
 def test_report_to_all_one_process_offline(tmp_path):
