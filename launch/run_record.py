@@ -162,7 +162,7 @@ class MetricsLog:
         self.accelerator.trackers.clear()
 
 # What a launch prints before its run folder exists is a few lines; the cap bounds a process that never
-# gets a folder (not the main process) or prints without end before it.
+# gets a folder (every process but the main one): 16 processes on 2 nodes hold at most 16 MiB.
 EARLY_OUTPUT_LIMIT = 1 << 20
 
 
