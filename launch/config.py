@@ -4,8 +4,9 @@
 touches the recipe: `--tower mixer` and `--tower transformer` with the same other flags give the same
 `recipe_sha256` (the sha256 of the Recipe's canonical JSON, with the data by identity and the global
 batch: `Recipe.identity`), and nothing in `launch/` branches on the tower family. Flags are the
-fields' names in kebab case (`--warmup-steps`); `--config FILE.yaml|json` supplies values that flags
-then override. The committed recipes are `launch/configs/*.yaml` (CONFIGS_DIR); a config may give
+fields' names in kebab case (`--warmup-steps`), their help the comments on the fields
+(launch/flag_help.py); `--config FILE.yaml|json` supplies values that flags then override. The
+committed recipes are `launch/configs/*.yaml` (CONFIGS_DIR); a config may give
 `global_batch_size` instead of `batch_size`, split over the launch's processes (torchrun's WORLD_SIZE)
 and `accum`, so one file gives one recipe_sha256 on 1, 8 or 16 GPUs.
 
@@ -43,7 +44,7 @@ TOY_CONTEXT_LENGTH = 32
 CLIP_CONTEXT_LENGTH = 77
 COOLDOWN_FRACTION = 0.2  # the default cooldown, as in the scaling sweep (Hägele et al. 2024)
 # The default warmup: the default run's 40 of its 640 steps, so it follows --steps (1 step: none, 20: 1);
-# every committed run that left it out trained 640 steps, so their recipe hashes are unchanged.
+# the committed runs that left it out and still replay trained 640 steps: their hashes are unchanged.
 WARMUP_FRACTION = 1 / 16
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the committed recipes (README: Training)
 
@@ -57,8 +58,8 @@ class Recipe:
     batch_size: int = 128  # Samples per process and micro-batch; global batch = this x processes x --accum.
     accum: int = 1  # Micro-batches per step; the contrastive loss still sees the whole global batch.
     lr: float = 1e-3  # Peak learning rate of AdamW, reached at the end of warmup.
-    # Linear warmup steps, then --lr-schedule; left out, it follows --steps: WARMUP_FRACTION (1/16) of
-    # them, at most what an explicit --cooldown-steps leaves; the resolved number is hashed.
+    # Linear warmup steps, then --lr-schedule; left out, it follows --steps: 1/16 of them
+    # (WARMUP_FRACTION), at most what an explicit --cooldown-steps leaves; the resolved number is hashed.
     warmup_steps: int | None = None
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW's beta1 beta2 (open_clip's CLIP values).
     eps: float = 1e-6  # AdamW's epsilon (open_clip's CLIP value).
@@ -71,8 +72,8 @@ class Recipe:
     # out: the embedded toy set, generated on first use.
     train_data: str | None = None
     image_size: int | None = None  # Image side in pixels; left out: the tower variant's.
-    # Text tokens per caption; left out: TOY_CONTEXT_LENGTH on the toy set (its captions fit with room to
-    # spare) and CLIP's 77 on shards, where a shorter context would cut real captions.
+    # Text tokens per caption; left out: 32 on the toy set (TOY_CONTEXT_LENGTH: its captions fit with room
+    # to spare) and CLIP's 77 on shards, where a shorter context would cut real captions.
     context_length: int | None = None
     # JPEG decode path of the train transform (launch/decoders.py); it changes pixels, so it is hashed.
     decoder: str = "pil"
@@ -83,7 +84,7 @@ class Recipe:
     # decay from the end of warmup to 0 at --steps.
     lr_schedule: str = "constant"
     # Linear cooldown steps at the end of a `constant` schedule; left out, it follows --steps:
-    # COOLDOWN_FRACTION (20%) of them, at most what warmup leaves (0 under `cosine`); hashed resolved.
+    # 20% of them (COOLDOWN_FRACTION), at most what warmup leaves (0 under `cosine`); hashed resolved.
     cooldown_steps: int | None = None
 
     def __post_init__(self) -> None:
