@@ -16,13 +16,17 @@ import datetime
 import hashlib
 import importlib.util
 import json
+import re
 import shlex
+import sys
 import time
 from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker, TensorBoardTracker, WandBTracker
 
+from benchmarks.provenance import command_line
+from launch.flag_help import tracker_names
 from runfolder import TENSORBOARD, RunFolder
 
 TENSORBOARD_FOLDER = TENSORBOARD  # RUN/tensorboard/ (runfolder owns the layout)
@@ -36,7 +40,7 @@ def make_trackers(report_to: str, run_dir: Path, wandb_project: str) -> list[Gen
     """Accelerate's trackers for `--report-to` (`Accelerator(log_with=...)`); nothing starts until
     `init_trackers`. `all` means TensorBoard and wandb (open_clip's meaning), not Accelerate's "every
     tracker installed here"."""
-    names = ["tensorboard", "wandb"] if report_to == "all" else [report_to]
+    names = tracker_names(report_to)  # one, `all`, or open_clip's comma list
     for name in names:
         if importlib.util.find_spec(name) is None:
             extra = ' (pip install -e ".[wandb]")' if name == "wandb" else ""
@@ -44,12 +48,25 @@ def make_trackers(report_to: str, run_dir: Path, wandb_project: str) -> list[Gen
                                           f"installed{extra}")
     trackers: list[GeneralTracker] = []
     if "tensorboard" in names:
-        trackers.append(TensorBoardTracker(TENSORBOARD_FOLDER, run_dir))
+        trackers.append(RunTensorBoard(TENSORBOARD_FOLDER, run_dir))
     if "wandb" in names:
         # resume="allow" with an id fixed by the run folder: a requeued job continues the same run
         trackers.append(WandBTracker(wandb_project, dir=str(run_dir), name=run_dir.name,
                                      id=wandb_run_id(run_dir), resume="allow"))
     return trackers
+
+
+class RunTensorBoard(TensorBoardTracker):
+    """Accelerate's TensorBoard tracker, with the run's config as hparams of the run itself: Accelerate's
+    `add_hparams` writes them to a new `<timestamp>/` sub-run (one more per requeue), a second run in
+    TensorBoard's list beside the real one."""
+
+    def store_init_configuration(self, values: dict) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        for summary in hparams(values, {}):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.flush()
 
 
 def wandb_run_id(run_dir: Path) -> str:
@@ -69,6 +86,31 @@ def flat_numbers(record: dict) -> dict:
         elif _is_number(value):
             flat[key] = value
     return flat
+
+
+# Counts that stay 0 in a healthy run (bad samples by kind, non-finite steps): not a curve of zeros, a
+# curve from the first log step they are not 0
+COUNTERS = ("skipped/", "nonfinite_steps")
+EVAL_SET_SIZE = re.compile(r"eval/.+_n(_seen|_held_out)?")  # the same at every eval: logged when it changes
+
+
+def tracker_tag(key: str) -> str:
+    """The tracker name of a metrics.jsonl number: `eval/...` as it is, the rest under `train/`."""
+    return key if key.startswith("eval/") else f"train/{key}"
+
+
+def tracker_values(numbers: dict, logged: dict) -> dict:
+    """The numbers (flat_numbers, without `step`) that go to the trackers at this step, by tracker tag;
+    `logged` ({key: last value sent}) is updated. All-zero counters and unchanged set sizes are held back."""
+    values = {}
+    for key, value in numbers.items():
+        if key.startswith(COUNTERS) and value == 0 and key not in logged:
+            continue
+        if EVAL_SET_SIZE.fullmatch(key) and logged.get(key) == value:
+            continue
+        logged[key] = value
+        values[tracker_tag(key)] = value
+    return values
 
 
 def _is_number(value) -> bool:
@@ -98,6 +140,7 @@ class MetricsLog:
         self.path = RunFolder(run_dir).metrics
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self.accelerator = accelerator
+        self.logged: dict = {}  # what tracker_values has sent
         # The project name goes to trackers Accelerate builds from names; ours are built already.
         accelerator.init_trackers(run_dir.name, config=flat_config(config))
 
@@ -109,7 +152,7 @@ class MetricsLog:
         self.file.flush()
         numbers = flat_numbers(record)
         step = numbers.pop("step")
-        self.accelerator.log(numbers, step=step)
+        self.accelerator.log(tracker_values(numbers, self.logged), step=step)
 
     def close(self) -> None:
         self.file.close()
@@ -118,17 +161,96 @@ class MetricsLog:
             tracker.finish()
         self.accelerator.trackers.clear()
 
+# What a launch prints before its run folder exists is a few lines; the cap bounds a process that never
+# gets a folder (every process but the main one): 16 processes on 2 nodes hold at most 16 MiB.
+EARLY_OUTPUT_LIMIT = 1 << 20
 
 
-def next_commands(run_dir: Path) -> str:
-    """What a person does with a finished run: where it is, how to score it and compare it."""
+class _Tee:
+    """A text stream that also hands what is written to an OutputLog."""
+
+    def __init__(self, stream, log: OutputLog):
+        self.stream, self.log, self.pending = stream, log, ""
+
+    def write(self, text: str) -> int:
+        written = self.stream.write(text)
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:  # a progress bar redraws its line after '\r': its last drawing is the line
+            self.log.add(line.rsplit("\r", 1)[-1] + "\n")
+        self.pending = self.pending.rsplit("\r", 1)[-1]
+        return written
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding ... of the stream it copies
+        return getattr(self.stream, name)
+
+
+class OutputLog:
+    """`with OutputLog():` copies what this process prints (stdout and stderr, line by line, a progress
+    bar's last drawing) to memory until `log_output_to(RUN/out.log)` opens the file, appending, behind
+    a line that says when and how this launch started; open_clip's `out.log`, one per run folder."""
+
+    def __init__(self):
+        self.early: list[str] = []
+        self.size, self.file = 0, None
+
+    def __enter__(self) -> OutputLog:
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, self), _Tee(sys.stderr, self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for tee in (sys.stdout, sys.stderr):
+            if isinstance(tee, _Tee) and tee.pending:
+                self.add(tee.pending + "\n")
+        sys.stdout, sys.stderr = self.saved
+        if self.file is not None:
+            self.file.close()
+
+    def add(self, line: str) -> None:
+        if self.file is not None:
+            self.file.write(line)
+            self.file.flush()
+        elif self.size < EARLY_OUTPUT_LIMIT:
+            self.early.append(line)
+            self.size += len(line)
+
+    def open(self, path: Path) -> None:
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.file.write(f"=== {started} {command_line()}\n" + "".join(self.early))
+        self.file.flush()
+        self.early = []
+
+
+def log_output_to(path: Path) -> None:
+    """Send the active OutputLog (if this process runs under one) to `path`."""
+    log = getattr(sys.stdout, "log", None)
+    if isinstance(log, OutputLog) and log.file is None:
+        log.open(path)
+
+
+def next_commands(run_dir: Path, train_data: str | None = None, imagenet_val: str | None = None) -> str:
+    """What a person does with a finished run: where it is, how to score it and compare it. A run on the
+    toy set is scored on the toy set; a run on real shards on ImageNet (the --imagenet-val folder, else
+    a placeholder for the user's) and on MTEB's STS sets."""
     run = shlex.quote(str(run_dir))
+    if train_data is None:
+        score = ["next: score it",
+                 f"  python -m benchmarks.imagenet_zeroshot --model {run} --dataset toy",
+                 f"  python -m benchmarks.sts --model {run}"]
+    else:
+        imagenet = shlex.quote(imagenet_val) if imagenet_val else "/path/to/imagenet/val"
+        score = ["next: score it on ImageNet zero-shot (an ILSVRC val folder of <wnid>/ folders) and on "
+                 "MTEB's STS sets",
+                 f"  python -m benchmarks.imagenet_zeroshot --model {run} --data {imagenet}",
+                 f"  python -m benchmarks.sts --model {run} --source hf"]
     return "\n".join([
         f"run written to {run_dir}/ (config.json, metrics.jsonl, final_eval.json, checkpoints/, "
         "tensorboard/)",
-        "next: score it",
-        f"  python -m benchmarks.imagenet_zeroshot --model {run} --dataset toy",
-        f"  python -m benchmarks.sts --model {run}",
+        *score,
         "and compare it with other runs of the same recipe (another tower, other seeds):",
         f"  python -m results.report {run} runs/OTHER_RUN ... --out report/",
     ])

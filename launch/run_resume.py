@@ -27,6 +27,12 @@ class RunResume:
 
     def _resume_state(self) -> dict | None:
         resume = self.options.resume
+        if resume == "latest" and self.folder.latest() is None and not self.folder.step_files():
+            # open_clip's --resume latest: a first launch of a requeued script starts the run
+            if self.main:
+                print(f"--resume latest: no checkpoint in {self.checkpoints} yet; starting the run",
+                      flush=True)
+            return None
         if resume == "auto":  # the requeue mode: the newest readable checkpoint, else start the run
             found = newest_readable(self.checkpoints, self._report) if self.checkpoints.is_dir() else None
             if found is None:

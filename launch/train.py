@@ -5,8 +5,9 @@ every other flag is the recipe (`launch/config.py`), identical for every tower. 
 `--train-data` the run uses the embedded `toy` set (generated on first use), through the same
 WebDataset code path as a LAION run. A run writes `runs/<name>/`: config.json, metrics.jsonl,
 TensorBoard events and atomic checkpoints (`--save-every`, `latest` pointer, the newest
-`--keep-checkpoints` kept); `--resume latest` continues exactly where the last checkpoint left off
-(the data position is stream state, so resuming costs the same at any step), and `--resume auto`
+`--keep-checkpoints` kept) and out.log (what it printed, appended by every launch); `--resume latest`
+continues exactly where the last checkpoint left off, or starts the run when it has none (open_clip's
+meaning; the data position is stream state, so resuming costs the same at any step), and `--resume auto`
 (requeued jobs) starts the run when there is no readable checkpoint, else continues from the newest
 readable one. Zero-shot accuracy on the toy val split (when training on toy) and on ImageNet
 (`--imagenet-val PATH`: ILSVRC or ImageNetV2 folder, or shards with `.cls`) is scored at the end and
@@ -60,7 +61,14 @@ from launch.faults import (
     failure_line,
     write_preempted,
 )
-from launch.run_record import MetricsLog, TrackerUnavailableError, make_trackers, next_commands
+from launch.run_record import (
+    MetricsLog,
+    OutputLog,
+    TrackerUnavailableError,
+    log_output_to,
+    make_trackers,
+    next_commands,
+)
 from launch.run_resume import RunError, RunResume
 from launch.trainer import (
     ContrastiveStep,
@@ -286,6 +294,8 @@ class TrainingRun(RunResume):
 
     def train(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.main:  # what this launch printed so far and prints from now on, appended
+            log_output_to(self.folder.out_log)
         self.accelerator.wait_for_everyone()
         self.log = (MetricsLog(self.run_dir, self.started, self.accelerator, self.write_config())
                     if self.main else None)
@@ -310,7 +320,8 @@ class TrainingRun(RunResume):
                 write_json(self.folder.final_eval, {"step": self.step, **final})
                 from results.anchors import end_of_run_line  # files only: the published open CLIP curve
                 print(end_of_run_line(self.run_dir), flush=True)
-                print(next_commands(self.run_dir), flush=True)
+                print(next_commands(self.run_dir, self.recipe.train_data, self.options.imagenet_val),
+                      flush=True)
         finally:
             self.stop.uninstall()
             if self.main:
@@ -362,6 +373,12 @@ def training_device(on_cpu: bool) -> torch.device:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train; what the main process prints also goes to RUN/out.log once the run folder exists."""
+    with OutputLog():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     experiment, options = parse_experiment(argv)
     try:
         trackers = make_trackers(options.report_to, run_directory(experiment, options), options.wandb_project)

@@ -7,6 +7,7 @@ every layer (towers, benchmarks, launch, results) names a run's files through th
     runs/<name>/final_eval.json    the last evaluation, written at the end
     runs/<name>/checkpoints/       step_00001000.pt ... and `latest`, a text file naming the newest
     runs/<name>/tensorboard/       TensorBoard events
+    runs/<name>/out.log            what the run printed, appended by every launch (requeues too)
 
     from runfolder import RunFolder
     run = RunFolder("runs/mixer-tiny-seed0")
@@ -29,6 +30,7 @@ METRICS = "metrics.jsonl"
 FINAL_EVAL = "final_eval.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
+OUT_LOG = "out.log"
 LATEST = "latest"  # checkpoints/latest: a text file naming the newest checkpoint
 STEP_FILE = re.compile(r"step_(\d{8})\.pt")
 
@@ -121,6 +123,10 @@ class RunFolder:
     @property
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD
+
+    @property
+    def out_log(self) -> Path:
+        return self.path / OUT_LOG
 
     def is_run(self) -> bool:
         """Whether a trainer wrote this folder (it has a config.json)."""

@@ -307,8 +307,9 @@ def test_schedule_and_branch_flags_parse_and_bad_ones_are_one_line(tmp_path, cap
     assert Recipe(steps=5, warmup_steps=4).cooldown_steps == 1
     assert Recipe(lr_schedule="cosine").cooldown_steps == 0
     for bad, message in ((["--lr-schedule", "cosine", "--cooldown-steps", "5"],
-                          "--cooldown-steps needs --lr-schedule constant"),
-                         (["--lr-schedule", "constant", "--cooldown-steps", "749"], "between 0 and")):
+                          "--cooldown-steps 5 needs --lr-schedule constant"),
+                         (["--lr-schedule", "constant", "--cooldown-steps", "749"],
+                          "--cooldown-steps 749 is longer than --steps 640")):
         with pytest.raises(SystemExit) as exit_info:
             parse_experiment(bad)
         stderr = capsys.readouterr().err

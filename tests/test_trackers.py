@@ -110,22 +110,50 @@ def _env() -> dict:
     return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(REPO)}
 
 
+def _sent_to_trackers(expected: dict[int, dict]) -> dict[int, dict]:
+    """What the trackers must hold, by hand: every number under its namespace, except counters that are
+    still 0 (no skipped sample, no non-finite step in these runs) and eval set sizes after their first."""
+    sent, sizes_seen = {}, set()
+    for step in sorted(expected):
+        sent[step] = {}
+        for key, value in expected[step].items():
+            if key.startswith("skipped/") or key == "nonfinite_steps":
+                assert value == 0, key
+                continue
+            if key.endswith(("_n", "_n_seen", "_n_held_out")) and key in sizes_seen:
+                continue
+            sizes_seen.add(key)
+            sent[step][key if key.startswith("eval/") else f"train/{key}"] = value
+    return sent
+
+
 def _check_trackers_got_the_jsonl(run_dir: Path) -> None:
     expected = jsonl_numbers(run_dir)
     assert sorted(expected) == [2, 4] and "eval/toy_top1" in expected[4] and "loss" in expected[2]
+    assert len([key for key in expected[2] if key.startswith("skipped/")]) == 10  # metrics.jsonl keeps all
+    sent = _sent_to_trackers(expected)
     rows, config, ids = wandb_history(run_dir)
     assert ids == [run_record.wandb_run_id(run_dir)]  # one run, started by the main process only
     assert [row["_step"] for row in rows] == [2, 4]
     for row in rows:
-        assert {k: row[k] for k in expected[row["_step"]]} == expected[row["_step"]]
+        assert {k: v for k, v in row.items() if not k.startswith("_")} == sent[row["_step"]]
     written = json.loads((run_dir / "config.json").read_text())
     assert config["recipe_sha256"] == written["recipe_sha256"]
     assert config["experiment/recipe/lr"] == written["experiment"]["recipe"]["lr"]
     scalars = tensorboard_scalars(run_dir / "tensorboard")
-    for step, numbers in expected.items():
-        for key, value in numbers.items():
-            assert scalars[key][step] == pytest.approx(value, rel=1e-6), key  # TensorBoard keeps float32
-    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert set(scalars) == {tag for numbers in sent.values() for tag in numbers}
+    assert {"train/loss", "train/lr", "eval/toy_top1"} <= set(scalars) and "loss" not in scalars
+    assert not [tag for tag in scalars if "skipped" in tag] and list(scalars["eval/toy_n"]) == [4]
+    for step, numbers in sent.items():
+        for tag, value in numbers.items():
+            assert scalars[tag][step] == pytest.approx(value, rel=1e-6), tag  # TensorBoard keeps float32
+    # one events file and no `<timestamp>/` sub-run for the hparams (one run in TensorBoard's list) ...
+    assert [p.name[:20] for p in (run_dir / "tensorboard").iterdir()] == ["events.out.tfevents."]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()  # ... which holds them itself
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
 
 
 def test_report_to_all_one_process_offline(tmp_path):
