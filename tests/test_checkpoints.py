@@ -230,3 +230,51 @@ def test_each_process_saves_and_restores_only_its_own_gpus_rng(monkeypatch):
     cuda.touched.clear()  # a checkpoint of the older format holds every visible GPU's state: take our own
     restore_rng_state(dict(state, cuda=[torch.full((16,), d, dtype=torch.uint8) for d in range(8)]))
     assert cuda.touched == [("set", 5, 5)]
+
+
+def test_every_process_resumes_from_the_checkpoint_process_0_chose(tmp_path, monkeypatch):
+    """Two processes simulated in turn: process 1's read of the newest checkpoint fails (a transient
+    error of a shared filesystem). It must not fall back to an older step on its own: either every
+    process resumes from process 0's choice or the run ends in one line naming process 1."""
+    from types import SimpleNamespace
+
+    from launch import run_resume
+    from launch.checkpointing import save_checkpoint
+    from runfolder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    for step in (2, 4):
+        save_checkpoint(folder.checkpoints, step, {"step": step, "state_dict": {}})
+    sent, real_read = [], towers.read_checkpoint
+
+    class Process(run_resume.RunResume):
+        def __init__(self, rank):
+            self.main, self.folder, self.run_dir, self.checkpoints = rank == 0, folder, folder.path, \
+                folder.checkpoints
+            self.options = SimpleNamespace(resume="auto")
+            self.accelerator = SimpleNamespace(process_index=rank, wait_for_everyone=lambda: None)
+            self.model = None
+
+    def read(path, mmap=False):
+        if rank == 1 and "step_00000004" in str(path):
+            raise towers.CheckpointError(f"checkpoint {path}: not a readable torch checkpoint (stale handle)")
+        return real_read(path, mmap=mmap)
+
+    def broadcast(values, from_process=0):
+        if rank == 0:
+            sent.append(list(values))
+            return values
+        return list(sent[-1])
+
+    monkeypatch.setattr(towers, "read_checkpoint", read)
+    monkeypatch.setattr(towers, "load_weights", lambda *args: None)
+    monkeypatch.setattr(run_resume.RunResume, "_check_resumable", lambda *args, **kwargs: None)
+    monkeypatch.setattr(run_resume, "broadcast_object_list", broadcast)
+    monkeypatch.setattr(run_resume, "gather_object", lambda values: values)  # each sees its own failure
+    rank = 0
+    assert Process(0)._resume_state()["step"] == 4
+    rank = 1
+    with pytest.raises(run_resume.RunError) as error:
+        Process(1)._resume_state()
+    assert "process 0 chose, step_00000004.pt; process 1: checkpoint" in str(error.value)
+    assert "stale handle" in str(error.value) and "\n" not in str(error.value)
