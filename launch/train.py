@@ -325,7 +325,9 @@ class TrainingRun(RunResume):
         finally:
             self.stop.uninstall()
             if self.main:
-                self.writer.outcome(wait=True)  # a run that fails elsewhere still finishes its write
+                failure = self.writer.outcome(wait=True)  # a run failing elsewhere still finishes its write
+                if failure:
+                    self._report(f"{failure}; {self._latest_named()}")
                 self.log.close()
         return final
 
