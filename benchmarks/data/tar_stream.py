@@ -124,7 +124,9 @@ def _open_decompressed(stream: BinaryIO) -> BinaryIO:
     return prefixed
 
 
-SKIP_CHUNK = 1 << 20  # bytes per read while discarding a stream that cannot seek
+# Bytes per read while discarding a stream that cannot seek (a pipe): a 1.5 GB LAION shard prefix is
+# 1,500 reads, and one chunk in flight per worker stream is 128 MiB for a node's 128 streams at worst
+SKIP_CHUNK = 1 << 20
 
 
 def iter_members(stream: BinaryIO) -> Iterator[tuple[str, bytes | None]]:
