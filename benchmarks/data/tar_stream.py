@@ -125,7 +125,7 @@ def _open_decompressed(stream: BinaryIO) -> BinaryIO:
 
 
 # Bytes per read while discarding a stream that cannot seek (a pipe): a 1.5 GB LAION shard prefix is
-# 1,500 reads, and one chunk in flight per worker stream is 128 MiB for a node's 128 streams at worst
+# 1,500 reads, and a chunk held by each of a node's 64 worker streams (8 GPUs x 8) is 64 MiB at worst
 SKIP_CHUNK = 1 << 20
 
 
