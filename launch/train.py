@@ -78,7 +78,7 @@ LOGGED_EVAL_KEYS = (
 
 
 class CheckpointNotWritten(Exception):
-    """The run's last checkpoint could not be written (e.g. a full disk); `latest` names an older one."""
+    """A checkpoint could not be written (e.g. a full disk): the run ends; `latest` names an older one."""
 
 
 class TrainingRun(RunResume):
