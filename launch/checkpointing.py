@@ -8,14 +8,21 @@ renamed over its final name; then `latest` (a text file holding that name) is re
 A run killed at any instant therefore leaves either the previous checkpoint or the new one, never a
 torn file. Everything in it loads with `weights_only=True`.
 
+`CheckpointWriter` is rank 0's writer: it copies the payload to host memory (the only part the other
+processes wait for) and writes it on a thread; the next checkpoint and the end of the run wait for
+that write, and a failed write (a full disk: `OSError`, or the `RuntimeError` torch's zip writer raises
+while handling one) comes back as one line, never swallowed.
+
 `newest_readable` is the requeue mode's reader: the checkpoint `latest` names if it reads, else the
 newest step file that does, each unreadable one reported in one line. `prune_checkpoints` keeps the
-newest N step files up to the current one (never the one `latest` names).
+newest N step files up to the current one (never the one `latest` names). Checkpoints are read with
+`mmap=True`: the processes of a node share the file's pages instead of each holding a copy.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +53,73 @@ def save_checkpoint(folder: Path, step: int, payload: dict) -> Path:
     return path
 
 
+WRITING = "writing"  # CheckpointWriter.outcome: the write is still going on
+
+
+def host_copy(value):
+    """`value` with every tensor copied to host memory (a fresh copy even of a CPU tensor: training
+    goes on changing the live ones while the copy is written)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: host_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [host_copy(item) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return value
+
+
+def write_failure(step: int, error: BaseException) -> str:
+    """One line for a failed write, naming the OSError behind it (torch's zip writer reports a full disk
+    as `RuntimeError: [enforce fail at inline_container.cc] unexpected pos`, raised while handling it)."""
+    cause, seen = error, set()
+    while cause is not None and not isinstance(cause, OSError) and id(cause) not in seen:
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    shown = cause if isinstance(cause, OSError) else error
+    text = str(shown).strip().splitlines()[0] if str(shown).strip() else type(shown).__name__
+    return f"checkpoint of step {step} not written ({type(shown).__name__}: {text[:200]})"
+
+
+class CheckpointWriter:
+    """Writes checkpoints into `folder` on a background thread, one at a time (see the module
+    docstring); after each, prunes to the newest `keep` (never the `pinned` steps)."""
+
+    def __init__(self, folder: Path, keep: int, pinned: tuple[int, ...] = ()) -> None:
+        self.folder, self.keep, self.pinned = folder, keep, pinned
+        self._thread: threading.Thread | None = None
+        self._step, self._error = -1, None
+
+    def start(self, step: int, payload: dict) -> None:
+        """Copy `payload` to host memory, then write it on a thread. The previous write must have
+        been collected with `outcome(wait=True)`."""
+        if self._thread is not None:
+            raise RuntimeError("CheckpointWriter.start: the previous write was not collected")
+        copy = host_copy(payload)
+        self._step, self._error = step, None
+        # Not a daemon: an interpreter that exits while a checkpoint is half written waits for it
+        self._thread = threading.Thread(target=self._write, args=(step, copy), name=f"checkpoint {step}")
+        self._thread.start()
+
+    def _write(self, step: int, payload: dict) -> None:
+        try:
+            path = save_checkpoint(self.folder, step, payload)
+            prune_checkpoints(self.folder, self.keep, path, pinned=self.pinned)
+        except BaseException as error:  # noqa: BLE001 - handed to outcome(), which reports it
+            self._error = error
+
+    def outcome(self, wait: bool) -> str | None:
+        """None when no write is pending or the last one is whole on disk; WRITING while it goes on
+        (wait=False); else the one-line failure (`write_failure`). Collects a finished write."""
+        if self._thread is None:
+            return None
+        if not wait and self._thread.is_alive():
+            return WRITING
+        self._thread.join()
+        self._thread, error, self._error = None, self._error, None
+        return None if error is None else write_failure(self._step, error)
+
+
 def newest_readable(folder: Path, report: Callable[[str], None]) -> tuple[Path, dict] | None:
     """(path, contents) of the checkpoint `latest` names, else of the newest step file that reads;
     None when none does. Each pointer or file that cannot be read is reported in one line."""
@@ -61,7 +135,7 @@ def newest_readable(folder: Path, report: Callable[[str], None]) -> tuple[Path, 
     candidates += [path for _, path in step_files(folder) if path not in candidates]
     for path in candidates:
         try:
-            return path, read_checkpoint(path)
+            return path, read_checkpoint(path, mmap=True)
         except CheckpointError as error:
             report(f"{error}; trying an older one")
     return None
@@ -98,7 +172,9 @@ def resolve_checkpoint(spec: str, folder: Path) -> Path:
 
 
 def capture_rng_state() -> dict:
-    """This process's RNG states, as tensors and plain numbers (weights_only-loadable)."""
+    """This process's RNG states, as tensors and plain numbers (weights_only-loadable). On CUDA, only
+    its own device's generator: each process of a node sees all 8 GPUs, and restoring the others'
+    states would touch (and create contexts on) devices other processes train on."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -107,7 +183,7 @@ def capture_rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -119,4 +195,6 @@ def restore_rng_state(state: dict) -> None:
                          numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        device = torch.cuda.current_device()
+        cuda = state["cuda"]  # older checkpoints hold a list: every visible device's state
+        torch.cuda.set_rng_state(cuda[device] if isinstance(cuda, (list, tuple)) else cuda, device)

@@ -19,10 +19,11 @@ finishes them (`float / 255`, then normalise: the same operations, bit for bit),
 the trainer, which applies it on the GPU after the copy.
 
 Exact resume in O(1): `loader.state_dict()` is the position after the last batch handed out (per
-worker stream: shards drawn, current shard and member, the shuffle buffer as member references, the
-batch counter, the skip counts); `get_train_loader(..., state=that)` gives exactly the batches the
-first loader would have given next, after re-reading only the buffer's members and the current
-shards. The global torch RNG is never touched.
+worker stream: shards drawn, current shard, member and byte offset, the shuffle buffer as member
+references with byte offsets, the batch counter, the skip counts); `get_train_loader(..., state=that)`
+gives exactly the batches the first loader would have given next, after reading back only the
+buffer's samples (by offset: O(buffer) bytes) and reopening the current shards at theirs.
+The global torch RNG is never touched.
 
     python -m launch.data --bench [--data SPEC] [--workers N] [--json OUT]   # loader vs pure decode
     python -m launch.data --bench --decoder device --decode-device cuda      # decoding on the GPU

@@ -1,7 +1,17 @@
-"""Resume benchmark: the time from launch to the first trained step when resuming at step k, for two k.
+"""Resume benchmark: the time from launch to the first trained step when resuming at step k, for two k;
+and (`--restore`) the bytes and time one worker stream's restore reads at a B/32-like position.
 
     python -m launch.resume_bench                       # resume at steps 10 and 3,000 (toy, batch 32)
     python -m launch.resume_bench --repo /tmp/old-tree  # the same, timing another checkout's train.py
+    python -m launch.resume_bench --restore             # restore bytes/time: by offset vs re-reading
+
+`--restore` writes LAION-like shards (10,000 samples of 256-px JPEGs of ~30 KB each, with caption
+and json), moves one worker stream (batch 256, shuffle buffer 5,000) `--restore-batches` batches in
+(reading and picking as training does, without decoding), takes its state and restores it twice in
+this process: from the byte offsets the state holds, and from member ordinals only (as states
+before the offsets were restored: each shard re-read up to its last buffered sample). Bytes are
+counted below the buffered reader (what a filesystem serves); times are with the shards in the page
+cache, so on a shared filesystem the bytes are what matter.
 
 It trains the tiny Mixer (`--steps 3010`, batch 32, toy set) until its step-10 checkpoint exists, then
 writes a step-3,000 checkpoint of the same run: the same weights and optimizer state with step 3,000
@@ -14,12 +24,14 @@ reach its position takes time in proportion to k.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -134,6 +146,90 @@ def time_resume(repo: Path, folder: Path, step: int, batch_size: int, workers: i
     return elapsed
 
 
+class _CountingFile(io.FileIO):
+    """A shard file that counts the bytes read from it."""
+
+    total = 0
+
+    def readinto(self, buffer) -> int:
+        n = super().readinto(buffer)
+        _CountingFile.total += n or 0
+        return n
+
+
+def _write_laion_like(folder: Path, shards: int, per_shard: int) -> list[str]:
+    """Shards of `per_shard` samples (jpg, txt, json), 64 distinct 256-px JPEGs of ~30 KB cycled."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:256, 0:256]
+    jpegs = []
+    for i in range(64):
+        pixels = np.stack([x, y, (x + y + 4 * i) // 2], -1) + rng.normal(0, 16, (256, 256, 3))
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+    urls = []
+    for s in range(shards):
+        url = str(folder / f"{s:05d}.tar")
+        with tarfile.open(url, "w") as tar:
+            for i in range(per_shard):
+                key = f"{s:05d}{i:05d}"
+                for ext, data in (("jpg", jpegs[i % 64]), ("txt", f"a photo number {i}".encode()),
+                                  ("json", json.dumps({"key": key}).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        urls.append(url)
+    return urls
+
+
+def restore_bench(batches: int, shards: int = 3, per_shard: int = 10_000, buffer: int = 5000,
+                  batch_size: int = 256) -> dict:
+    """Bytes and seconds of one worker stream's restore (see the module docstring)."""
+    import random
+
+    import webdataset
+
+    from launch.train_stream import TrainStream, _Position, draw
+
+    with tempfile.TemporaryDirectory(prefix="restore-bench-") as tmp:
+        urls = _write_laion_like(Path(tmp), shards, per_shard)
+        stream = TrainStream(urls, None, batch_size=batch_size, seed=0, rank=0, context_length=77,
+                             shuffle_buffer=buffer)
+        at = _Position(buffer)
+        for _ in range(batches):  # the reading and picking of training, without the decode
+            rng = random.Random(draw(0, 0, 0, "pick", at.batches))
+            for _ in range(batch_size):
+                stream._fill(0, at)
+                stream._pick(rng, at)
+            at.batches += 1
+        state = stream.state(at)
+        older = {k: v for k, v in state.items() if k != "offset"}
+        older["buffer"] = state["buffer"][:, :2]
+        real = webdataset.gopen
+        webdataset.gopen = lambda url, mode="rb", **_: io.BufferedReader(_CountingFile(url))
+        result = {"batches": batches, "buffer": int(len(state["buffer"])),
+                  "samples_read": at.picks + len(at.raws), "shard_bytes": os.path.getsize(urls[0])}
+        try:
+            for name, chosen in (("by_offset", state), ("by_member_ordinal", older)):
+                _CountingFile.total = 0
+                started = time.perf_counter()
+                restored = _Position(buffer)
+                stream.restore(chosen, restored)
+                stream._next_raw(0, restored)  # the reopened current shard's next sample
+                result[name] = {"bytes": _CountingFile.total, "seconds": time.perf_counter() - started}
+        finally:
+            webdataset.gopen = real
+    for name in ("by_offset", "by_member_ordinal"):
+        took = result[name]
+        print(f"restore {name}: {took['bytes'] / 1e6:8.1f} MB read in {took['seconds']:.2f} s")
+    print(f"({result['buffer']} buffered samples after {batches} batches of {batch_size}; shards of "
+          f"{per_shard} samples, {result['shard_bytes'] / 1e6:.0f} MB)")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = RunnerParser(prog="python -m launch.resume_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose launch/train.py is timed")
@@ -141,7 +237,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="resumes timed per step (median reported)")
+    parser.add_argument("--restore", action="store_true", help="measure a worker stream's restore instead")
+    parser.add_argument("--restore-batches", type=int, default=60,
+                        help="batches of 256 the stream is moved in before its state is taken (default 60)")
     args = parser.parse_args(argv)
+    if args.restore:
+        if args.restore_batches < 1:
+            parser.error("--restore-batches must be >= 1")
+        result = restore_bench(args.restore_batches)
+        print(json.dumps(result))
+        return result
     if not (args.repo / "launch" / "train.py").is_file():
         parser.error(f"--repo {args.repo}: expected a checkout holding launch/train.py")
     if not (0 < args.at[0] < args.at[1] < STEPS) or args.repeats < 1 or args.batch_size < 1:

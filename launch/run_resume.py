@@ -12,6 +12,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from accelerate.utils import broadcast_object_list, gather_object
+
 import towers
 from launch.checkpointing import newest_readable, point_latest, resolve_checkpoint, restore_rng_state
 from launch.config import experiment_differences, with_legacy_text_mask
@@ -27,34 +29,61 @@ class RunResume:
 
     def _resume_state(self) -> dict | None:
         resume = self.options.resume
-        if resume == "latest" and self.folder.latest() is None and not self.folder.step_files():
-            # open_clip's --resume latest: a first launch of a requeued script starts the run
-            if self.main:
-                print(f"--resume latest: no checkpoint in {self.checkpoints} yet; starting the run",
-                      flush=True)
-            return None
-        if resume == "auto":  # the requeue mode: the newest readable checkpoint, else start the run
-            found = newest_readable(self.checkpoints, self._report) if self.checkpoints.is_dir() else None
-            if found is None:
-                self._sync_latest(None)
-                return None
-            path, state = found
-        elif not resume:
+        if not resume:
             if self.folder.config.exists():
                 raise RunError(f"run folder {self.run_dir} already holds a run: pass --resume latest (or "
                                f"auto) to continue it, or another --name")
             return None
-        else:
+        # Rank 0 chooses and every process reads that file: choosing on each process, a transient read
+        # error on one would start the processes at different steps
+        path, state, error = None, None, None
+        if self.main:
             try:
-                path = resolve_checkpoint(resume, self.checkpoints)
-            except FileNotFoundError as error:
-                raise RunError(str(error)) from None
-            state = towers.read_checkpoint(path)
+                path, state = self._choose_checkpoint(resume)
+            except RunError as chosen_error:
+                error = str(chosen_error)
+        path, error = broadcast_object_list([str(path) if path else None, error])
+        if error:
+            raise RunError(error)
+        if path is None:  # auto, and no readable checkpoint: start the run
+            self._sync_latest(None)
+            return None
+        path = Path(path)
+        state = self._read_on_every_process(path, state)
         self._check_resumable(path, state)
         if path.resolve().parent == self.checkpoints.resolve():  # e.g. a fallback or an older step
             self._sync_latest(path)
         towers.load_weights(self.model, state["state_dict"], str(path))
         self.resumed_from = str(path)
+        return state
+
+    def _choose_checkpoint(self, resume: str) -> tuple[Path | None, dict | None]:
+        """(path, contents) of the checkpoint --resume names; (None, None) for auto without one."""
+        if resume == "auto":  # the requeue mode: the newest readable checkpoint, else start the run
+            found = newest_readable(self.checkpoints, self._report) if self.checkpoints.is_dir() else None
+            return found if found is not None else (None, None)
+        if resume == "latest" and self.folder.latest() is None and not self.folder.step_files():
+            # open_clip's --resume latest: a first launch of a requeued script starts the run
+            print(f"--resume latest: no checkpoint in {self.checkpoints} yet; starting the run", flush=True)
+            return None, None
+        try:
+            return resolve_checkpoint(resume, self.checkpoints), None
+        except FileNotFoundError as error:
+            raise RunError(str(error)) from None
+
+    def _read_on_every_process(self, path: Path, state: dict | None) -> dict:
+        """`state` (rank 0's, already read) or `path` read here (mmap: the processes of a node share its
+        pages); every process ends with one line when any of them cannot read it."""
+        failure = None
+        if state is None:
+            try:
+                state = towers.read_checkpoint(path, mmap=True)
+            except towers.CheckpointError as error:
+                failure = f"process {self.accelerator.process_index}: {error}"
+        failures = [line for line in gather_object([failure]) if line]
+        if failures:
+            raise RunError(f"--resume {self.options.resume}: every process must resume from the checkpoint "
+                           f"process 0 chose, {path.name}; {failures[0]}")
         return state
 
     def _branch_state(self) -> dict | None:
@@ -66,7 +95,7 @@ class RunResume:
         path = Path(spec)
         if not path.is_file():
             raise RunError(f"--branch-from {spec}: no such checkpoint file")
-        state = towers.read_checkpoint(path)
+        state = towers.read_checkpoint(path, mmap=True)
         self._check_resumable(path, state, may_differ=("recipe.steps ", "recipe.cooldown_steps "))
         saved = state["experiment"]["recipe"]
         trunk = dataclasses.replace(self.recipe, steps=saved["steps"], cooldown_steps=saved["cooldown_steps"])

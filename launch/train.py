@@ -39,11 +39,7 @@ from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import eval_set, zero_shot_eval
 from benchmarks.provenance import command_line, git_commit, library_versions, write_json
 from benchmarks.toy_zeroshot import summary_line
-from launch.checkpointing import (
-    capture_rng_state,
-    prune_checkpoints,
-    save_checkpoint,
-)
+from launch.checkpointing import WRITING, CheckpointWriter, capture_rng_state
 from launch.config import (
     Experiment,
     RunOptions,
@@ -90,7 +86,7 @@ LOGGED_EVAL_KEYS = (
 
 
 class CheckpointNotWritten(Exception):
-    """The run's last checkpoint could not be written (e.g. a full disk); `latest` names an older one."""
+    """A checkpoint could not be written (e.g. a full disk): the run ends; `latest` names an older one."""
 
 
 class TrainingRun(RunResume):
@@ -113,6 +109,8 @@ class TrainingRun(RunResume):
         self.folder = RunFolder(run_directory(experiment, options))
         self.run_dir, self.checkpoints = self.folder.path, self.folder.checkpoints
         self.step, self.samples_seen, self.resumed_step = 0, 0, None
+        self.writer = CheckpointWriter(self.checkpoints, options.keep_checkpoints, tuple(options.keep_steps))
+        self.writing = False  # a checkpoint write is pending (on rank 0)
         self.eval_sets()  # bad --imagenet-val: one line now
         resume_state = self._resume_state() or self._branch_state()
         if options.init_from and not resume_state:
@@ -165,29 +163,35 @@ class TrainingRun(RunResume):
         return config
 
     # --- the loop ---------------------------------------------------------------------------------
-    def checkpoint(self) -> bool:
-        """Write a checkpoint of this step (rank 0) and tell every process whether it was written. A
-        failed write (a full disk) leaves the older checkpoints and `latest` as they were (the file is
-        written beside them and renamed only when whole); training goes on and the next save retries."""
-        rng = gather_object([capture_rng_state()])  # every process's RNG, in rank order
+    def checkpoint(self, wait: bool = False) -> str | None:
+        """Checkpoint this step: rank 0 copies the state to host memory (all the other processes wait
+        for) and writes it in the background (`CheckpointWriter`); `wait`: until it is on disk. None, or
+        the one-line failure of this write or of the previous one, which it waits for first (a full
+        disk: the older checkpoints and `latest` are left as they were, the file is renamed only when
+        whole). Every process gets the same answer."""
+        failure = self._write_outcome(wait=True)
+        if failure:
+            return failure
+        rng = gather_object([capture_rng_state()])  # every process's own RNG, in rank order
         data = gather_object([self.loader.state_dict()])  # and its sample stream's position
-        written = [True]
         if self.main:
             scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
-            try:
-                path = save_checkpoint(self.checkpoints, self.step, {
-                    "model_config": self.model.model_config, "state_dict": self.model.state_dict(),
-                    "experiment": experiment_dict(self.experiment), "experiment_identity": self.identity,
-                    "recipe_sha256": self.recipe_sha256, "step": self.step, "samples_seen": self.samples_seen,
-                    "optimizer": self.optimizer.state_dict(), "scaler": scaler, "rng": rng, "data": data,
-                })
-                prune_checkpoints(self.checkpoints, self.options.keep_checkpoints, path,
-                                  pinned=tuple(self.options.keep_steps))
-            except OSError as error:  # ENOSPC, EDQUOT, EIO: nothing already on disk was touched
-                written = [False]
-                self._report(f"checkpoint of step {self.step} not written ({error}); {self._latest_named()}, "
-                             "intact; training goes on and the next save tries again")
-        return bool(broadcast_object_list(written)[0])  # also the barrier: every process waits for it
+            self.writer.start(self.step, {
+                "model_config": self.model.model_config, "state_dict": self.model.state_dict(),
+                "experiment": experiment_dict(self.experiment), "experiment_identity": self.identity,
+                "recipe_sha256": self.recipe_sha256, "step": self.step, "samples_seen": self.samples_seen,
+                "optimizer": self.optimizer.state_dict(), "scaler": scaler, "rng": rng, "data": data})
+        self.writing = True
+        return self._write_outcome(wait=True) if wait else None
+
+    def _write_outcome(self, wait: bool) -> str | None:
+        """Rank 0's word on the background write: None (none pending, or written), else its failure;
+        WRITING counts as None. A collective only while a write is pending (every process knows)."""
+        if not self.writing:
+            return None
+        outcome = broadcast_object_list([self.writer.outcome(wait) if self.main else None])[0]
+        self.writing = outcome == WRITING
+        return None if outcome == WRITING else outcome
 
     def _latest_named(self) -> str:
         latest = latest_checkpoint(self.checkpoints) if (self.checkpoints / "latest").is_file() else None
@@ -285,8 +289,14 @@ class TrainingRun(RunResume):
                 bar.set_postfix(loss=f"{info['loss']:.3f}")
                 if log:
                     self._log_step(info, interval)
-                if save and info["nonfinite_in_a_row"] == 0:  # never checkpoint inside a non-finite streak
-                    saved = self.checkpoint()
+                # A failed write ends the run a log step after it fails, not a checkpoint later
+                failure = self._write_outcome(wait=False)
+                if save and not failure and info["nonfinite_in_a_row"] == 0:  # never inside a streak
+                    failure = self.checkpoint(wait=stop)  # a stop waits: the marker follows the file
+                    saved = failure is None
+                if failure and not stop:
+                    raise CheckpointNotWritten(f"{failure}; {self._latest_named()}, intact: free space, "
+                                               "then --resume auto")
             if stop:
                 self._stop_here(saved)
             if options.eval_every and self.step % options.eval_every == 0 and not last:
@@ -312,9 +322,12 @@ class TrainingRun(RunResume):
             finally:  # torch's SIGCHLD handler can raise inside close(), before its newline: main() adds one
                 bar.close()
                 self.bar_closed = True
-            if self.step != self.resumed_step and not self.checkpoint():  # resumed at its end: it has it
-                raise CheckpointNotWritten(f"the final checkpoint (step {self.step}) was not written; "
-                                           f"{self._latest_named()}: free space, then --resume auto")
+            # A run resumed at its end has its final checkpoint already
+            failure = self.checkpoint(wait=True) if self.step != self.resumed_step else None
+            if failure:
+                raise CheckpointNotWritten(f"the final checkpoint (step {self.step}) was not written: "
+                                           f"{failure}; {self._latest_named()}: free space, then "
+                                           "--resume auto")
             final = self.evaluate()
             if self.main:
                 write_json(self.folder.final_eval, {"step": self.step, **final})
@@ -325,6 +338,9 @@ class TrainingRun(RunResume):
         finally:
             self.stop.uninstall()
             if self.main:
+                failure = self.writer.outcome(wait=True)  # a run failing elsewhere still finishes its write
+                if failure:
+                    self._report(f"{failure}; {self._latest_named()}")
                 self.log.close()
         return final
 

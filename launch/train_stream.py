@@ -11,10 +11,13 @@ function of a counter, never of an RNG's history:
   (launch.decoders) each crop box is drawn from that RNG just before its sample's decode, in the
   same order and so the same boxes as the default path's transform draws after the batch is whole.
 
-So the position after any batch is `state()`: the shards drawn so far, the current shard and the next
-member's ordinal in it, the buffer as (url index, member ordinal) references in buffer order, the
-batch counter, the skip counts. `restore(state)` re-reads the referenced members (the shuffle buffer
-and the current shard, not the run's past) and the stream then continues bit for bit as it would have.
+So the position after any batch is `state()`: the shards drawn so far, the current shard, the next
+member's ordinal in it and the byte offset of the last sample read from it, the buffer as (url index,
+member ordinal, byte offset, end offset) references in buffer order, the batch counter, the skip
+counts. `restore(state)` reads back the referenced samples by their offsets (one seek and one
+sample's bytes each in a local shard: O(buffer) bytes, not the shards' prefixes; a `pipe:` shard can
+only be read up to them) and reopens the current shard at its offset, and the stream then continues
+bit for bit as it would have. States without offsets (older checkpoints) re-read the prefixes.
 
     stream = TrainStream(urls, transform, batch_size=256, seed=0, rank=0, context_length=77,
                          shuffle_buffer=5000)
@@ -35,6 +38,7 @@ from benchmarks.data.shards import (
     check_sample,
     decode_sample,
     iter_shard,
+    read_samples_at,
     transform_images,
     worker_info,
 )
@@ -46,6 +50,7 @@ SHUFFLE_INITIAL = 1000  # samples read before the first one leaves the buffer
 MAX_EMPTY_SHARDS = 100
 MAX_BAD_SAMPLES = 100_000
 NO_SHARD = -1
+REF_FIELDS = 4  # a buffer reference: url index, member ordinal, byte offset, end offset (-1: unknown)
 
 
 def draw(*parts: int | str) -> int:
@@ -58,9 +63,11 @@ class _Position:
 
     def __init__(self, buffer_size: int) -> None:
         self.shards_drawn, self.shard, self.member, self.empty_run = 0, NO_SHARD, 0, 0
+        self.offset = -1  # byte offset of the last sample read from the current shard
         self.members: Iterator[dict] | None = None  # the current shard's reader
         self.raws: list[dict] = []
-        self.refs = np.zeros((buffer_size, 2), dtype=np.int64)  # (url index, member ordinal) per raw
+        # (url index, member ordinal, byte offset, end offset) per raw
+        self.refs = np.zeros((buffer_size, REF_FIELDS), dtype=np.int64)
         self.picks, self.batches, self.bad_run = 0, 0, 0
         self.counts = SkipCounts()
 
@@ -85,8 +92,9 @@ class TrainStream(IterableDataset):
         self.shuffle_buffer, self.start_batch, self.states = shuffle_buffer, start_batch, states
 
     # --- reading ----------------------------------------------------------------------------------
-    def _open(self, url_index: int, skip: int, counts: SkipCounts) -> Iterator[dict]:
-        members = iter_shard(self.urls[url_index], counts, self.read_timeout)
+    def _open(self, url_index: int, skip: int, counts: SkipCounts, offset: int = 0) -> Iterator[dict]:
+        """The shard's samples from the one at `offset`, then past `skip` of them."""
+        members = iter_shard(self.urls[url_index], counts, self.read_timeout, offset)
         for _ in range(skip):
             next(members, None)
         return members
@@ -99,7 +107,7 @@ class TrainStream(IterableDataset):
                 at.members = self._open(at.shard, 0, at.counts)
             raw = next(at.members, None)
             if raw is not None:
-                at.member += 1
+                at.member, at.offset = at.member + 1, raw["__offset__"]
                 at.empty_run = 0
                 return raw, at.shard, at.member - 1
             at.empty_run = at.empty_run + 1 if at.member == 0 else 0
@@ -114,7 +122,7 @@ class TrainStream(IterableDataset):
         target = min(self.shuffle_buffer, SHUFFLE_INITIAL + at.picks)
         while len(at.raws) < target:
             raw, url_index, member = self._next_raw(role, at)
-            at.refs[len(at.raws)] = (url_index, member)
+            at.refs[len(at.raws)] = (url_index, member, raw["__offset__"], raw["__end__"])
             at.raws.append(raw)
 
     def _pick(self, rng: random.Random, at: _Position) -> dict:
@@ -126,18 +134,54 @@ class TrainStream(IterableDataset):
 
     # --- state ------------------------------------------------------------------------------------
     def state(self, at: _Position) -> dict:
-        return {"shards_drawn": at.shards_drawn, "shard": at.shard, "member": at.member,
+        return {"shards_drawn": at.shards_drawn, "shard": at.shard, "member": at.member, "offset": at.offset,
                 "empty_run": at.empty_run, "buffer": torch.from_numpy(at.refs[:len(at.raws)].copy()),
                 "picks": at.picks, "batches": at.batches, "bad_run": at.bad_run,
                 "counts": at.counts.as_dict()}
 
     def restore(self, state: dict, at: _Position) -> None:
-        """Put `at` where `state` says: re-read the buffer's members and reopen the current shard."""
+        """Put `at` where `state` says: read the buffer's samples back and reopen the current shard."""
         for key in ("shards_drawn", "shard", "member", "empty_run", "picks", "batches", "bad_run"):
             setattr(at, key, int(state[key]))
         at.counts = SkipCounts({k: int(v) for k, v in state["counts"].items()})
         refs = state["buffer"].numpy()
-        # url index -> {member ordinal: buffer slots}; a shard drawn twice can be in the buffer twice
+        raws = self._read_by_offset(refs) if refs.shape[1] == REF_FIELDS else self._read_by_ordinal(refs)
+        missing = [tuple(refs[i][:2]) for i, raw in enumerate(raws) if raw is None]
+        if missing:
+            url_index, member = missing[0]
+            raise RuntimeError(f"resume: {self.urls[url_index]} no longer holds member {member} that the "
+                               f"checkpoint's shuffle buffer refers to ({len(missing)} such members)")
+        at.raws = raws
+        if refs.shape[1] == REF_FIELDS:
+            at.refs[:len(refs)] = refs
+        else:  # an older state: its samples' offsets are what the reader gave them
+            at.refs[:len(refs)] = [(*ref, raw["__offset__"], raw["__end__"])
+                                   for ref, raw in zip(refs, raws, strict=True)]
+        # Skipping the reopened shard's first members counts nothing: the reader counts only a missing
+        # shard (it was there) and damage, which lies after every member already read.
+        at.offset = int(state.get("offset", -1))
+        if at.shard == NO_SHARD:
+            at.members = None
+        elif at.offset >= 0:  # from the last sample read (skipped), where the next one starts
+            at.members = self._open(at.shard, 1, at.counts, at.offset)
+        else:
+            at.members = self._open(at.shard, at.member, at.counts)
+
+    def _read_by_offset(self, refs: np.ndarray) -> list[dict | None]:
+        """The samples of the buffer's references, read by their byte offsets."""
+        wanted: dict[int, dict[tuple[int, int], list[int]]] = {}  # url index -> {(offset, end): slots}
+        for slot, (url_index, _, offset, end) in enumerate(refs.tolist()):
+            wanted.setdefault(url_index, {}).setdefault((offset, end), []).append(slot)
+        raws: list[dict | None] = [None] * len(refs)
+        for url_index, spans in wanted.items():
+            found = read_samples_at(self.urls[url_index], spans, self.read_timeout)
+            for (offset, _), slots in spans.items():
+                for slot in slots:
+                    raws[slot] = found.get(offset)
+        return raws
+
+    def _read_by_ordinal(self, refs: np.ndarray) -> list[dict | None]:
+        """An older state's references (url index, member ordinal): each shard read up to the last."""
         wanted: dict[int, dict[int, list[int]]] = {}
         for slot, (url_index, member) in enumerate(refs.tolist()):
             wanted.setdefault(url_index, {}).setdefault(member, []).append(slot)
@@ -149,16 +193,7 @@ class TrainStream(IterableDataset):
                     raws[slot] = raw
                 if ordinal >= last:
                     break
-        missing = [tuple(refs[i]) for i, raw in enumerate(raws) if raw is None]
-        if missing:
-            url_index, member = missing[0]
-            raise RuntimeError(f"resume: {self.urls[url_index]} no longer holds member {member} that the "
-                               f"checkpoint's shuffle buffer refers to ({len(missing)} such members)")
-        at.raws = raws
-        at.refs[:len(refs)] = refs
-        # Skipping the reopened shard's first members counts nothing: the reader counts only a missing
-        # shard (it was there) and damage, which lies after every member already read.
-        at.members = None if at.shard == NO_SHARD else self._open(at.shard, at.member, at.counts)
+        return raws
 
     # --- batches ----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple]:

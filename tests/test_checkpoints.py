@@ -129,3 +129,152 @@ def test_nothing_latest_names_is_overwritten_and_pruning_keeps_the_newest(tmp_pa
     for step in (10, 11, 12):  # 0 keeps all
         prune_checkpoints(tmp_path, 0, save_checkpoint(tmp_path, step, {"step": step}))
     assert len(_step_files(tmp_path)) == 6
+
+
+# --- launch.checkpointing: rank 0's background writer, and each process's own RNG ----------------------
+
+def test_the_writer_returns_once_the_copy_is_made_and_writes_that_copy_in_the_background(tmp_path,
+                                                                                         monkeypatch):
+    from launch.checkpointing import WRITING, CheckpointWriter
+
+    release, original = __import__("threading").Event(), torch.save
+
+    def slow_disk(payload, f, *args, **kwargs):
+        assert release.wait(30), "the test never released the write"
+        return original(payload, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", slow_disk)
+    live = torch.zeros(1000)
+    writer = CheckpointWriter(tmp_path, keep=2)
+    writer.start(1, {"step": 1, "weights": live})  # returns while the disk is still busy
+    live += 7  # the next training step changes the live tensor; the checkpoint holds the copy
+    assert writer.outcome(wait=False) == WRITING and not (tmp_path / "step_00000001.pt").exists()
+    with pytest.raises(RuntimeError, match="previous write was not collected"):
+        writer.start(2, {"step": 2})
+    release.set()
+    assert writer.outcome(wait=True) is None and writer.outcome(wait=True) is None
+    saved = torch.load(tmp_path / "step_00000001.pt", weights_only=True)
+    assert torch.equal(saved["weights"], torch.zeros(1000))
+    assert (tmp_path / "latest").read_text().strip() == "step_00000001.pt"
+    for step in (2, 3):  # pruning to the newest two happens after each write
+        writer.start(step, {"step": step})
+        assert writer.outcome(wait=True) is None
+    assert _step_files(tmp_path) == ["step_00000002.pt", "step_00000003.pt"]
+
+
+def test_a_zip_writer_error_of_a_full_disk_comes_back_as_one_line_naming_the_disk(tmp_path, monkeypatch):
+    """torch's zip writer reports a full disk as a RuntimeError raised while handling the OSError."""
+    import errno
+
+    from launch.checkpointing import CheckpointWriter
+
+    def full_disk(payload, f, *args, **kwargs):
+        f.write(b"\0" * 4096)
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            # raised while handling it, as torch does: the OSError is only its __context__
+            raise RuntimeError(  # noqa: B904
+                "[enforce fail at inline_container.cc:672] . unexpected pos 25656000 vs 25655892\n"
+                "frame #0: c10::ThrowEnforceNotMet")
+
+    writer = CheckpointWriter(tmp_path, keep=3)
+    writer.start(1, {"step": 1})
+    assert writer.outcome(wait=True) is None
+    monkeypatch.setattr(torch, "save", full_disk)
+    writer.start(2, {"step": 2})
+    line = writer.outcome(wait=True)
+    assert line == "checkpoint of step 2 not written (OSError: [Errno 28] No space left on device)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001.pt"]  # no temp file left
+    assert (tmp_path / "latest").read_text().strip() == "step_00000001.pt"
+
+
+class _FakeCuda:
+    """8 visible GPUs, this process on `current`; records which devices' generators are read or set."""
+
+    def __init__(self, current):
+        self.current, self.touched = current, []
+
+    def is_available(self):
+        return True
+
+    def current_device(self):
+        return self.current
+
+    def get_rng_state(self, device="cuda"):
+        self.touched.append(("get", device))
+        return torch.full((16,), device, dtype=torch.uint8)
+
+    def get_rng_state_all(self):
+        self.touched.append(("get", "all"))
+        return [torch.full((16,), d, dtype=torch.uint8) for d in range(8)]
+
+    def set_rng_state(self, state, device="cuda"):
+        self.touched.append(("set", device, int(state[0])))
+
+    def set_rng_state_all(self, states):
+        self.touched.append(("set", "all"))
+
+
+def test_each_process_saves_and_restores_only_its_own_gpus_rng(monkeypatch):
+    from launch.checkpointing import capture_rng_state, restore_rng_state
+
+    cuda = _FakeCuda(current=5)
+    monkeypatch.setattr(torch, "cuda", cuda)
+    state = capture_rng_state()
+    assert cuda.touched == [("get", 5)]
+    assert torch.equal(state["cuda"], torch.full((16,), 5, dtype=torch.uint8))
+    cuda.touched.clear()
+    restore_rng_state(state)
+    assert cuda.touched == [("set", 5, 5)]
+    cuda.touched.clear()  # a checkpoint of the older format holds every visible GPU's state: take our own
+    restore_rng_state(dict(state, cuda=[torch.full((16,), d, dtype=torch.uint8) for d in range(8)]))
+    assert cuda.touched == [("set", 5, 5)]
+
+
+def test_every_process_resumes_from_the_checkpoint_process_0_chose(tmp_path, monkeypatch):
+    """Two processes simulated in turn: process 1's read of the newest checkpoint fails (a transient
+    error of a shared filesystem). It must not fall back to an older step on its own: either every
+    process resumes from process 0's choice or the run ends in one line naming process 1."""
+    from types import SimpleNamespace
+
+    from launch import run_resume
+    from launch.checkpointing import save_checkpoint
+    from runfolder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    for step in (2, 4):
+        save_checkpoint(folder.checkpoints, step, {"step": step, "state_dict": {}})
+    sent, real_read = [], towers.read_checkpoint
+
+    class Process(run_resume.RunResume):
+        def __init__(self, rank):
+            self.main, self.folder, self.run_dir, self.checkpoints = rank == 0, folder, folder.path, \
+                folder.checkpoints
+            self.options = SimpleNamespace(resume="auto")
+            self.accelerator = SimpleNamespace(process_index=rank, wait_for_everyone=lambda: None)
+            self.model = None
+
+    def read(path, mmap=False):
+        if rank == 1 and "step_00000004" in str(path):
+            raise towers.CheckpointError(f"checkpoint {path}: not a readable torch checkpoint (stale handle)")
+        return real_read(path, mmap=mmap)
+
+    def broadcast(values, from_process=0):
+        if rank == 0:
+            sent.append(list(values))
+            return values
+        return list(sent[-1])
+
+    monkeypatch.setattr(towers, "read_checkpoint", read)
+    monkeypatch.setattr(towers, "load_weights", lambda *args: None)
+    monkeypatch.setattr(run_resume.RunResume, "_check_resumable", lambda *args, **kwargs: None)
+    monkeypatch.setattr(run_resume, "broadcast_object_list", broadcast)
+    monkeypatch.setattr(run_resume, "gather_object", lambda values: values)  # each sees its own failure
+    rank = 0
+    assert Process(0)._resume_state()["step"] == 4
+    rank = 1
+    with pytest.raises(run_resume.RunError) as error:
+        Process(1)._resume_state()
+    assert "process 0 chose, step_00000004.pt; process 1: checkpoint" in str(error.value)
+    assert "stale handle" in str(error.value) and "\n" not in str(error.value)

@@ -238,3 +238,59 @@ def test_worker_counts_merge_latest_per_worker():
     assert merged.merged() == {**dict.fromkeys(SKIP_KINDS, 0), "corrupt_image": 6, "missing_shard": 1}
     with pytest.raises(ValueError):
         SkipCounts().add("not_a_kind")
+
+
+class _MetadataCalls:
+    """Counts the filesystem metadata calls (stat, lstat, scandir, listdir) made through `os`: what
+    os.path.isdir/isfile/exists and glob use, and each one a round trip on a shared filesystem."""
+
+    def __init__(self, monkeypatch):
+        import os
+
+        self.calls = 0
+        for name in ("stat", "lstat", "scandir", "listdir"):
+            monkeypatch.setattr(os, name, self._counted(getattr(os, name)))
+
+    def _counted(self, function):
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return function(*args, **kwargs)
+        return counted
+
+
+def test_startup_at_laion_s_41408_shard_names_costs_a_few_metadata_calls_not_one_per_name(tmp_path,
+                                                                                           monkeypatch):
+    from launch.data import data_identity, get_train_loader
+
+    folder = tmp_path / "laion400m"
+    folder.mkdir()
+    for i in (0, 1, 41407):  # the others are missing: a reader counts them as missing_shard
+        (folder / f"{i:05d}.tar").write_bytes(b"")
+    spec = f"{folder}/{{00000..41407}}.tar"
+    counter = _MetadataCalls(monkeypatch)
+    urls = expand_shards(spec)
+    expand_calls = counter.calls
+    counter.calls = 0
+    identity = data_identity(spec)  # what launch/train.py does at startup on every rank
+    get_train_loader(spec, image_size=32, batch_size=4, workers=0, seed=0)
+    print(f"metadata calls: expand_shards {expand_calls}, a rank's startup (data_identity + "
+          f"get_train_loader) {counter.calls}")
+    assert urls == [f"{folder}/{i:05d}.tar" for i in range(41408)] and identity["shards"] == 41408
+    assert expand_calls <= 2 and counter.calls <= 10  # one listing of the folder per expansion
+
+
+def test_shard_specs_name_folders_files_and_globs_as_before(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shards = tmp_path / "shards"
+    (shards / "sub").mkdir(parents=True)
+    for name in ("a.tar", "b.tar", "sub/c.tar"):
+        (shards / name).write_bytes(b"")
+    (shards / "broken.tar").symlink_to(tmp_path / "nowhere.tar")
+    assert expand_shards("shards/sub") == ["shards/sub/c.tar"]  # a folder: its .tar files
+    assert expand_shards("shards/{sub,a.tar}") == ["shards/sub/c.tar", "shards/a.tar"]
+    assert expand_shards("shards/sub/") == ["shards/sub/c.tar"]
+    assert expand_shards(f"{shards}/[ab].tar") == [f"{shards}/a.tar", f"{shards}/b.tar"]
+    with pytest.raises(ShardSpecError, match="no shard file matches 'shards/broken.tar'"):
+        expand_shards("shards/broken.tar")  # a broken link is no shard file
+    with pytest.raises(ShardSpecError, match="absent"):
+        expand_shards("absent/{0..3}.tar")

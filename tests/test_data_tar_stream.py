@@ -102,3 +102,26 @@ def test_cut_inside_data_names_the_member():
         for name, _ in iter_members(io.BytesIO(data[:512 * 3 + 100])):  # inside a.jpg's data
             members.append(name)
     assert members == ["a.txt"] and error.value.member == "a.jpg"
+
+
+@pytest.mark.parametrize("compression", ["", "gz"])
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_entry_offsets_are_tarfiles_and_reading_starts_at_any_of_them(fmt, compression):
+    from benchmarks.data.tar_stream import iter_entries
+
+    data = build_tar(fmt, compression)
+    plain = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
+    # tarfile's `offset` is where a member's header block starts, after its long-name or pax headers
+    headers = {m.name: m.offset for m in plain.getmembers()}
+    entries = list(iter_entries(io.BytesIO(data)))
+    assert [(name, body) for name, body, _ in entries] == tarfile_members(data)
+    for i, (name, _, entry) in enumerate(entries):
+        assert entry <= headers[name] and (i == 0 or entry > entries[i - 1][2])
+        assert list(iter_entries(io.BytesIO(data), skip=entry)) == entries[i:]  # read and discard
+        if not compression:  # a file seeked there by the caller
+            stream = io.BytesIO(data)
+            stream.seek(entry)
+            assert list(iter_entries(stream, start=entry, detect=False)) == entries[i:]
+            end = entries[i + 1][2] if i + 1 < len(entries) else None
+            stream.seek(entry)
+            assert list(iter_entries(stream, start=entry, detect=False, end=end)) == [entries[i]]

@@ -4,7 +4,6 @@ prints what docs/training-at-scale.md's "Faults" table reports (time to exit, st
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -21,10 +20,8 @@ from session_runs import KILL_AND_RESUME, uninterrupted_run
 from test_multinode import TINY, free_port, node_env
 from test_train_loader import take, write_dataset
 
-import towers
 from benchmarks.data.shards import SkipCounts, iter_shard
 from benchmarks.data.timed_read import ShardStalled, TimedStream
-from launch import train
 from launch.data import get_train_loader
 from launch.faults import PREEMPTED_EXIT_STATUS, failure_line
 from runfolder import CHECKPOINTS, RunFolder, checkpoint_name
@@ -172,50 +169,7 @@ def test_a_stalled_pipe_shard_is_skipped_counted_as_timeout_and_the_stream_resum
         assert torch.equal(images, images_r) and torch.equal(tokens, tokens_r)
 
 
-# ---------------------------------------------------------------- a full disk
-
-
-def _args(runs: Path, name: str, *extra: str) -> list[str]:
-    return [*TINY, "--batch-size", "16", "--runs-dir", str(runs), "--name", name, *extra]
-
-
-def _full_disk_at(steps: set[int], monkeypatch) -> list[int]:
-    """torch.save fails with ENOSPC, after writing part of the file, for the checkpoints of `steps`."""
-    original, seen = torch.save, []
-
-    def save(payload, f, *args, **kwargs):
-        if isinstance(payload, dict) and payload.get("step") in steps:
-            seen.append(payload["step"])
-            f.write(b"\0" * 4096)
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(payload, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save)
-    return seen
-
-
-def test_a_full_disk_at_a_checkpoint_keeps_latest_and_the_next_save_retries(tmp_path, monkeypatch, capsys):
-    seen = _full_disk_at({4}, monkeypatch)
-    assert train.main(_args(tmp_path, "full", "--steps", "6", "--save-every", "2")) == 0
-    assert seen == [4]
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "not written" in line]
-    assert len(warnings) == 1 and "No space left on device" in warnings[0], warnings
-    assert "`latest` names step_00000002.pt" in warnings[0] and "next save tries again" in warnings[0]
-    folder = tmp_path / "full" / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == ["latest", "step_00000002.pt", "step_00000006.pt"]
-    assert (folder / "latest").read_text().strip() == "step_00000006.pt"
-    assert towers.read_checkpoint(folder / "step_00000002.pt")["step"] == 2
-
-
-def test_a_full_disk_at_the_last_checkpoint_exits_1_with_latest_readable(tmp_path, monkeypatch, capsys):
-    _full_disk_at({4}, monkeypatch)
-    assert train.main(_args(tmp_path, "last", "--steps", "4", "--save-every", "2")) == 1
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "final checkpoint (step 4) was not written" in errors[0], errors
-    folder = tmp_path / "last" / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == ["latest", "step_00000002.pt"]  # no torn temp file
-    assert (folder / "latest").read_text().strip() == "step_00000002.pt"
-    assert towers.read_checkpoint(folder / "step_00000002.pt")["step"] == 2
+# ---------------------------------------------------------------- a full disk: tests/test_faults_full_disk.py
 
 
 # ---------------------------------------------------------------- stop signals

@@ -19,7 +19,6 @@ import towers
 from benchmarks.data import toy as toy_data
 from benchmarks.data.shards import SKIP_KINDS, ShardSpecError
 from launch import data as launch_data
-from launch import train_stream
 from launch.data import get_train_loader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,30 +97,53 @@ def test_state_dict_resumes_exactly(dataset, workers, start):
     assert resumed_loader.state_dict()["batches"] == start + 4
 
 
-def test_resume_reads_the_buffer_and_current_shard_not_the_past(dataset, monkeypatch):
-    # The state names the buffered samples by (shard, member): a resume after 30 batches opens no
-    # more shards than one after 3 (the buffer's shards and the current one, 5 at most here).
-    spec, _ = dataset
-    opened = []
-    real = train_stream.iter_shard
+class CountingFile(io.FileIO):
+    """A local shard file that counts the bytes read from it (below the buffered reader)."""
 
-    def counting(url, counts, read_timeout=None):
-        opened.append(url)
-        return real(url, counts, read_timeout)
+    total = 0
 
-    for start in (3, 30):
-        first = loader_for(spec)
-        take(first, start)
-        state = first.state_dict()
-        assert len(state["roles"][0]["buffer"]) == 19  # the shuffle buffer (20), less the sample just taken
-        opened.clear()
-        monkeypatch.setattr(train_stream, "iter_shard", counting)
-        resumed = loader_for(spec, state=state)
-        stream = iter(resumed)
-        next(stream)
-        monkeypatch.setattr(train_stream, "iter_shard", real)
-        buffered_shards = {int(u) for u in state["roles"][0]["buffer"][:, 0]}
-        assert len(opened) <= len(buffered_shards) + 2, (start, opened)
+    def readinto(self, buffer) -> int:
+        n = super().readinto(buffer)
+        CountingFile.total += n or 0
+        return n
+
+
+def count_reads(monkeypatch) -> type[CountingFile]:
+    import webdataset
+
+    CountingFile.total = 0
+    monkeypatch.setattr(webdataset, "gopen", lambda url, mode="rb", **_: io.BufferedReader(CountingFile(url)))
+    return CountingFile
+
+
+def test_resume_reads_the_buffers_bytes_not_the_shards_before_them(tmp_path, monkeypatch):
+    # 2 shards of 150 samples of about 1.1 kB; a buffer of 20; 40 batches of 8 in: 340 samples read,
+    # the current shard 190 in. The old state (member ordinals) re-read every prefix up to the
+    # buffer's samples; the offsets in the state read each buffered sample (and 8 KiB of read-ahead)
+    spec, _ = write_dataset(tmp_path / "big", shards=2, per_shard=150)
+    first = loader_for(spec)
+    take(first, 40)
+    state = first.state_dict()
+    role = state["roles"][0]
+    assert role["buffer"].shape == (19, 4) and role["offset"] >= 0
+    sample_span = max(int(end - offset) for _, _, offset, end in role["buffer"].tolist() if end >= 0)
+    expected = take(loader_for(spec, state=state), 3)
+    counter = count_reads(monkeypatch)
+    by_offset = take(loader_for(spec, state=state), 3)
+    offset_bytes = counter.total
+    older = dict(role, buffer=role["buffer"][:, :2])  # an older checkpoint's state: no offsets
+    del older["offset"]
+    counter.total = 0
+    by_ordinal = take(loader_for(spec, state=dict(state, roles=[older])), 3)
+    ordinal_bytes = counter.total
+    print(f"restore + 3 batches read {offset_bytes} bytes by offset, {ordinal_bytes} by member ordinal")
+    for (images, tokens), (images_o, tokens_o), (images_p, tokens_p) in zip(expected, by_offset, by_ordinal,
+                                                                            strict=True):
+        assert torch.equal(images, images_o) and torch.equal(tokens, tokens_o)
+        assert torch.equal(images, images_p) and torch.equal(tokens, tokens_p)
+    # 19 buffered samples, the reopened shard's last sample, 3 x 8 samples taken from the shard
+    assert offset_bytes <= (19 + 1 + 24) * (sample_span + 8192)
+    assert ordinal_bytes > 3 * offset_bytes
 
 
 def test_a_state_of_another_worker_count_is_refused(dataset):
@@ -230,3 +252,19 @@ def test_no_matching_shard_raises_and_the_cli_says_one_line():
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --data") and "nope/{00000..00009}.tar" in lines[0]
+
+
+def test_a_compressed_shard_set_resumes_exactly(tmp_path):
+    # .tar.gz shards cannot seek: the restore reads each shard up to its buffered samples
+    import gzip
+
+    spec, _ = write_dataset(tmp_path / "plain", shards=3, per_shard=12)
+    for tar in sorted((tmp_path / "plain").glob("*.tar")):
+        (tmp_path / f"{tar.name}.gz").write_bytes(gzip.compress(tar.read_bytes()))
+    spec = str(tmp_path / "{00000..00002}.tar.gz")
+    full = take(loader_for(spec), 9)
+    first = loader_for(spec)
+    take(first, 5)
+    resumed = take(loader_for(spec, state=first.state_dict()), 4)
+    for (images, tokens), (images_r, tokens_r) in zip(full[5:], resumed, strict=True):
+        assert torch.equal(images, images_r) and torch.equal(tokens, tokens_r)

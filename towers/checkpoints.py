@@ -117,13 +117,14 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") for name in archive.namelist())
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The dict stored at `path`, read with weights_only=True (TorchScript archives via jit)."""
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """The dict stored at `path`, read with weights_only=True (TorchScript archives via jit); `mmap`:
+    tensors backed by the file's pages (the processes of a node share them)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # noqa: BLE001 - fall back to TorchScript, else report one line
         if _is_torchscript(path):
             try:  # OpenAI's released files are TorchScript archives, as open_clip handles them

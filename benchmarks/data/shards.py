@@ -31,7 +31,8 @@ Public API (stable):
         the tokenizer to truncate.
     Sample(key, image, caption, cls)                      image: PIL RGB, cls: int | None
     iter_samples(urls, counts, with_class=False) -> Iterator[Sample]
-        built from iter_shard(url, counts) (raw member bytes per sample) and
+        built from iter_shard(url, counts) (raw member bytes per sample; read_samples_at(url, spans)
+        reads chosen ones back by their byte offsets) and
         decode_sample(raw, counts, with_class) (Sample or None, counted); load_rgb(bytes) -> PIL RGB;
         check_sample(raw, counts, with_class): the same checks without the image decode (Undecoded)
     WorkerCounts: merges the cumulative counts each DataLoader worker attaches to its batches
@@ -53,15 +54,13 @@ Public API (stable):
 from __future__ import annotations
 
 import collections
-import glob
+import contextlib
 import io
-import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-import braceexpand
 import numpy as np
 import torch
 import webdataset as wds
@@ -69,7 +68,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 from webdataset.tariterators import base_plus_ext
 
-from benchmarks.data.tar_stream import TarDamage, iter_members
+# the spec half of this module's API lives in benchmarks.data.shard_specs
+from benchmarks.data.shard_specs import SPEC_HELP, ShardSpecError, expand_shards  # noqa: F401
+from benchmarks.data.tar_stream import BLOCK, COMPRESSED_MAGIC, TarDamage, iter_entries
 from benchmarks.data.timed_read import ShardStalled, TimedStream
 
 SKIP_KINDS = (
@@ -85,11 +86,6 @@ SKIP_KINDS = (
     "timeout",
 )
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-SPEC_HELP = "a brace pattern like shards/{00000..00099}.tar, a '::'-joined list, or a directory of .tar files"
-
-
-class ShardSpecError(ValueError):
-    """No shard file matches a data spec; the message is one line naming the spec."""
 
 
 class SkipCounts(collections.Counter):
@@ -129,41 +125,25 @@ class Sample(NamedTuple):
     cls: int | None
 
 
-# ---------------------------------------------------------------- shard specs
-
-
-def _is_remote(url: str) -> bool:
-    return "://" in url or url.startswith("pipe:")
-
-
-def expand_shards(spec: str | Sequence[str]) -> list[str]:
-    """Shard URLs of a data spec (see the module docstring)."""
-    parts = spec.split("::") if isinstance(spec, str) else list(spec)
-    urls: list[str] = []
-    for part in (p.strip() for p in parts):
-        if not part:
-            continue
-        if _is_remote(part):
-            urls.extend(braceexpand.braceexpand(part))
-            continue
-        for item in braceexpand.braceexpand(os.path.expanduser(os.path.expandvars(part))):
-            if os.path.isdir(item):
-                urls.extend(sorted(glob.glob(os.path.join(glob.escape(item), "*.tar"))))
-            elif any(c in item for c in "*?["):
-                urls.extend(sorted(glob.glob(item)))
-            else:
-                urls.append(item)  # kept even if missing: reading counts it as missing_shard
-    if not any(_is_remote(u) or os.path.isfile(u) for u in urls):
-        shown = spec if isinstance(spec, str) else "::".join(spec)
-        raise ShardSpecError(f"no shard file matches {shown!r} (expected {SPEC_HELP})")
-    return urls
-
-
 # ---------------------------------------------------------------- reading
 
 
-def iter_shard(url: str, counts: SkipCounts, read_timeout: float | None = None) -> Iterator[dict[str, Any]]:
-    """Raw samples of one shard: dicts {"__key__", "__url__", ext: bytes, ...}, extensions lower-case.
+def _seek_plain(stream: Any, offset: int) -> bool:
+    """Seek a local, uncompressed shard to `offset`; False (and nothing moved) for a stream that cannot
+    seek (a pipe, http) or a compressed one, which are read up to the offset instead."""
+    if not getattr(stream, "seekable", lambda: False)():
+        return False
+    head = stream.read(BLOCK)
+    stream.seek(0 if any(head.startswith(magic) for magic, _ in COMPRESSED_MAGIC) else offset)
+    return stream.tell() == offset and not any(head.startswith(magic) for magic, _ in COMPRESSED_MAGIC)
+
+
+def iter_shard(url: str, counts: SkipCounts, read_timeout: float | None = None,
+               offset: int = 0) -> Iterator[dict[str, Any]]:
+    """Raw samples of one shard: dicts {"__key__", "__url__", "__offset__", "__end__", ext: bytes, ...},
+    extensions lower-case; "__offset__" is where the sample's first tar entry starts, "__end__" where
+    the next sample's does (-1 for a shard's last). `offset` (one of those) starts the reading there: a
+    seek in a local file, else the bytes before it read and discarded.
     A sample with an unreadable member carries "__unreadable__": True. With `read_timeout` (seconds),
     a shard whose bytes stop arriving that long is abandoned, counted as `timeout`, with one line on
     stderr; the samples before the stall are kept, except the last, possibly incomplete one."""
@@ -172,20 +152,35 @@ def iter_shard(url: str, counts: SkipCounts, read_timeout: float | None = None) 
     except OSError:
         counts.add("missing_shard")
         return
+    try:
+        seeked = bool(offset) and _seek_plain(stream, offset)
+    except OSError:  # a file that says it seeks and then fails to: read like a damaged one
+        stream.close()
+        counts.add("truncated_tar")
+        return
     if read_timeout:
         stream = TimedStream(stream, read_timeout, name=url)
+    entries = iter_entries(stream, start=offset, detect=False) if seeked else iter_entries(stream,
+                                                                                          skip=offset)
+    yield from _samples(url, stream, entries, counts)
+
+
+def _samples(url: str, stream: Any, entries: Iterator, counts: SkipCounts,
+             close: bool = True) -> Iterator[dict[str, Any]]:
+    """The tar entries grouped into samples by key (iter_shard's), closing `stream` at the end."""
     sample: dict[str, Any] | None = None
     try:
-        with stream:
-            for name, data in iter_members(stream):
+        with stream if close else contextlib.nullcontext():
+            for name, data, entry in entries:
                 key, ext = base_plus_ext(name)
                 if key is None or (key.startswith("__") and key.endswith("__")):
                     continue  # stray names without an extension, webdataset metadata
                 ext = ext.lower()
                 if sample is None or key != sample["__key__"]:
                     if sample is not None:
+                        sample["__end__"] = entry
                         yield sample
-                    sample = {"__key__": key, "__url__": url}
+                    sample = {"__key__": key, "__url__": url, "__offset__": entry, "__end__": -1}
                 if data is None or ext in sample:
                     sample["__unreadable__"] = True
                     continue
@@ -202,6 +197,41 @@ def iter_shard(url: str, counts: SkipCounts, read_timeout: float | None = None) 
         member = getattr(damage, "member", None)
         if sample is not None and member is not None and base_plus_ext(member)[0] != sample["__key__"]:
             yield sample
+
+
+def read_samples_at(url: str, spans: Iterable[tuple[int, int]],
+                    read_timeout: float | None = None) -> dict[int, dict[str, Any]]:
+    """offset -> raw sample, for the samples of one shard at `spans`, (iter_shard's "__offset__",
+    "__end__") pairs: in a local uncompressed shard one seek and one sample's bytes each (no read
+    timeout: a sample that cannot be read cannot be skipped either); a pipe or a compressed shard is
+    read up to the last. Samples not found (the shard changed or broke) are left out."""
+    spans = sorted(set(spans))
+    found: dict[int, dict[str, Any]] = {}
+    try:
+        stream = wds.gopen(url, "rb")
+    except OSError:
+        return found
+    try:
+        seeks = _seek_plain(stream, spans[0][0]) if spans else False
+    except OSError:
+        seeks = False
+    if not seeks:
+        stream.close()
+        wanted, last = {offset for offset, _ in spans}, spans[-1][0] if spans else -1
+        for raw in iter_shard(url, SkipCounts(), read_timeout):
+            if raw["__offset__"] in wanted:
+                found[raw["__offset__"]] = raw
+            if raw["__offset__"] >= last:
+                break
+        return found
+    with stream:
+        for offset, end in spans:
+            stream.seek(offset)
+            entries = iter_entries(stream, start=offset, detect=False, end=end if end >= 0 else None)
+            raw = next(_samples(url, stream, entries, SkipCounts(), close=False), None)
+            if raw is not None and raw["__offset__"] == offset:
+                found[offset] = raw
+    return found
 
 
 def load_rgb(data: bytes) -> Image.Image:
