@@ -37,6 +37,7 @@ from towers.text_mask import DEFAULT_TEXT_MASK, TEXT_MASKS, legacy_text_reading,
 from towers.token_mixing import TOKEN_MIXING_MODES
 
 LR_SCHEDULES = ("cosine", "constant")
+LOADER_START_METHODS = ("fork", "forkserver", "spawn")  # multiprocessing's, for the DataLoader workers
 EVAL_TEMPLATES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
 REPORT_TO = ("tensorboard", "wandb", "all")  # launch.run_record.make_trackers
 TOY_CONTEXT_LENGTH = 32
@@ -172,10 +173,19 @@ class RunOptions:
     # by benchmarks.imagenet_zeroshot.eval_set; None: toy on the toy set, imagenet with --imagenet-val
     evals: str | None = None
     # Faults (launch/faults.py; docs/training-at-scale.md "Faults"): a collective that waits longer
-    # fails, so a dead or hung process ends the job instead of idling the others; a shard whose bytes
-    # stop arriving this long is abandoned and counted as `timeout` (sized for LAION on object storage)
-    collective_timeout: float = 60.0
+    # fails, so a hung process ends the job instead of idling the others. 600 s is > 3x the longest
+    # wait of a healthy B/32 job (a 1.8 GB checkpoint at 10 MB/s is 180 s; resume and compile skew)
+    # and torch's NCCL default; a dead process ends the job sooner, through the launcher and srun.
+    collective_timeout: float = 600.0
+    # a shard whose bytes stop arriving this long is abandoned and counted as `timeout` (sized for LAION
+    # on object storage; 10x below the collective deadline, so a stall never ends the job)
     shard_read_timeout: float = 60.0
+    # CPU training where GPUs were asked for (CUDA_VISIBLE_DEVICES, SLURM's --gpus*): without it such a
+    # run exits 2 naming the driver and torch's CUDA instead of training 16 processes on CPU
+    allow_cpu: bool = False
+    # how DataLoader workers start; None: fork on CPU (instant, nothing to inherit), forkserver on GPUs
+    # (a worker forked after NCCL init inherits the CUDA context, NCCL's threads and IB registrations)
+    loader_start_method: str | None = None
     # Experiment trackers (issue 29): open_clip's --report-to; wandb needs the [wandb] extra
     report_to: str = "tensorboard"  # tensorboard, wandb or all (both)
     wandb_project: str = "mixclip-bench"
@@ -218,6 +228,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             kwargs["help"] = "JPEG decode path of the train transform (launch/decoders.py; default: pil)"
         if f.name == "report_to":
             kwargs["choices"] = REPORT_TO
+        if f.name == "loader_start_method":
+            kwargs["choices"] = LOADER_START_METHODS
         if f.name == "text_mask":
             kwargs["choices"] = TEXT_MASKS
         if f.name == "context_length":
