@@ -558,3 +558,29 @@ def test_stop_votes_ride_on_the_step_read_and_every_exit_destroys_the_group(tmp_
     assert not StopRequests.agreed(summed) and summed == {"corrupt_image": 2}  # the vote is not a skip count
     assert train.main(_args(tmp_path, "bad", "--imagenet-val", str(tmp_path / "none"))) == 2
     assert destroyed == [None, None]  # a refusal after the Accelerator exists destroys it too
+
+
+@pytest.mark.slow
+def test_forkserver_loader_workers_survive_a_stop_signal_to_every_process_of_the_step(tmp_path):
+    # SLURM signals every process of the job step: with --loader-start-method forkserver that includes
+    # the fork server, which must ignore the signal (a dead server orphans the workers, and their
+    # watchdog ends them and the run), and the workers it forked; the trainer stops at a checkpoint.
+    run_dir = tmp_path / "server"
+    process = subprocess.Popen(
+        [sys.executable, "launch/train.py", *TINY, "--steps", "40", "--save-every", "0",
+         "--loader-start-method", "forkserver", "--runs-dir", str(tmp_path), "--name", "server"],
+        cwd=REPO, env=node_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: max(_logged_steps(run_dir), default=0) >= 2, process, "step 2")
+    trainer = psutil.Process(process.pid)
+    family = trainer.children(recursive=True)
+    servers = [p for p in family if "forkserver" in " ".join(p.cmdline())]
+    workers = [p for p in family if p not in servers and p.ppid() in {s.pid for s in servers}]
+    for member in [trainer, *family]:
+        member.send_signal(signal.SIGUSR1)
+    err = process.communicate(timeout=300)[1]
+    marker = json.loads((run_dir / "preempted.json").read_text())
+    print(f"forkserver: {len(servers)} server(s), {len(workers)} worker(s) of theirs; SIGUSR1 to all "
+          f"{len(family) + 1} processes: exit {process.returncode}, stopped at step {marker['step']}")
+    assert len(servers) == 1 and len(workers) == 1, [p.cmdline() for p in family]
+    assert process.returncode == PREEMPTED_EXIT_STATUS, err[-3000:]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{marker['step']:08d}.pt"
