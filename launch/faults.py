@@ -168,14 +168,21 @@ GPU_DEVICE_LISTS = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
 GPU_COUNTS = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS", "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
 
 
-def gpu_request(environ=os.environ) -> str | None:
-    """`NAME=value` of the first variable that gives this process GPUs, or None."""
+# An NVIDIA GPU whose driver is loaded, whatever the launcher said (`accelerate launch` with gpu_ids: all
+# exports nothing): a broken CUDA on such a node is the cu13x-wheel-on-an-older-driver case
+NVIDIA_DEVICE = Path("/dev/nvidia0")
+
+
+def gpu_request(environ=os.environ, device: Path = NVIDIA_DEVICE) -> str | None:
+    """What gives this process GPUs: `NAME=value` of the first such variable, else the NVIDIA device
+    file when it exists; None when nothing does."""
     for name in GPU_DEVICE_LISTS + GPU_COUNTS:
         value = environ.get(name, "").strip()
         none = ("", "-1", "NoDevFiles") if name in GPU_DEVICE_LISTS else ("", "0")
         if value not in none and not (name in GPU_COUNTS and value.rsplit(":", 1)[-1] == "0"):
             return f"{name}={value}"
-    return None
+    hidden = environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1", "NoDevFiles")
+    return f"{device} (an NVIDIA GPU)" if not hidden and device.exists() else None
 
 
 def nvidia_driver_version() -> str:
@@ -201,10 +208,10 @@ def nvidia_driver_version() -> str:
     return "no driver found"
 
 
-def unusable_gpu_line(environ=os.environ) -> str | None:
+def unusable_gpu_line(environ=os.environ, device: Path = NVIDIA_DEVICE) -> str | None:
     """One line when this process was given GPUs but torch cannot use CUDA, else None. Call it only
     where torch found no accelerator."""
-    request = gpu_request(environ)
+    request = gpu_request(environ, device)
     if request is None or environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
         return None  # no GPU asked for, or `accelerate launch --cpu`: a deliberate CPU run
     reason = ""

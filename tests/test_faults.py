@@ -477,7 +477,7 @@ def test_the_collective_deadline_outlasts_a_b32_checkpoint_on_a_slow_shared_file
 # ---------------------------------------------------------------- GPUs asked for but unusable
 
 
-def test_which_variables_ask_for_gpus():
+def test_which_variables_ask_for_gpus(tmp_path):
     assert gpu_request({"CUDA_VISIBLE_DEVICES": "0"}) == "CUDA_VISIBLE_DEVICES=0"  # device 0, not none
     assert gpu_request({"SLURM_GPUS_ON_NODE": "8"}) == "SLURM_GPUS_ON_NODE=8"
     assert gpu_request({"SLURM_GPUS": "h100:16"}) == "SLURM_GPUS=h100:16"
@@ -488,6 +488,12 @@ def test_which_variables_ask_for_gpus():
         assert gpu_request(hidden) is None, hidden
     # `accelerate launch --cpu` is a deliberate CPU run
     assert unusable_gpu_line({"CUDA_VISIBLE_DEVICES": "0", "ACCELERATE_USE_CPU": "True"}) is None
+    # a node with an NVIDIA device file asks for GPUs whatever the launcher exported, unless they are hidden
+    device = tmp_path / "nvidia0"
+    assert gpu_request({}, device) is None
+    device.touch()
+    assert gpu_request({}, device) == f"{device} (an NVIDIA GPU)"
+    assert gpu_request({"CUDA_VISIBLE_DEVICES": ""}, device) is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch cannot use CUDA")
