@@ -230,6 +230,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             kwargs["choices"] = REPORT_TO
         if f.name == "loader_start_method":
             kwargs["choices"] = LOADER_START_METHODS
+            kwargs["help"] = "how DataLoader workers start (default: fork on CPU, forkserver on GPUs)"
         if f.name == "text_mask":
             kwargs["choices"] = TEXT_MASKS
         if f.name == "context_length":
