@@ -572,15 +572,17 @@ def test_forkserver_loader_workers_survive_a_stop_signal_to_every_process_of_the
     # the fork server, which must ignore the signal (a dead server orphans the workers, and their
     # watchdog ends them and the run), and the workers it forked; the trainer stops at a checkpoint.
     run_dir = tmp_path / "server"
+    data, _ = write_dataset(tmp_path / "shards")  # not the toy set: its first use would build it here
     process = subprocess.Popen(
-        [sys.executable, "launch/train.py", *TINY, "--steps", "40", "--save-every", "0",
+        [sys.executable, "launch/train.py", *TINY, "--train-data", data, "--steps", "40", "--save-every", "0",
          "--loader-start-method", "forkserver", "--runs-dir", str(tmp_path), "--name", "server"],
         cwd=REPO, env=node_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: max(_logged_steps(run_dir), default=0) >= 2, process, "step 2")
+    _wait_for(lambda: max(_logged_steps(run_dir), default=0) >= 2, process, "step 2", limit=600)
     trainer = psutil.Process(process.pid)
     family = trainer.children(recursive=True)
-    servers = [p for p in family if "forkserver" in " ".join(p.cmdline())]
-    workers = [p for p in family if p not in servers and p.ppid() in {s.pid for s in servers}]
+    # the server is the trainer's child; its workers are forked from it (and share its command line)
+    servers = [p for p in trainer.children() if "forkserver" in " ".join(p.cmdline())]
+    workers = [p for p in family if p.ppid() in {s.pid for s in servers}]
     for member in [trainer, *family]:
         member.send_signal(signal.SIGUSR1)
     err = process.communicate(timeout=300)[1]
