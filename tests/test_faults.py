@@ -583,12 +583,16 @@ def test_forkserver_loader_workers_survive_a_stop_signal_to_every_process_of_the
     # the server is the trainer's child; its workers are forked from it (and share its command line)
     servers = [p for p in trainer.children() if "forkserver" in " ".join(p.cmdline())]
     workers = [p for p in family if p.ppid() in {s.pid for s in servers}]
-    for member in [trainer, *family]:
+    for member in family:  # the trainer's children first: none may die of it
         member.send_signal(signal.SIGUSR1)
+    time.sleep(1)
+    survivors = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    trainer.send_signal(signal.SIGUSR1)
     err = process.communicate(timeout=300)[1]
     marker = json.loads((run_dir / "preempted.json").read_text())
     print(f"forkserver: {len(servers)} server(s), {len(workers)} worker(s) of theirs; SIGUSR1 to all "
           f"{len(family) + 1} processes: exit {process.returncode}, stopped at step {marker['step']}")
     assert len(servers) == 1 and len(workers) == 1, [p.cmdline() for p in family]
+    assert survivors == family, "a signal to every process of the step killed the fork server or a worker"
     assert process.returncode == PREEMPTED_EXIT_STATUS, err[-3000:]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{marker['step']:08d}.pt"
