@@ -39,6 +39,7 @@ from towers.text_mask import DEFAULT_TEXT_MASK, TEXT_MASKS, legacy_text_reading,
 from towers.token_mixing import TOKEN_MIXING_MODES
 
 LR_SCHEDULES = ("cosine", "constant")
+LOADER_START_METHODS = ("fork", "forkserver", "spawn")  # multiprocessing's, for the DataLoader workers
 EVAL_TEMPLATES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
 TOY_CONTEXT_LENGTH = 32
 CLIP_CONTEXT_LENGTH = 77
@@ -181,12 +182,20 @@ class RunOptions:
     # Zero-shot sets scored while training, comma-separated (toy, imagenet); left out: toy on the toy set,
     # imagenet with --imagenet-val.
     evals: str | None = None
-    # Seconds a collective may wait before it fails, so a dead or hung process ends the job instead of
-    # idling the others (launch/faults.py; docs/training-at-scale.md "Faults").
-    collective_timeout: float = 60.0
+    # Seconds a collective may wait before it fails, so a hung process ends the job instead of idling the
+    # others: 600 s is over 3x the longest wait of a healthy B/32 job (a 1.8 GB checkpoint at 10 MB/s is
+    # 180 s; resume and compile skew) and torch's NCCL default; a dead process ends the job sooner, through
+    # the launcher and srun (launch/faults.py; docs/training-at-scale.md "Faults").
+    collective_timeout: float = 600.0
     # Seconds without bytes before a shard read is abandoned and counted as `timeout` (sized for LAION on
-    # object storage).
+    # object storage; 10x below the collective deadline, so a stall never ends the job).
     shard_read_timeout: float = 60.0
+    # Train on CPU although GPUs were asked for (CUDA_VISIBLE_DEVICES, SLURM's --gpus*); without it such a
+    # run exits 2 naming the driver and torch's CUDA instead of training every process on CPU.
+    allow_cpu: bool = False
+    # How DataLoader workers start; left out: fork on CPU (instant, nothing to inherit), forkserver on GPUs
+    # (a worker forked after NCCL init inherits the CUDA context, NCCL's threads and IB registrations).
+    loader_start_method: str | None = None
     # Experiment trackers (open_clip's flag): tensorboard, wandb (needs the [wandb] extra), all, or a comma
     # list such as tensorboard,wandb; metrics.jsonl is always written.
     report_to: str = "tensorboard"
@@ -228,6 +237,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             kwargs["choices"] = EVAL_TEMPLATES
         if f.name == "decoder":
             kwargs["choices"] = DECODERS
+        if f.name == "loader_start_method":
+            kwargs["choices"] = LOADER_START_METHODS
         if f.name == "text_mask":
             kwargs["choices"] = TEXT_MASKS
         parser.add_argument(_flag(f.name), **kwargs)

@@ -21,7 +21,9 @@ every `--eval-every` steps by `benchmarks.imagenet_zeroshot`, every process scor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import multiprocessing
 import os
 import sys
 import time
@@ -55,6 +57,8 @@ from launch.faults import (
     clear_preempted,
     collective_timeout,
     failure_line,
+    start_loader_processes,
+    unusable_gpu_line,
     write_preempted,
 )
 from launch.run_record import (
@@ -77,6 +81,8 @@ from runfolder import RunFolder
 from towers.checkpoints import latest_checkpoint
 from towers.precision import MIXED_PRECISION
 
+# Without a terminal (a SLURM log) a progress line this often: ~60 lines an hour, whatever the step time
+PROGRESS_LINE_SECONDS = 60.0
 # What each in-training evaluation logs (metrics.jsonl, TensorBoard, final_eval.json), as eval/<set>_<key>
 LOGGED_EVAL_KEYS = (
     "top1", "top5", "mean_per_class_recall", "top1_ci95", "n", "colour_acc", "shape_acc",
@@ -254,6 +260,13 @@ class TrainingRun(RunResume):
     def _log_step(self, info: dict, interval: dict) -> None:
         if self.main:
             elapsed = time.perf_counter() - interval["start"]
+            if self.progress_lines and (time.perf_counter() - self.last_progress_line >= PROGRESS_LINE_SECONDS
+                                        or self.step == self.recipe.steps):
+                self.last_progress_line = time.perf_counter()
+                rate, wait = interval["samples"] / elapsed, interval["data_wait"] / elapsed
+                print(f"step {self.step}/{self.recipe.steps}: loss {info['loss']:.4f}, {rate:.1f} samples/s, "
+                      f"data wait {wait:.0%}, "
+                      f"{time.time() - self.started:.0f} s since start", flush=True)
             self.log.log({
                 "step": self.step, "samples_seen": self.samples_seen, "loss": info["loss"],
                 "lr": self.optimizer.param_groups[0]["lr"], "logit_scale": info["logit_scale"],
@@ -277,15 +290,17 @@ class TrainingRun(RunResume):
             interval["samples"] += global_batch
             bar.update(1)
             last = self.step == recipe.steps
-            stop = self.stop.agreed()  # a collective: a signal to any process stops all at this step
-            log = self.step % options.log_every == 0 or last or stop
-            save = ((bool(options.save_every) and self.step % options.save_every == 0
-                     or self.step in options.keep_steps) and not last) or stop
-            saved = False
-            if log or save:  # other steps read nothing back: the host runs ahead of the device
-                # The step's one host read (a collective: every process takes part); it raises on a
-                # streak of non-finite steps.
-                info = self.step_fn.read({kind: self.loader.skipped().get(kind, 0) for kind in SKIP_KINDS})
+            log = self.step % options.log_every == 0 or last
+            save = (bool(options.save_every) and self.step % options.save_every == 0
+                    or self.step in options.keep_steps) and not last
+            stop = saved = False
+            if log or save or self.stop.due(self.step):  # other steps read nothing: the host runs ahead
+                # The step's one host read (a collective: every process takes part), carrying each
+                # process's stop vote too; it raises on a streak of non-finite steps.
+                counts = {kind: self.loader.skipped().get(kind, 0) for kind in SKIP_KINDS}
+                info = self.step_fn.read({**counts, **self.stop.vote()})
+                stop = self.stop.agreed(info["counts"])  # a signal to any process stops all at this step
+                log, save = log or stop, save or stop
                 bar.set_postfix(loss=f"{info['loss']:.3f}")
                 if log:
                     self._log_step(info, interval)
@@ -313,8 +328,12 @@ class TrainingRun(RunResume):
             clear_preempted(self.run_dir)
         self.stop = StopRequests()
         self.stop.install()
-        bar = tqdm(total=self.recipe.steps, initial=self.step, disable=not self.main, unit="step",
-                   desc=self.run_dir.name, dynamic_ncols=True)
+        # A bar on a terminal; in a SLURM log (not a TTY) its carriage-return refresh every 0.1 s would
+        # pile up, so there `_log_step` prints a plain line every PROGRESS_LINE_SECONDS instead.
+        self.progress_lines = self.main and not sys.stderr.isatty()
+        self.last_progress_line = -PROGRESS_LINE_SECONDS
+        bar = tqdm(total=self.recipe.steps, initial=self.step, disable=not self.main or self.progress_lines,
+                   unit="step", desc=self.run_dir.name, dynamic_ncols=True)
         self.bar_closed = False
         try:
             try:
@@ -396,20 +415,37 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     experiment, options = parse_experiment(argv)
+    on_cpu = no_accelerator()
+    unusable = unusable_gpu_line() if on_cpu and not options.allow_cpu else None
+    if unusable:  # GPUs were asked for: never train 16 processes on CPU over gloo instead
+        print(f"error: {unusable}", file=sys.stderr)
+        return 2
     try:
         trackers = make_trackers(options.report_to, run_directory(experiment, options), options.wandb_project)
     except TrackerUnavailableError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    on_cpu = no_accelerator()
     requested = experiment.recipe.precision
     recipe, why, warning = experiment.recipe.with_precision(training_device(on_cpu))
     experiment = dataclasses.replace(experiment, recipe=recipe)
+    start_method = multiprocessing.get_start_method(allow_none=True)
+    start_loader_processes(options.loader_start_method or ("fork" if on_cpu else "forkserver"))
     accelerator = Accelerator(mixed_precision=MIXED_PRECISION[recipe.precision], cpu=on_cpu,
                               log_with=trackers,
                               kwargs_handlers=[collective_timeout(options.collective_timeout)])
+    try:
+        return _train(accelerator, experiment, options, {"requested": requested, "resolved": recipe.precision,
+                                                         "why": why}, warning)
+    finally:  # every exit, errors too: NCCL's communicators are released, not left to the interpreter's end
+        with contextlib.suppress(RuntimeError):  # a group a dead peer broke: nothing left to release
+            accelerator.state.destroy_process_group()
+        multiprocessing.set_start_method(start_method, force=True)  # main() may run inside another program
+
+
+def _train(accelerator: Accelerator, experiment: Experiment, options: RunOptions, precision: dict,
+           warning: str | None) -> int:
     if accelerator.is_main_process:  # the run's first lines: what it trains in, and why
-        print(f"precision: {recipe.precision} ({why})", flush=True)  # stdout: stderr is for errors
+        print(f"precision: {precision['resolved']} ({precision['why']})", flush=True)  # stderr is for errors
         if warning:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     run = None
@@ -417,8 +453,7 @@ def _main(argv: list[str] | None) -> int:
         if accelerator.device.type == "cpu":
             local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
             torch.set_num_threads(cpu_threads(options.cpu_threads, local_processes))
-        run = TrainingRun(experiment, options, accelerator,
-                          precision={"requested": requested, "resolved": recipe.precision, "why": why})
+        run = TrainingRun(experiment, options, accelerator, precision=precision)
         run.train()
     except (RunError, towers.CheckpointError, ShardSpecError) as error:  # bad input
         print(f"error: {error}", file=sys.stderr)

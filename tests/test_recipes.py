@@ -70,7 +70,8 @@ def test_8_gpu_and_slurm_launches_of_one_config_share_recipe_sha256(tmp_path, mo
     eight_gpu = next(line for line in readme.splitlines()
                      if "8gpu.yaml launch/train.py" in line and "--tower mixer" in line)
     env = {"PATH": f"{stand_ins(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}", "SLURM_NNODES": "2",
-           "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1", "SRUN_DRY": "1", "TOWER": "transformer"}
+           "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1", "SRUN_DRY": "1", "TOWER": "transformer",
+           "NO_EVAL": "1"}
     done = subprocess.run(["bash", str(SBATCH)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr

@@ -25,8 +25,25 @@ REPO = Path(__file__).resolve().parents[1]
 SBATCH = REPO / "launch" / "slurm" / "train.sbatch"
 
 SRUN = """#!/bin/bash
-# srun stand-in: its command once per node of SLURM_NNODES, all on this machine
-while [[ $# -gt 0 && $1 == --* ]]; do shift; done
+# srun stand-in: checks the flags a real srun needs from the script (and refuses any other), then runs
+# its command once per node of SLURM_NNODES, all on this machine; SRUN_ENV_LOG: where to write its env
+fail() { echo "srun stand-in: $*" >&2; exit 2; }
+declare -A flags=()
+while [[ $# -gt 0 && $1 == --* ]]; do
+  [[ $1 == *=* ]] || fail "flag $1 without =value"
+  flags[${1%%=*}]=${1#*=}
+  shift
+done
+for name in "${!flags[@]}"; do
+  [[ $name =~ ^--(kill-on-bad-exit|ntasks-per-node|cpus-per-task)$ ]] || fail "unexpected flag $name"
+done
+[[ ${flags[--kill-on-bad-exit]-} == 1 ]] || fail "--kill-on-bad-exit=1 missing: a dead node leaves the rest"
+[[ ${flags[--ntasks-per-node]-} == 1 ]] || fail "--ntasks-per-node=1 missing: one launcher a node"
+cpus=${flags[--cpus-per-task]-}
+[[ $cpus =~ ^[1-9][0-9]*$ ]] || fail "--cpus-per-task=N missing: Slurm >= 22.05 does not pass sbatch's down"
+[[ -z ${SLURM_CPUS_PER_TASK:-} || $cpus == "$SLURM_CPUS_PER_TASK" ]] ||
+  fail "--cpus-per-task=$cpus in a job of $SLURM_CPUS_PER_TASK"
+if [[ -n ${SRUN_ENV_LOG:-} ]]; then env > "$SRUN_ENV_LOG"; fi
 if [[ -n ${SRUN_DRY:-} ]]; then echo "$@"; exit 0; fi
 pids=()
 for ((node = 0; node < SLURM_NNODES; node++)); do
@@ -53,27 +70,90 @@ def stand_ins(folder: Path) -> Path:
     return folder
 
 
-def test_default_job_trains_the_committed_laion_recipe(tmp_path):
-    # With SRUN_DRY the srun stand-in prints the command it was given instead of running it.
-    env = {"PATH": f"{stand_ins(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}", "SLURM_NNODES": "2",
-           "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1", "SRUN_DRY": "1"}
-    done = subprocess.run(["bash", str(SBATCH)], cwd=REPO, env=env, capture_output=True, text=True,
+def dry_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a submission whose srun stand-in prints the command it was given (SRUN_DRY)."""
+    return {"PATH": f"{stand_ins(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}", "SLURM_NNODES": "2",
+            "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1", "SRUN_DRY": "1", "SLURM_JOB_ID": "123456",
+            "SLURM_CPUS_PER_TASK": "96", "IMAGENET_VAL": "/data/imagenet/val",
+            "RUNS_DIR": str(tmp_path / "runs"), **extra}
+
+
+def submit(env: dict, *args: str, script: Path = SBATCH, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(script), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=60)
+
+
+def test_default_job_trains_the_committed_laion_recipe_and_scores_imagenet(tmp_path):
+    log = tmp_path / "srun.env"
+    done = submit(dry_env(tmp_path, SRUN_ENV_LOG=str(log)))
     assert done.returncode == 0, done.stderr
-    command = " ".join(done.stdout.split())
+    command = " ".join(done.stdout.splitlines()[-1].split())
     assert "launch/train.py --config launch/configs/laion400m-b32.yaml --tower mixer " in command, command
     assert "--train-data" not in command  # the config's own LAION pattern
-    assert "--num_processes 16 --machine_rank $SLURM_NODEID --main_process_ip 127.0.0.1" in command
-    assert command.endswith("--name laion400m-mixer-b32 --resume auto")
+    # the port is the job's own (10000 + 123456 % 20000), workers the cores a GPU gets less one (96 / 8 - 1)
+    assert "--num_processes 16 --machine_rank $SLURM_NODEID --main_process_ip 127.0.0.1 " \
+           "--main_process_port 13456 " in command
+    assert "--workers 11 --imagenet-val '/data/imagenet/val' " in command
+    assert command.endswith(f"--runs-dir {tmp_path / 'runs'} --name laion400m-mixer-b32 --resume auto")
+    env = dict(line.split("=", 1) for line in log.read_text().splitlines() if "=" in line)
+    assert env["MASTER_PORT"] == "13456" and env["NCCL_DEBUG"] == "WARN"
+    assert env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"
+    assert env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] == f"{tmp_path}/runs/laion400m-mixer-b32/nccl_trace_rank_"
+    assert int(env["TORCH_NCCL_TRACE_BUFFER_SIZE"]) > 0  # the flight recorder the dump writes out
+
+
+def test_the_job_refuses_to_start_without_imagenet_unless_told_no_eval(tmp_path):
+    env = dry_env(tmp_path)
+    del env["IMAGENET_VAL"]
+    done = submit(env)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr.startswith("error: IMAGENET_VAL is not set") and len(done.stderr.splitlines()) == 1
+    for told in (submit({**env, "NO_EVAL": "1"}), submit(env, "--no-eval")):
+        assert told.returncode == 0, told.stderr
+        assert "--imagenet-val" not in told.stdout and "--workers 11 " in told.stdout
+
+
+def test_the_sbatch_header_asks_for_what_a_requeued_100k_step_job_needs():
+    header = [line.split()[1] for line in SBATCH.read_text().splitlines() if line.startswith("#SBATCH ")]
+    for flag in ("--open-mode=append", "--mem=0", "--requeue", "--signal=USR1@120", "--cpus-per-task=96",
+                 "--ntasks-per-node=1", "--gpus-per-node=8", "--nodes=2"):
+        assert flag in header, flag
+
+
+def test_the_srun_stand_in_refuses_a_job_step_without_its_cores_or_kill_on_bad_exit(tmp_path):
+    env = dry_env(tmp_path)
+    for missing in ('--cpus-per-task="$CPUS_PER_TASK" ', "--kill-on-bad-exit=1 "):
+        script = tmp_path / f"without{len(missing)}.sbatch"
+        text = SBATCH.read_text()
+        assert missing in text
+        script.write_text(text.replace(missing, ""))
+        done = submit(env, script=script)
+        assert done.returncode == 2 and done.stderr.startswith("srun stand-in: "), done.stderr
+        assert missing.split("=")[0] in done.stderr
+    wrong = submit({**env, "SLURM_CPUS_PER_TASK": "32", "WORKERS": "3"})  # the flag follows the job's cores
+    assert wrong.returncode == 0 and "--workers 3 " in wrong.stdout, wrong.stderr
+
+
+def test_the_job_runs_in_the_submit_directory_with_its_environment_activated(tmp_path):
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "activate").write_text(f"touch {tmp_path}/activated\n")
+    env = dry_env(tmp_path, SLURM_SUBMIT_DIR=str(REPO), VENV=str(tmp_path / "venv"))
+    done = submit(env, cwd=tmp_path)  # sbatch starts the script elsewhere; it moves to the submit dir
+    assert done.returncode == 0 and (tmp_path / "activated").exists(), done.stderr
+    hook = submit({**env, "ACTIVATE": f"touch {tmp_path}/hooked"}, cwd=tmp_path)
+    assert hook.returncode == 0 and (tmp_path / "hooked").exists(), hook.stderr
+    missing = submit({**env, "VENV": str(tmp_path / "nowhere")})
+    assert missing.returncode == 2 and missing.stderr.startswith(f"error: VENV={tmp_path / 'nowhere'}: ")
+    elsewhere = submit({**env, "SLURM_SUBMIT_DIR": str(tmp_path)})
+    assert elsewhere.returncode == 2 and "not the mixclip-bench repository root" in elsewhere.stderr
 
 
 def test_data_override_reaches_train_py_as_one_quoted_brace_pattern(tmp_path):
-    env = {"PATH": f"{stand_ins(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}", "SLURM_NNODES": "2",
-           "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1", "SRUN_DRY": "1", "DATA": "/x/{00..09}.tar"}
-    done = subprocess.run(["bash", str(SBATCH)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = submit(dry_env(tmp_path, DATA="/x/{00..09}.tar"))
     assert done.returncode == 0, done.stderr
-    assert "--train-data '/x/{00..09}.tar' --runs-dir runs --name" in " ".join(done.stdout.split())
+    command = " ".join(done.stdout.split())
+    assert f"--train-data '/x/{{00..09}}.tar' --runs-dir {tmp_path / 'runs'} --name" in command
 
 
 def _job_step_processes(job: subprocess.Popen) -> list[psutil.Process]:
@@ -108,6 +188,7 @@ def test_a_warned_job_requeues_the_requeued_job_survives_kill_9_and_a_resubmissi
            "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1", "GPUS_PER_NODE": "1", "OMP_NUM_THREADS": "1",
            "MASTER_PORT": str(free_port()), "TOWER": "mixer", "RUN_NAME": "slurm", "DATA": data,
            "CONFIG": "launch/configs/toy.yaml", "RUNS_DIR": str(runs), "SCONTROL_LOG": str(log),
+           "NO_EVAL": "1",
            "TRAIN_FLAGS": "--variant tiny --batch-size 8 --steps 16 --warmup-steps 1 --save-every 2 "
                           "--workers 1 --log-every 1 --eval-samples 16 --cpu-threads 1"}
     run = runs / "slurm"
