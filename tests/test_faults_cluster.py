@@ -1,6 +1,6 @@
 """The faults of a cluster job that need no data stall or disk (tests/test_faults.py has those): the
-deadlines' sizes, GPUs asked for but unusable, the stop vote and the process group's teardown, loader workers started
-by forkserver under a stop signal."""
+deadlines' sizes, GPUs asked for but unusable, the stop vote and the process group's teardown, loader
+workers started by forkserver under a stop signal."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from test_faults import _wait_for
+from test_faults import _logged_steps, _wait_for
 from test_faults_full_disk import _args
 from test_multinode import TINY, node_env
+from test_train_loader import write_dataset
 
 import towers
 from launch import train
