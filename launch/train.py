@@ -258,7 +258,10 @@ class TrainingRun(RunResume):
                 "samples_per_s": interval["samples"] / elapsed,
                 "data_wait_frac": interval["data_wait"] / elapsed,
                 "grad_norm": info["grad_norm"], "skipped": info["counts"],
-                "nonfinite_steps": info["nonfinite_total"]})
+                "nonfinite_steps": info["nonfinite_total"],
+                # the allocator's high-water mark (a host counter, no device sync); CUDA only
+                **({"max_memory_gib": torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30}
+                   if self.accelerator.device.type == "cuda" else {})})
         interval.update(start=time.perf_counter(), samples=0, data_wait=0.0)
 
     def _loop(self, bar: tqdm) -> None:
