@@ -22,8 +22,6 @@ the host reads the loss, grad norm and counters once, in `read()`, at log and ch
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -43,21 +41,13 @@ class NonFiniteLossError(RuntimeError):
     """Too many non-finite steps (loss or gradient norm) in a row: the run stops without a checkpoint."""
 
 
-@dataclasses.dataclass
-class _DDPKwargs(DistributedDataParallelKwargs):
-    """Accelerate's DDP kwargs plus `forward_sync_buffers`, torch's newer name (2.14) for what
-    `broadcast_buffers` did before each forward; `broadcast_buffers` now warns as deprecated."""
-
-    forward_sync_buffers: bool | None = None
-
-
 def ddp_options() -> DistributedDataParallelKwargs:
     """How Accelerate wraps the model in DDP. `gradient_as_bucket_view`: gradients live in DDP's
-    all-reduce buckets (no copy in and out; ~600 MB less at B/32 fp32 grads). No buffer sync before
-    every forward (the towers' buffers are constants: masks, position ids), which DDP otherwise does
-    on each step, a collective in the critical path."""
-    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters:
-        return _DDPKwargs(gradient_as_bucket_view=True, forward_sync_buffers=False)
+    all-reduce buckets (no copy in and out; ~600 MB less at B/32 fp32 grads). `broadcast_buffers=False`:
+    no buffer broadcast before every forward (the towers' buffers are constants: masks, position ids),
+    which DDP otherwise does on each step, a collective in the critical path. (torch 2.14 renamed it
+    `forward_sync_buffers` and warns once; Accelerate's handler, matched by exact class, has only the
+    old name.)"""
     return DistributedDataParallelKwargs(gradient_as_bucket_view=True, broadcast_buffers=False)
 
 
