@@ -14,7 +14,13 @@ from accelerate import Accelerator
 import towers
 from launch import data as launch_data
 from launch.config import Recipe
-from launch.trainer import MAX_NONFINITE_IN_A_ROW, ContrastiveStep, NonFiniteLossError, build_optimizer
+from launch.trainer import (
+    MAX_NONFINITE_IN_A_ROW,
+    ContrastiveStep,
+    NonFiniteLossError,
+    build_optimizer,
+    ddp_options,
+)
 from launch.trainer import micro_batch_stream as stream_of
 
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
@@ -143,3 +149,11 @@ def test_nonfinite_gradients_under_a_finite_loss_are_skipped_and_counted(grad_cl
     assert info["nonfinite_in_a_row"] == 0 and info["nonfinite_total"] == 1
     assert math.isfinite(info["grad_norm"])
     assert not torch.equal(weights["logit_scale"], model.state_dict()["logit_scale"])  # it trained again
+
+
+def test_the_ddp_options_are_accepted_by_accelerate_and_reach_its_ddp_kwargs():
+    # what train.py hands Accelerate; the wrapper's own attributes are checked in 2 gloo processes
+    # (tests/test_trainer_equivalence.py, tests/test_multinode.py)
+    accelerator = Accelerator(cpu=True, kwargs_handlers=[ddp_options()])
+    expected = {"gradient_as_bucket_view": True, "broadcast_buffers": False}
+    assert accelerator.ddp_handler.to_kwargs() == expected
