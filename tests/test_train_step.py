@@ -20,6 +20,8 @@ from launch.trainer import (
     NonFiniteLossError,
     build_optimizer,
     ddp_options,
+    device_settings,
+    enable_tf32,
 )
 from launch.trainer import micro_batch_stream as stream_of
 
@@ -157,3 +159,23 @@ def test_the_ddp_options_are_accepted_by_accelerate_and_reach_its_ddp_kwargs():
     accelerator = Accelerator(cpu=True, kwargs_handlers=[ddp_options()])
     expected = {"gradient_as_bucket_view": True, "broadcast_buffers": False}
     assert accelerator.ddp_handler.to_kwargs() == expected
+
+
+def test_tf32_is_turned_on_for_cuda_only_and_recorded():
+    # process-wide flags (settable without a GPU), restored by hand: monkeypatch cannot undo them
+    flags = ((torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"),
+             (torch.backends.cudnn, "benchmark"))
+    before = [getattr(module, name) for module, name in flags]
+    try:
+        for module, name in flags:
+            setattr(module, name, False)
+        model = torch.nn.Linear(2, 2)
+        enable_tf32(torch.device("cpu"))
+        assert not any(getattr(module, name) for module, name in flags)
+        assert device_settings(torch.device("cpu"), model) == {"tf32": None, "ddp": None}
+        enable_tf32(torch.device("cuda", 0))
+        assert device_settings(torch.device("cuda", 0), model)["tf32"] == {
+            "matmul": True, "cudnn": True, "cudnn_benchmark": True}
+    finally:
+        for (module, name), value in zip(flags, before, strict=True):
+            setattr(module, name, value)
