@@ -1,7 +1,8 @@
 """launch.decoders through the training loader: every decoder draws the same crop boxes from the same
 stream state as `pil` (today's path); torchvision's decode is PIL's pixels; pil-draft is pil bit for bit
 when no reduction applies and close when it does; `device` (run on the CPU here) is the torchvision
-decoder bit for bit, skips and counts bad JPEGs with whole batches, and resumes exactly; the recipe
+decoder bit for bit, skips and counts bad JPEGs with whole batches, and resumes exactly; on CUDA it
+decodes on a stream of its own (the stream logic, with fakes); the recipe
 field and its `--decode-on-device` flag; the decode bench end to end at toy size."""
 
 from __future__ import annotations

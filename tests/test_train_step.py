@@ -1,6 +1,6 @@
-"""The training step never reads the device back: no host read outside `read()`, a non-finite loss is
-skipped on the device (weights and AdamW state untouched) and counted, uint8 batches are finished
-after the copy with the same bits as in the loader."""
+"""The training step never reads the device back: no host read outside `read()`, a non-finite loss or
+gradient norm is skipped on the device (weights and AdamW state untouched) and counted, uint8 batches
+are finished after the copy with the same bits as in the loader; train.py's DDP options and TF32."""
 
 from __future__ import annotations
 
