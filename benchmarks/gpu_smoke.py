@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None,
                         help="loader workers (default: the recipe's 8 on a GPU, 1 on CPU)")
     parser.add_argument("--skip", default="", help="comma-separated stages not to run (recorded as skipped)")
-    parser.add_argument("--run-timeout", type=float, default=300, help="seconds per launched run")
+    parser.add_argument("--run-timeout", type=float, default=None,
+                        help="seconds per launched run (default: 300 on a GPU, 1800 on CPU)")
     parser.add_argument("--budget-s", type=float, default=570,
                         help="the whole smoke's limit: pytest -m gpu gets what is left "
                              "(default: %(default)s)")
@@ -299,6 +300,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size = GPU_SIZE if device.type == "cuda" else CPU_SIZE
     args.workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 1)
+    if args.run_timeout is None:  # a tiny run on a shared 2-core CPU took over 5 minutes
+        args.run_timeout = 300.0 if device.type == "cuda" else 1800.0
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     if args.imagenet_val is None and device.type == "cuda" and SHARED_IMAGENET.is_dir():
         args.imagenet_val = SHARED_IMAGENET  # on CPU the 1000-class classifier alone takes minutes
