@@ -152,7 +152,8 @@ def training_run(tower: str, args: argparse.Namespace, size: dict) -> dict[str, 
         result.update(final_loss=steps[-1]["loss"],
                       samples_per_s=statistics.median(line["samples_per_s"] for line in steady),
                       data_wait_frac=statistics.median(line["data_wait_frac"] for line in steady),
-                      peak_memory_gib=max((line.get("max_memory_gib") or 0 for line in steps), default=None))
+                      peak_memory_gib=max((line["max_memory_gib"] for line in steps
+                                           if "max_memory_gib" in line), default=None))  # CUDA only
     return result
 
 
