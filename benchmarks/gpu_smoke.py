@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip", default="", help="comma-separated stages not to run (recorded as skipped)")
     parser.add_argument("--run-timeout", type=float, default=None,
                         help="seconds per launched run (default: 300 on a GPU, 1800 on CPU)")
-    parser.add_argument("--budget-s", type=float, default=570,
+    parser.add_argument("--budget-s", type=float, default=570,  # a 10-minute device command, less 30 s
                         help="the whole smoke's limit: pytest -m gpu gets what is left "
                              "(default: %(default)s)")
     return parser
@@ -301,7 +301,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size = GPU_SIZE if device.type == "cuda" else CPU_SIZE
     args.workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 1)
-    if args.run_timeout is None:  # a tiny run on a shared 2-core CPU took over 5 minutes
+    if args.run_timeout is None:
+        # GPU: start-up ~30 s + 120 B/32 steps ~15-30 s + two ~1.8 GB checkpoints + two evals ~90 s in
+        # all, so 300 s is ~3x; CPU: a tiny run took 360-390 s on the shared 2-core machine
         args.run_timeout = 300.0 if device.type == "cuda" else 1800.0
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     if args.imagenet_val is None and device.type == "cuda" and SHARED_IMAGENET.is_dir():
