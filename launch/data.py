@@ -49,6 +49,7 @@ from benchmarks.data.shards import (
     WorkerCounts,
     decode_sample,
     expand_shards,
+    ignore_stop_signals,
     iter_shard,
     load_rgb,
 )
@@ -95,15 +96,6 @@ class Uint8Images:
 
 def _no_collate(item: tuple) -> tuple:
     return item
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """A DataLoader worker ignores SIGTERM and SIGUSR1: SLURM signals every process of a job step, and
-    the trainer, not its loader, decides when to stop (launch.faults). PyTorch's own SIGTERM handler
-    in workers would end the worker, and with it the run, before the trainer could checkpoint; a
-    worker still ends with its trainer (PyTorch's workers watch their parent)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def dead_worker_error(workers: list, wait_s: float = 5.0) -> RuntimeError | None:
@@ -167,7 +159,7 @@ class TrainLoader:
         finish_here = self.finish is not None and self.finish_images
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.workers, collate_fn=_no_collate,
                             generator=torch.Generator().manual_seed(self.stream.seed),
-                            worker_init_fn=_ignore_stop_signals if self.workers else None,
+                            worker_init_fn=ignore_stop_signals if self.workers else None,
                             pin_memory=self.pin_memory and not finish_here)  # in its pinning thread
         batches = iter(loader)
         # worker index -> pid, to name a worker the OOM killer ends (launch.faults.failure_line)

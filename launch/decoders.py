@@ -152,25 +152,34 @@ class DeviceDecoder:
     and the indices of the samples whose bytes did not decode (dropped; the caller counts them).
 
     JPEGs are decoded in one batched call (nvJPEG on CUDA); when that call fails, each is decoded
-    alone to find the bad ones. The crops are cut and resized on the device."""
+    alone to find the bad ones. The crops are cut and resized on the device.
+
+    On CUDA the decode runs with a stream of its own current (`decode_stream`). torchvision's CUDA
+    decode_jpeg (0.29) allocates its outputs on the caller's current stream and has nvJPEG write them
+    from a private stream that never waits for the caller's (pytorch/vision#9606): called on the
+    training stream, with the host running steps ahead, it is handed blocks that queued training
+    kernels still read, and overwrites them. From the decode stream's pool it gets only blocks of
+    earlier decodes; each output is `record_stream`ed on the training stream, so the allocator hands
+    it out again only once the crops that read it have run, and the training stream waits for the
+    decode stream (an event, no host wait) before cropping."""
 
     def __init__(self, size: int, device: torch.device | str) -> None:
         self.size, self.device = size, torch.device(device)
+        self.decode_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def _decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor | None]:
         if not encoded:
             return []
-        device = self.device if self.device.type == "cuda" else "cpu"
-        try:
-            return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
-            out: list[torch.Tensor | None] = []
-            for data in encoded:
-                try:
-                    out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-                except RuntimeError:
-                    out.append(None)
-            return out
+        if self.decode_stream is None:
+            return decode_batch(encoded, "cpu")
+        consumer = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.decode_stream):
+            images = decode_batch(encoded, self.device)
+        consumer.wait_stream(self.decode_stream)
+        for image in images:
+            if image is not None:
+                image.record_stream(consumer)
+        return images
 
     def __call__(self, batch: dict) -> tuple[torch.Tensor, list[int]]:
         offsets, boxes = batch["offsets"].tolist(), batch["boxes"].tolist()
@@ -184,6 +193,22 @@ class DeviceDecoder:
                  for i in range(len(boxes)) if images[i] is not None]
         empty = torch.empty((0, 3, self.size, self.size), dtype=torch.uint8, device=self.device)
         return (torch.stack(crops) if crops else empty), bad
+
+
+def decode_batch(encoded: list[torch.Tensor], device: torch.device | str) -> list[torch.Tensor | None]:
+    """torchvision's decode_jpeg of a list of JPEG byte tensors on `device`, None for each that does not
+    decode (the batched call fails as a whole, so a failure retries each alone). On CUDA this is the
+    bare call, with the stream hazard `DeviceDecoder` guards against."""
+    try:
+        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        out: list[torch.Tensor | None] = []
+        for data in encoded:
+            try:
+                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                out.append(None)
+        return out
 
 
 def pack_device_batch(outputs: list[torch.Tensor], boxes: list[tuple[int, int, int, int]]) -> dict:

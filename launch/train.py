@@ -75,6 +75,9 @@ from launch.trainer import (
     NonFiniteLossError,
     build_optimizer,
     compile_model,
+    ddp_options,
+    device_settings,
+    enable_tf32,
     micro_batch_stream,
 )
 from runfolder import RunFolder
@@ -158,6 +161,7 @@ class TrainingRun(RunResume):
             "global_batch_size": self.recipe.batch_size * world * self.recipe.accum,
             "device": str(self.accelerator.device), "torch_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "precision": self.precision,
+            "device_settings": device_settings(self.accelerator.device, self.ddp_model),
             "params": {k: cost[k] for k in ("image_params", "text_params", "total_params")},
             "flops_per_sample": {"image_gflops": cost["image_gflops"], "text_gflops": cost["text_gflops"],
                                  # forward + backward = 3 x forward, the usual estimate
@@ -220,7 +224,13 @@ class TrainingRun(RunResume):
     def eval_sets(self) -> dict[str, dict]:
         """Zero-shot sets scored at each eval, by name (--evals), resolved by the benchmark runner's own
         `eval_set` and checked before training starts, not at the first eval hours later. Default: the
-        toy val split when training on toy, ImageNet with --imagenet-val."""
+        toy val split when training on toy, ImageNet with --imagenet-val. Resolved once per run (the
+        first call, in __init__): each resolution stats and globs the set's paths on every rank."""
+        if getattr(self, "_eval_sets", None) is None:
+            self._eval_sets = self._resolve_eval_sets()
+        return self._eval_sets
+
+    def _resolve_eval_sets(self) -> dict[str, dict]:
         options = self.options
         if options.evals is not None:
             names = [name.strip() for name in options.evals.split(",") if name.strip()]
@@ -273,7 +283,10 @@ class TrainingRun(RunResume):
                 "samples_per_s": interval["samples"] / elapsed,
                 "data_wait_frac": interval["data_wait"] / elapsed,
                 "grad_norm": info["grad_norm"], "skipped": info["counts"],
-                "nonfinite_steps": info["nonfinite_total"]})
+                "nonfinite_steps": info["nonfinite_total"],
+                # the allocator's high-water mark (a host counter, no device sync); CUDA only
+                **({"max_memory_gib": torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30}
+                   if self.accelerator.device.type == "cuda" else {})})
         interval.update(start=time.perf_counter(), samples=0, data_wait=0.0)
 
     def _loop(self, bar: tqdm) -> None:
@@ -432,7 +445,9 @@ def _main(argv: list[str] | None) -> int:
     start_loader_processes(options.loader_start_method or ("fork" if on_cpu else "forkserver"))
     accelerator = Accelerator(mixed_precision=MIXED_PRECISION[recipe.precision], cpu=on_cpu,
                               log_with=trackers,
-                              kwargs_handlers=[collective_timeout(options.collective_timeout)])
+                              kwargs_handlers=[collective_timeout(options.collective_timeout),
+                                               ddp_options()])
+    enable_tf32(accelerator.device)
     try:
         return _train(accelerator, experiment, options, {"requested": requested, "resolved": recipe.precision,
                                                          "why": why}, warning)

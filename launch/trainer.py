@@ -13,9 +13,10 @@ Nothing here looks at which tower is being trained: the model comes from `towers
 weight decay is chosen by parameter shape (>= 2-d weights decay; biases, norm gains, the ViT class
 token and `logit_scale` do not).
 
-The step never waits for the device: a non-finite loss is skipped on the device, through the fused
-AdamW's `found_inf` (as GradScaler skips a step), and counted in device tensors; the host reads the
-loss, grad norm and counters once, in `read()`, at log and checkpoint steps only (docs/gpu_path.md).
+The step never waits for the device: a non-finite loss or gradient norm is skipped on the device,
+through the fused AdamW's `found_inf` (as GradScaler skips a step), and counted in device tensors;
+the host reads the loss, grad norm and counters once, in `read()`, at log and checkpoint steps only
+(docs/gpu_path.md).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 from open_clip.loss import ClipLoss
 
 import towers
@@ -36,7 +38,40 @@ MAX_NONFINITE_IN_A_ROW = 10
 
 
 class NonFiniteLossError(RuntimeError):
-    """Too many non-finite losses in a row: the run stops without writing a checkpoint."""
+    """Too many non-finite steps (loss or gradient norm) in a row: the run stops without a checkpoint."""
+
+
+def ddp_options() -> DistributedDataParallelKwargs:
+    """How Accelerate wraps the model in DDP. `gradient_as_bucket_view`: gradients live in DDP's
+    all-reduce buckets (no copy in and out; ~600 MB less at B/32 fp32 grads). `broadcast_buffers=False`:
+    no buffer broadcast before every forward (the towers' buffers are constants: masks, position ids),
+    which DDP otherwise does on each step, a collective in the critical path. (torch 2.14 renamed it
+    `forward_sync_buffers` and warns once; Accelerate's handler, matched by exact class, has only the
+    old name.)"""
+    return DistributedDataParallelKwargs(gradient_as_bucket_view=True, broadcast_buffers=False)
+
+
+def enable_tf32(device: torch.device) -> None:
+    """On CUDA, fp32 matmuls and convolutions in TF32 (open_clip's training does the same): under bf16
+    autocast they are what stays fp32, the loss's logits above all."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # one input size for the whole run: tune the convolution once
+
+
+def device_settings(device: torch.device, model: torch.nn.Module) -> dict:
+    """What config.json records of the above: TF32 (None off CUDA, where it means nothing) and the DDP
+    wrapper's settings as the wrapper holds them (None in a group of one process: no wrapper)."""
+    tf32 = None
+    if device.type == "cuda":
+        tf32 = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32,
+                "cudnn_benchmark": torch.backends.cudnn.benchmark}
+    ddp = None
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        ddp = {"gradient_as_bucket_view": model.gradient_as_bucket_view,
+               "broadcast_buffers": model.broadcast_buffers}
+    return {"tf32": tf32, "ddp": ddp}
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -157,12 +192,16 @@ class ContrastiveStep:
         # loss). The mean is also the one decision every process must share, or their weights would
         # part: it is non-finite as soon as one process's loss is.
         loss = self.accelerator.reduce(loss.reshape(1), reduction="mean")[0]
-        nonfinite = (~torch.isfinite(loss)).to(self.nonfinite_total.dtype)
+        grad_norm = self._grad_norm()
+        bad = ~torch.isfinite(loss)
+        if grad_norm is not None and getattr(self.accelerator, "scaler", None) is None:
+            # A finite loss can still back-propagate inf/NaN (an overflow in a backward kernel). The norm
+            # is of the all-reduced gradients, so every process takes the same decision. Under fp16 the
+            # GradScaler skips such steps itself (and expects to, while it calibrates its scale).
+            bad = bad | ~torch.isfinite(grad_norm)
+        nonfinite = bad.to(self.nonfinite_total.dtype)
         self.nonfinite_total += nonfinite
         self.nonfinite_in_a_row = (self.nonfinite_in_a_row + 1) * nonfinite
-        grad_norm = None
-        if self.recipe.grad_clip > 0:
-            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
         if self.skip_on_device:
             self._inner_optimizer.found_inf = nonfinite.float()  # 1: the kernel leaves weights and state
             try:
@@ -177,6 +216,14 @@ class ContrastiveStep:
             self.accelerator.unwrap_model(self.model).logit_scale.clamp_(0, math.log(100))
         self.last_loss, self.last_grad_norm = loss, grad_norm
         return {"loss": loss}
+
+    def _grad_norm(self) -> torch.Tensor | None:
+        """The total gradient norm, a device tensor (no host read): clipping's own (`grad_clip` > 0), else
+        computed for the non-finite check alone (one fused pass over the gradients)."""
+        if self.recipe.grad_clip > 0:
+            return self.accelerator.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else None
 
     def read(self, counts: dict[str, int] | None = None) -> dict:
         """The last step's loss, grad norm, temperature and non-finite counters, and `counts` (e.g.
@@ -198,8 +245,9 @@ class ContrastiveStep:
         values = row.reshape(-1, len(stats) + len(names)).tolist()
         loss, grad_norm, in_a_row, total, temperature = values[0][:len(stats)]
         if in_a_row >= MAX_NONFINITE_IN_A_ROW:
-            raise NonFiniteLossError(f"loss was not finite for {int(in_a_row)} steps in a row "
-                                     f"(last: {loss}); stopping without writing a checkpoint")
+            raise NonFiniteLossError(f"loss or gradient norm was not finite for {int(in_a_row)} steps in a "
+                                     f"row (last loss {loss}, gradient norm {grad_norm}); stopping without "
+                                     "writing a checkpoint")
         return {"loss": loss, "grad_norm": None if self.last_grad_norm is None else grad_norm,
                 "logit_scale": temperature, "nonfinite_in_a_row": int(in_a_row),
                 "nonfinite_total": int(total),

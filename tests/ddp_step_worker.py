@@ -17,7 +17,7 @@ from accelerate.utils import set_seed
 
 import towers
 from launch.config import Recipe
-from launch.trainer import ContrastiveStep, build_optimizer
+from launch.trainer import ContrastiveStep, build_optimizer, ddp_options, device_settings
 
 GLOBAL_BATCH, STEPS = 8, 3
 
@@ -37,6 +37,7 @@ def train_case(accelerator: Accelerator, model_name: str, accum: int, local_loss
     # amplifies summation-order noise of near-zero gradients to ~1e-4, which would hide a real bug's size.
     model = towers.create_model(model_name).double()
     ddp_model, optimizer = accelerator.prepare(model, build_optimizer(model, recipe))
+    settings = device_settings(accelerator.device, ddp_model)
     step = ContrastiveStep(accelerator, ddp_model, optimizer, recipe)
     generator = torch.Generator().manual_seed(1)
     losses = []
@@ -48,7 +49,8 @@ def train_case(accelerator: Accelerator, model_name: str, accum: int, local_loss
         micro = [(i, t) for i, t in zip(images[mine].chunk(accum), tokens[mine].chunk(accum), strict=True)]
         losses.append(step(micro, index)["loss"].item())
     accelerator.free_memory()  # drops the prepared model and optimizer before the next case
-    return {"losses": losses, "state_dict": model.state_dict()}  # the next case trains a model of its own
+    # the next case trains a model of its own: no copy of the state dict
+    return {"losses": losses, "state_dict": model.state_dict(), "ddp": settings["ddp"]}
 
 
 def main() -> None:
@@ -58,7 +60,7 @@ def main() -> None:
                         help="NAME:ACCUM or NAME:ACCUM:local (local loss); repeatable")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    accelerator = Accelerator(cpu=True)
+    accelerator = Accelerator(cpu=True, kwargs_handlers=[ddp_options()])  # train.py's DDP settings
     cases = {name: train_case(accelerator, args.model, accum, local) for name, accum, local in args.case}
     if accelerator.is_main_process:
         torch.save({"cases": cases, "world": accelerator.num_processes,

@@ -1,7 +1,8 @@
 """launch.decoders through the training loader: every decoder draws the same crop boxes from the same
 stream state as `pil` (today's path); torchvision's decode is PIL's pixels; pil-draft is pil bit for bit
 when no reduction applies and close when it does; `device` (run on the CPU here) is the torchvision
-decoder bit for bit, skips and counts bad JPEGs with whole batches, and resumes exactly; the recipe
+decoder bit for bit, skips and counts bad JPEGs with whole batches, and resumes exactly; on CUDA it
+decodes on a stream of its own (the stream logic, with fakes); the recipe
 field and its `--decode-on-device` flag; the decode bench end to end at toy size."""
 
 from __future__ import annotations
@@ -113,6 +114,60 @@ def test_device_batch_drops_bad_bytes_and_reports_them(device):
     assert dropped == [1] and images.shape == (3, 3, 16, 16) and images.dtype == torch.uint8
     assert images.device.type == device
     assert torch.all(images[2].cpu() == torch.tensor([9, 99, 199], dtype=torch.uint8).view(3, 1, 1))
+
+
+class FakeStream:
+    """A CUDA stream's bookkeeping on the CPU: which streams it was told to wait for."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.waited_for = name, []
+
+    def wait_stream(self, other: FakeStream) -> None:
+        self.waited_for.append(other.name)
+
+
+def test_cuda_decode_runs_on_its_own_stream_and_the_training_stream_guards_its_outputs(monkeypatch):
+    """The stream logic of the CUDA decode, with fakes: only a GPU can show the race itself (it is
+    counted by `python -m benchmarks.gpu_smoke`). torchvision's decode must run with the decoder's own
+    stream current (so its outputs come from that stream's memory, never from blocks the training
+    stream still reads), the training stream must wait for it, and every output must be recorded on
+    the training stream before the crops read it."""
+    from launch import decoders
+
+    training, events, current = FakeStream("training"), [], ["training"]
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: FakeStream("decode"))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: training)
+
+    class StreamContext:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            current.append(self.stream.name)
+
+        def __exit__(self, *exc):
+            current.pop()
+
+    monkeypatch.setattr(torch.cuda, "stream", StreamContext)
+
+    def fake_decode(data, mode, device):
+        events.append(("decode", current[-1], str(device)))
+        if isinstance(data, list):
+            raise RuntimeError("one of the batch is bad")  # the batched call fails as a whole: retried alone
+        if data.numel() < 10:
+            raise RuntimeError("bad JPEG")
+        return torch.zeros(3, 4, 4, dtype=torch.uint8)
+
+    monkeypatch.setattr(decoders, "decode_jpeg", fake_decode)
+    recorded = []
+    monkeypatch.setattr(torch.Tensor, "record_stream",
+                        lambda self, stream: recorded.append((self.data_ptr(), stream.name)), raising=False)
+    decoder = DeviceDecoder(16, "cuda")
+    images = decoder._decode([torch.zeros(20, dtype=torch.uint8), torch.zeros(3, dtype=torch.uint8)])
+    assert [image is None for image in images] == [False, True]
+    assert events == [("decode", "decode", "cuda")] * 3  # the batch, then each alone: all on its stream
+    assert training.waited_for == ["decode"]
+    assert recorded == [(images[0].data_ptr(), "training")]  # the one output, on the training stream
 
 
 @pytest.mark.gpu

@@ -1,6 +1,7 @@
 """The GPU path, on a CUDA device (marker `gpu`: skipped without one): bf16 autocast on CUDA, pinned
 uint8 batches finished on the device with the CPU's bits, a step that never synchronises, the
-compiled model in a one-process NCCL group, and launch/train.py with --compile."""
+compiled model in a one-process NCCL group, launch/train.py with --compile, and the device JPEG decoder
+never writing into memory the training stream still reads."""
 
 from __future__ import annotations
 
@@ -116,3 +117,15 @@ def test_train_py_on_the_gpu_with_compile_logs_and_finishes(tmp_path):
     steps = [json.loads(line) for line in (tmp_path / "gpu" / "metrics.jsonl").read_text().splitlines()]
     losses = [line["loss"] for line in steps if "loss" in line]
     assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
+
+
+def test_the_device_decoder_never_writes_into_memory_the_training_stream_still_reads():
+    """The race of pytorch/vision#9606 as benchmarks.gpu_smoke stages it: queued reads of freed blocks,
+    then a decode. The bare torchvision call may corrupt (GPU-dependent: H100s do, an A100 may not);
+    `DeviceDecoder`'s must not, ever."""
+    from benchmarks.gpu_smoke import decoder_race
+
+    result = decoder_race(CUDA, iterations=30, side=256)
+    print(f"corrupted iterations of 30: bare decode {result['corrupted_bare']}, "
+          f"DeviceDecoder {result['corrupted_fixed']}")
+    assert result["corrupted_fixed"] == 0

@@ -50,6 +50,7 @@ def test_two_machines_on_one_host_form_one_run_of_world_size_2(tmp_path, capsys)
     run = tmp_path / "two-nodes"
     config = json.loads((run / "config.json").read_text())
     assert config["world_size"] == 2 and config["global_batch_size"] == 16
+    assert config["device_settings"]["ddp"] == {"gradient_as_bucket_view": True, "broadcast_buffers": False}
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     trained = [line for line in steps if "loss" in line]
     print(f"2 nodes: world size {config['world_size']}, steps {[line['step'] for line in trained]}")

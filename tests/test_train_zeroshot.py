@@ -4,12 +4,20 @@ code (the logged numbers are the benchmark's on the saved weights), and a bad pa
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
+import psutil
 import pytest
+from open_clip.transform import image_transform
 
+from benchmarks.data.imagenet import imagefolder_batches
+from benchmarks.data.shards import EvalLoader, eval_dataset
 from benchmarks.encoder import load_our_model
 from benchmarks.imagenet_zeroshot import zero_shot_eval
+from benchmarks.toy_zeroshot import toy_val_spec
 from benchmarks.zeroshot_classifier import TEMPLATE_SETS
 from launch import train
 from launch.config import EVAL_TEMPLATES, parse_experiment
@@ -67,3 +75,43 @@ def test_evals_by_name_are_checked_by_the_runners_code_before_training(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
     assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+def test_eval_sets_are_resolved_once_per_run_not_at_every_eval(tmp_path, monkeypatch):
+    calls = []
+    resolve = train.eval_set
+    monkeypatch.setattr(train, "eval_set", lambda *args: calls.append(args) or resolve(*args))
+    assert train.main(_args(tmp_path, "run", "--eval-every", "1")) == 0  # evals at step 1 and the end
+    evals = [line for line in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+             if "eval/toy_top1" in line]
+    assert [line["step"] for line in evals] == [1, 2]
+    assert [args[0] for args in calls] == ["toy"]  # at start-up only (it stats and globs on every rank)
+
+
+def _sigterm_every_worker_midway(batches) -> int:
+    """Iterate `batches`, sending SIGTERM (as SLURM does to every process of a step) to each DataLoader
+    worker after the first batch; the number of batches seen."""
+    children = {child.pid for child in psutil.Process().children()}
+    seen = 0
+    for _ in batches:
+        seen += 1
+        if seen == 1:
+            workers = [child for child in psutil.Process().children() if child.pid not in children]
+            assert workers, "no DataLoader worker started"
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGTERM)
+                os.kill(worker.pid, signal.SIGUSR1)
+            time.sleep(0.5)  # delivered before the next batches are asked for
+    return seen
+
+
+def test_eval_loader_workers_outlive_sigterm_and_sigusr1(shared_data, private_cache):
+    # a preemption during an in-training eval: the trainer checkpoints at its next step; the eval's
+    # workers must not die first (that would end the run instead of requeuing it)
+    preprocess = image_transform(64, is_train=False)
+    loader, n = imagefolder_batches(shared_data / "imagenet_samples", preprocess, batch_size=4, workers=1,
+                                    limit=40)
+    assert _sigterm_every_worker_midway(loader) == -(-n // 4) == 10
+    val, _ = toy_val_spec(None)
+    shards = EvalLoader(eval_dataset(val, preprocess, batch_size=2, with_class=True), workers=1)
+    assert _sigterm_every_worker_midway(shards) > 2

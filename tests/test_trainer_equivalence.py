@@ -64,6 +64,10 @@ def test_two_gloo_processes_equal_one_process(one_process, two_processes, case):
     loss_diff, param_diff = _differences(single, two_processes[case])
     print(f"2x4 ({case}) vs 1x8: loss diff {loss_diff:.2e}, param diff {param_diff:.2e}")
     assert loss_diff <= TOLERANCE and param_diff <= TOLERANCE
+    # with train.py's DDP settings, as the wrapper holds them (gradients in DDP's buckets, no buffer
+    # broadcast); a launched group of one process is wrapped too
+    for settings in (two_processes[case]["ddp"], single["ddp"]):
+        assert settings == {"gradient_as_bucket_view": True, "broadcast_buffers": False}
     # and the run moved: equal weights after 0 steps would prove nothing
     assert single["losses"][0] != single["losses"][-1]
 

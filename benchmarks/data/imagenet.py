@@ -24,7 +24,7 @@ import torch
 from torchvision.datasets import ImageFolder
 
 from benchmarks.data.files import InputError
-from benchmarks.data.shards import EvalLoader, ShardSpecError, eval_dataset
+from benchmarks.data.shards import EvalLoader, ShardSpecError, eval_dataset, ignore_stop_signals
 
 IMAGEFOLDER_LAYOUT = ("DIR/<wnid>/<image>.JPEG (ILSVRC val layout, e.g. DIR/n01440764/x.JPEG) or "
                       "DIR/<class index>/<image> (ImageNetV2 layout, DIR/0 .. DIR/999)")
@@ -116,7 +116,8 @@ def imagefolder_batches(root: str | Path, transform: Callable, batch_size: int, 
         keep = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(int)).tolist()
     ids = share_of_batches(len(keep), batch_size, rank, world_size)
     mine = _WithIds(torch.utils.data.Subset(dataset, keep), ids)
-    loader = torch.utils.data.DataLoader(mine, batch_size=batch_size, num_workers=workers, shuffle=False)
+    loader = torch.utils.data.DataLoader(mine, batch_size=batch_size, num_workers=workers, shuffle=False,
+                                         worker_init_fn=ignore_stop_signals if workers else None)
     return loader, len(mine)
 
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -380,6 +381,15 @@ def eval_dataset(spec: str | Sequence[str], transform: Callable | None, batch_si
     return EvalDataset(expand_shards(spec), transform, batch_size, with_class, rank, world_size)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's `worker_init_fn`: ignore SIGTERM and SIGUSR1. SLURM signals every process of
+    a job step, and the trainer, not its loaders (training or eval), decides when to stop
+    (launch.faults); PyTorch's own SIGTERM handler in workers would end the worker, and with it the run,
+    before the trainer could checkpoint. A worker still ends with its parent (PyTorch's workers watch it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 class EvalLoader:
     """Iterable over (images, captions, classes, keys) batches; `.skipped()` gives counts by kind."""
 
@@ -390,7 +400,8 @@ class EvalLoader:
     def __iter__(self) -> Iterator[tuple]:
         self._counts = WorkerCounts()
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.workers, collate_fn=_no_collate,
-                            generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
+                            generator=torch.Generator().manual_seed(0),  # leaves the global RNG alone
+                            worker_init_fn=ignore_stop_signals if self.workers else None)
         for images, captions, classes, keys, worker, counts in loader:
             self._counts.update(worker, counts)
             if images is not None:
