@@ -107,7 +107,10 @@ class Executor:
                  f" --num_processes {self.t.nodes * self.t.gpus_per_node} --machine_rank $SLURM_NODEID"
                  " --main_process_ip $MASTER_ADDR --main_process_port $MASTER_PORT "
                  + shlex.join(["launch/train.py", *argv]))
-        return ["srun", "--kill-on-bad-exit=1", "bash", "-c", inner]
+        # srun passes no --cpus-per-task to its step since Slurm 22.05: without it the task gets one core
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK", slurm.get("cpus_per_task", 16))
+        return ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", f"--cpus-per-task={cpus}",
+                "bash", "-c", inner]
 
     def _execute(self, run: PlannedRun) -> None:
         command = self.command(run)
