@@ -261,8 +261,9 @@ def test_slurm_array_jobs_run_the_same_plan_at_s32_b32_b16(tmp_path):
                 if line.startswith("SRUN ")]
     assert len(commands) == 4, task.stdout  # mixer B/16 seed 0: its trunk and 3 branches
     trunk, first = commands[0], commands[1]
-    flags = [line for line in (out / "commands.log").read_text().splitlines() if line.startswith("SRUN-FLAGS")]
-    assert len(flags) == 4 and all("--kill-on-bad-exit=1" in f and "--cpus-per-task=16" in f for f in flags)
+    flags = [line for line in (out / "commands.log").read_text().splitlines()
+             if line.startswith("SRUN-FLAGS")]  # the spec's cpus_per_task: 96
+    assert len(flags) == 4 and all("--kill-on-bad-exit=1" in f and "--cpus-per-task=96" in f for f in flags)
     assert "--num_processes 16" in trunk and "--main_process_ip $MASTER_ADDR" in trunk
     assert "--variant B/16" in trunk and "--lr 0.001" in trunk and "--steps 250000" in trunk
     assert "--keep-steps 2500 25000 250000" in trunk and "--resume auto" in trunk
