@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from results import factorial, figures, significance, tables
+from results import baselines, factorial, figures, significance, tables
 from results.runs import (
     ReportInputError,
     duplicate_seed_notes,
@@ -247,6 +247,7 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     title = "mixclip-bench comparison: " + " vs ".join(arm.label for arm in arms)
     _opening(doc, title, warnings, runs, arms, command_for(labels, scores_dir, out_dir, allow_mixed))
     _headline_section(doc, headline_table)
+    baselines.add_section(doc, arms, scores)
     verdicts = significance.compare_arms(arms, scores)
     if len(arms) > 1:
         _significance_section(doc, verdicts)
