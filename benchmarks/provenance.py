@@ -73,6 +73,7 @@ def encoder_from_args(args: argparse.Namespace) -> Encoder:
             model=args.model, open_clip_arch=args.open_clip, pretrained=args.pretrained,
             sentence_transformers=getattr(args, "sentence_transformers", None),
             device=args.device, precision=_precision(args), model_id=args.model_id,
+            untrained=getattr(args, "untrained", False),
         )
     except (InputError, FileNotFoundError) as exc:
         fail(str(exc))

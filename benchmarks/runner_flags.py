@@ -66,6 +66,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, text_only_ok: bool =
     group.add_argument("--pretrained", metavar="FILE",
                        help="local weights file for --open-clip (never downloaded)")
     group.add_argument("--model-id", help="name for the result file (default: derived from the model)")
+    group.add_argument("--untrained", action="store_true",
+                       help="with --model RUN: score the run's architecture at its initial weights (its "
+                            "recipe seed's, no checkpoint), the baseline beside its trained score")
     add_device_argument(group)
     add_precision_argument(group, default=precision)
 

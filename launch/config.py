@@ -34,7 +34,7 @@ from benchmarks.runner_flags import RunnerParser
 from launch.decoders import DECODERS
 from launch.flag_help import PRECISION_HELP, field_help, precision_value, tracker_names
 from towers.precision import PRECISIONS, resolve_precision
-from towers.registry import FAMILIES, canonical_variant, text_mask_overrides, variant_table
+from towers.registry import FAMILIES, canonical_variant, model_kwargs, variant_table
 from towers.text_mask import DEFAULT_TEXT_MASK, TEXT_MASKS, legacy_text_reading, resolve_token_mixing
 from towers.token_mixing import TOKEN_MIXING_MODES
 
@@ -142,13 +142,9 @@ class Experiment:
 
     def model_kwargs(self) -> dict:
         """Arguments of `towers.build_model` for this experiment."""
-        image_overrides = {"image_size": self.recipe.image_size} if self.recipe.image_size else {}
-        # each family applies the text mask its own way (towers.registry), launch/ does not branch on it
-        text_overrides = text_mask_overrides(self.text_tower, self.recipe.text_mask, self.token_mixing)
-        if self.recipe.context_length != 77:
-            text_overrides["context_length"] = self.recipe.context_length
-        return dict(image_family=self.image_tower, text_family=self.text_tower, variant=self.variant,
-                    embed_dim=self.embed_dim, image_overrides=image_overrides, text_overrides=text_overrides)
+        return model_kwargs(self.image_tower, self.text_tower, self.variant, self.embed_dim,
+                            text_mask=self.recipe.text_mask, token_mixing=self.token_mixing,
+                            image_size=self.recipe.image_size, context_length=self.recipe.context_length)
 
 
 @dataclass(frozen=True)

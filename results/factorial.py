@@ -1,16 +1,19 @@
-"""The factorial analysis of the text-mask 2x2: effects of text family, text mask and image family.
+"""The factorial analyses of the tower 2x2s: image family x text family (at each text mask) and text
+family x text mask (x image family), from seed-level scores (one value per run).
 
-From seed-level scores (one value per run), one OLS fit per metric on the saturated cell-means design:
-one mean per (image family, text family, text mask) cell. Each effect is a contrast of cell means,
-averaged with equal weights over the image families where the image family is not the factor; its
-standard error comes from the residual variance pooled over all cells, sqrt(s^2 * sum_c w_c^2 / n_c),
-and its 95% interval is a t interval on N - (cells) degrees of freedom.
+Each effect is a contrast of cell means, one cell per (image family, text family, text mask), so the
+saturated design assumes no additivity: a contrast is exactly the difference of the cell means it names.
+Its 95% interval is Welch's: the variance of every cell mean is that cell's own, s_c^2 / n_c (HC2, the
+unbiased one for cell means), and the degrees of freedom Welch-Satterthwaite's per contrast, because
+the cells' seed-to-seed variances differ up to some 300-fold (the tiny ViT image tower is far noisier
+than the Mixer's), so one pooled variance would be too wide for the quiet cells and too narrow for the
+noisy ones. Where the cells share seeds the same contrast is also given paired: per seed over the seeds
+every cell of it has, a one-sample t interval on n - 1 df.
 
-Why this model: the saturated design assumes no additivity (any factor may interact with any other),
-so each contrast is exactly the difference of the cell means it names; pooling the variance over the
-cells gives far more degrees of freedom than a Welch interval per pair at 3 seeds. What it assumes is
-one seed-to-seed variance for every cell (the report's per-arm standard deviations show whether that
-holds). Used by ``results.report`` when the runs span both text families and both masks.
+The towers 2x2 (one text mask, both families for each tower) decomposes the headline gap, both towers
+Mixer minus both Transformer, into the image family's effect within each text family, the text family's
+within each image family and their interaction (the text family's effect in the Mixer image tower minus
+that in the ViT one). Used by ``results.report`` when the runs form either 2x2: docs/text-mask.md.
 """
 
 from __future__ import annotations
@@ -34,9 +37,16 @@ MASKS = ("causal", "caption")  # contrasts read caption - causal
 METRIC_KEYS = ("toy_top1_seen", "toy_top1_held_out", "toy_top1", "toy_i2t_r1", "toy_t2i_r1", "toy_val_loss",
                "retrieval_i2t_r1", "retrieval_t2i_r1",
                *(f"word_order_{task.replace('-', '_')}" for task in WORD_ORDER_TASKS), "sts_avg_7")
+METHOD = ("From the seed-level scores, each effect is a contrast of cell means (one cell per image family x "
+          "text family x text mask); its 95% interval is Welch's, each cell with its own seed variance and "
+          "Welch-Satterthwaite degrees of freedom, and where the cells share seeds the paired interval over "
+          "the seeds they share is beside it (results/factorial.py, docs/text-mask.md). Differences read "
+          "mixer - transformer and caption - causal; an interaction is the second factor's effect at the "
+          "Mixer level of the first minus that at the Transformer (or causal) level.")
 
 
 CELL_COLUMNS = ("image_family", "text_family", "text_mask", "seed")
+Cell = tuple[str, str, str]  # (image family, text family, text mask)
 
 
 @dataclass(frozen=True)
@@ -44,10 +54,14 @@ class Effect:
     metric: str
     effect: str
     estimate: float
-    low: float
+    low: float  # Welch 95% interval over every run of the contrast's cells
     high: float
-    df: int
-    runs: int
+    df: float  # Welch-Satterthwaite degrees of freedom
+    runs: int  # runs in the contrast's cells
+    paired_estimate: float = math.nan  # the same contrast per seed, over the seeds every cell has
+    paired_low: float = math.nan
+    paired_high: float = math.nan
+    paired_seeds: int = 0
 
 
 def _metrics() -> list[Metric]:
@@ -71,15 +85,32 @@ def seed_frame(arms: list[Arm], scores: list[Score]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def spans_the_2x2(frame: pd.DataFrame) -> bool:
-    return (not frame.empty and set(FAMILIES) <= set(frame["text_family"])
-            and set(MASKS) <= set(frame["text_mask"]))
+def _towers_contrasts(mask: str) -> dict[str, dict[Cell, float]]:
+    """The image family x text family 2x2 at one text mask: the headline gap and its decomposition."""
+    def cell(image: str, text: str) -> Cell:
+        return (image, text, mask)
+    sign = {"mixer": 1.0, "transformer": -1.0}
+    contrasts = {f"both towers (mixer - transformer), {mask} mask":
+                 {cell("mixer", "mixer"): 1.0, cell("transformer", "transformer"): -1.0}}
+    for text in FAMILIES:
+        contrasts[f"image family (mixer - transformer), {text} text, {mask} mask"] = {
+            cell(image, text): sign[image] for image in FAMILIES}
+    for image in FAMILIES:
+        contrasts[f"text family (mixer - transformer), {image} image, {mask} mask"] = {
+            cell(image, text): sign[text] for text in FAMILIES}
+    contrasts[f"text family (mixer - transformer), {mask} mask"] = {  # as in the text-mask 2x2
+        cell(image, text): sign[text] / 2 for image in FAMILIES for text in FAMILIES}
+    contrasts[f"image family (mixer - transformer), {mask} mask, mean over text families"] = {
+        cell(image, text): sign[image] / 2 for image in FAMILIES for text in FAMILIES}
+    contrasts[f"image x text family interaction, {mask} mask"] = {
+        cell(image, text): sign[image] * sign[text] for image in FAMILIES for text in FAMILIES}
+    return contrasts
 
 
-def _contrasts(images: list[str]) -> dict[str, dict[tuple[str, str, str], float]]:
-    """Effect name -> {cell: weight}; cells are (image family, text family, text mask)."""
+def _mask_contrasts(images: list[str]) -> dict[str, dict[Cell, float]]:
+    """The text family x text mask 2x2, averaged with equal weights over `images` (each has all 4 cells)."""
     share = 1.0 / len(images)
-    contrasts: dict[str, dict[tuple[str, str, str], float]] = {}
+    contrasts: dict[str, dict[Cell, float]] = {}
     for mask in MASKS:
         contrasts[f"text family (mixer - transformer), {mask} mask"] = {
             **{(i, "mixer", mask): share for i in images},
@@ -98,39 +129,84 @@ def _contrasts(images: list[str]) -> dict[str, dict[tuple[str, str, str], float]
     return contrasts
 
 
-def effects(frame: pd.DataFrame, metric: str) -> list[Effect]:
-    """Every effect of the 2x2 on `metric` (a column of `frame`), with its 95% t interval."""
-    data = frame.dropna(subset=[metric])
-    cells = data.groupby(["image_family", "text_family", "text_mask"])[metric]
-    means, counts = cells.mean(), cells.count()
-    residual = float(((data[metric] - cells.transform("mean")) ** 2).sum())
-    df = len(data) - len(means)
-    scale = math.sqrt(residual / df) if df > 0 else math.nan
-    t = stats.t.ppf(0.975, df) if df > 0 else math.nan
-    # the image families that have every text family x mask cell
-    images = [image for image in sorted(set(data["image_family"]))
-              if all((image, f, m) in means.index for f in FAMILIES for m in MASKS)]
-    if not images:
-        return []
-    found = []
-    for name, weights in _contrasts(images).items():
-        if any(cell not in means.index for cell in weights):
-            continue
-        estimate = float(sum(w * means[cell] for cell, w in weights.items()))
-        error = scale * math.sqrt(sum(w * w / counts[cell] for cell, w in weights.items()))
-        found.append(Effect(metric, name, estimate, estimate - t * error, estimate + t * error, df,
-                            len(data)))
+def contrasts(cells: set[Cell]) -> dict[str, dict[Cell, float]]:
+    """Effect name -> {cell: weight} for every 2x2 the `cells` complete (none: no 2x2)."""
+    found: dict[str, dict[Cell, float]] = {}
+    images = [image for image in FAMILIES
+              if all((image, f, m) in cells for f in FAMILIES for m in MASKS)]
+    if images:
+        found.update(_mask_contrasts(images))
+    for mask in MASKS:
+        if all((i, t, mask) in cells for i in FAMILIES for t in FAMILIES):
+            found.update(_towers_contrasts(mask))
     return found
 
 
+def welch(estimate: float, weights: dict[Cell, float], variances: pd.Series,
+          counts: pd.Series) -> tuple[float, float, float]:
+    """(low, high, df) of the 95% Welch interval of a contrast of cell means: each cell's own variance,
+    Welch-Satterthwaite df; NaN where a cell has one run, a point where every cell is constant."""
+    used = [cell for cell, w in weights.items() if w]
+    if any(counts[cell] < 2 for cell in used):
+        return math.nan, math.nan, math.nan
+    parts = {cell: weights[cell] ** 2 * variances[cell] / counts[cell] for cell in used}
+    variance = sum(parts.values())
+    if variance == 0:
+        return estimate, estimate, math.inf
+    df = variance ** 2 / sum(part ** 2 / (counts[cell] - 1) for cell, part in parts.items())
+    half = stats.t.ppf(0.975, df) * math.sqrt(variance)
+    return estimate - half, estimate + half, df
+
+
+def paired(data: pd.DataFrame, metric: str, weights: dict[Cell, float]) -> tuple[float, float, float, int]:
+    """(estimate, low, high, seeds) of the contrast per seed over the seeds every cell has, with a
+    one-sample 95% t interval (NaN below 2 seeds)."""
+    table = data.pivot_table(index="seed", columns=["image_family", "text_family", "text_mask"],
+                             values=metric, aggfunc="mean")
+    columns = [cell for cell in weights if cell in table.columns]
+    if len(columns) < len(weights):
+        return math.nan, math.nan, math.nan, 0
+    per_seed = (table[columns] * pd.Series(weights)[columns]).sum(axis=1, min_count=len(columns)).dropna()
+    n = len(per_seed)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    estimate = float(per_seed.mean())
+    if n < 2:
+        return estimate, math.nan, math.nan, n
+    half = stats.t.ppf(0.975, n - 1) * float(per_seed.std(ddof=1)) / math.sqrt(n)
+    return estimate, estimate - half, estimate + half, n
+
+
+def effects(frame: pd.DataFrame, metric: str) -> list[Effect]:
+    """Every effect of the 2x2s the runs form on `metric` (a column of `frame`), with its 95% intervals."""
+    data = frame.dropna(subset=[metric])
+    cells = data.groupby(["image_family", "text_family", "text_mask"])[metric]
+    means, counts, variances = cells.mean(), cells.count(), cells.var(ddof=1)
+    found = []
+    for name, weights in contrasts(set(means.index)).items():
+        estimate = float(sum(w * means[cell] for cell, w in weights.items()))
+        low, high, df = welch(estimate, weights, variances, counts)
+        paired_estimate, paired_low, paired_high, seeds = paired(data, metric, weights)
+        found.append(Effect(metric, name, estimate, low, high, df, int(sum(counts[c] for c in weights)),
+                            paired_estimate, paired_low, paired_high, seeds))
+    return found
+
+
+def _interval(low: float, high: float) -> str:
+    return "–" if np.isnan(low) else f"[{low:+.1f}, {high:+.1f}]"
+
+
 def effects_frame(arms: list[Arm], scores: list[Score]) -> pd.DataFrame:
-    """The report's table: one row per metric x effect (estimate, 95% interval, residual df, runs)."""
+    """The report's table: one row per metric x effect (estimate, Welch 95% interval and df, runs; the
+    paired estimate and interval over the seeds the cells share)."""
     frame = seed_frame(arms, scores)
     rows = []
-    if spans_the_2x2(frame):
-        for metric in [c for c in frame.columns if c not in CELL_COLUMNS]:
-            for effect in effects(frame, metric):
-                interval = "–" if np.isnan(effect.low) else f"[{effect.low:+.1f}, {effect.high:+.1f}]"
-                rows.append({"metric": metric, "effect": effect.effect, "estimate": f"{effect.estimate:+.2f}",
-                             "95% interval": interval, "residual df": effect.df, "runs": effect.runs})
+    for metric in [c for c in frame.columns if c not in CELL_COLUMNS]:
+        for effect in effects(frame, metric):
+            rows.append({"metric": metric, "effect": effect.effect, "estimate": f"{effect.estimate:+.2f}",
+                         "95% interval (Welch)": _interval(effect.low, effect.high),
+                         "Welch df": "–" if np.isnan(effect.df) else f"{effect.df:.1f}", "runs": effect.runs,
+                         "paired by seed": "–" if not effect.paired_seeds else
+                         f"{effect.paired_estimate:+.2f} {_interval(effect.paired_low, effect.paired_high)}",
+                         "seeds paired": effect.paired_seeds})
     return pd.DataFrame(rows)

@@ -23,7 +23,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from results import endpoints, factorial, figures, significance, tables, verdict_text
+from results import baselines, endpoints, factorial, figures, significance, tables, verdict_text
 from results.anchors import report_anchors
 from results.document import Document
 from results.runs import (
@@ -153,14 +153,8 @@ def _factorial_section(doc: Document, arms: list, scores: list):
     """The text-tower 2x2's effects, when the arms form one; returns its table (empty otherwise)."""
     factorial_table = factorial.effects_frame(arms, scores)
     if not factorial_table.empty:
-        doc.add("h2", "Factorial analysis: text family x text mask x image family")
-        doc.add("p", "From the seed-level scores, one OLS fit per metric on the saturated cell-means design "
-                     "(one mean per image family x text family x text mask cell): each effect is a contrast "
-                     "of cell means (averaged over the image family where that is not the factor), its 95% "
-                     "interval a t interval with the residual variance pooled over the cells "
-                     "(results/factorial.py, docs/text-mask.md). Differences read mixer - transformer and "
-                     "caption - causal; the interaction is the mask effect in the Mixer text tower minus "
-                     "that in the Transformer one.")
+        doc.add("h2", "Factorial analysis: the tower 2x2s (image family, text family, text mask)")
+        doc.add("p", factorial.METHOD)
         doc.add("table", factorial_table)
     return factorial_table
 
@@ -283,6 +277,7 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     title = title_for(arms)
     _opening(doc, title, anchor_warnings, warnings, runs, arms, verdicts, correction)
     _headline_section(doc, headline_table)
+    baselines.add_section(doc, arms, scores)
     for block in anchor_blocks:
         doc.add(*block)
     if len(arms) > 1:

@@ -1,4 +1,5 @@
-"""The text-mask 2x2 on toy: text family x text mask, with each image family (8 arms), N seeds each.
+"""The tower 2x2s on toy: text family x text mask, with each image family (8 arms), N seeds each; or
+image family x text family at one mask, its matched cells taken from a committed comparison.
 
 Every arm is one `results.reference` sweep arm (the default recipe; only the towers, the text mask and
 the seed differ), trained and scored (STS, the toy word-order tasks) into one `--out`; finished runs
@@ -9,6 +10,12 @@ report over all arms, with the factorial analysis (results/factorial.py; docs/te
     python -m results.text_mask_2x2 --seeds 3 4 5 --out results/text_mask_confirm   # the confirmation seeds
     python -m results.text_mask_2x2 --seeds 0 --train-flags "--steps 2" --skip-sts --skip-word-order \
         --out /tmp/2x2                                        # a smoke test
+    python -m results.text_mask_2x2 --text-masks caption --seeds 10 11 12 13 --skip-sts --skip-word-order \
+        --matched-runs results/reference/runs --out results/towers_2x2   # the towers 2x2 at the default
+
+`--matched-runs DIR` trains only the cross cells (one family's image tower with the other's text tower)
+and reports them with every run in DIR whose towers are one family at the same mask (the reference's
+13 seeds a tower), so the decomposition is of the gap that comparison states.
 
 Runs are named `<text family>-text-<mask>-<image family>-image-seed<k>` under `--out/runs/`.
 """
@@ -16,6 +23,7 @@ Runs are named `<text family>-text-<mask>-<image family>-image-seed<k>` under `-
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from results import reference
@@ -35,6 +43,23 @@ def arms(text_families: list[str], text_masks: list[str],
     return [(text, mask, image) for text in text_families for mask in text_masks for image in image_families]
 
 
+def matched_runs(runs_dir: Path, text_masks: list[str]) -> list[Path]:
+    """The finished runs in `runs_dir` whose image and text towers are one family, at one of `text_masks`."""
+    if not runs_dir.is_dir():
+        raise ValueError(f"--matched-runs {runs_dir}: expected a folder of run folders")
+    found = []
+    for config_file in sorted(runs_dir.glob("*/config.json")):
+        experiment = json.loads(config_file.read_text())["experiment"]
+        if (experiment["image_tower"] == experiment["text_tower"]
+                and experiment["recipe"].get("text_mask") in text_masks
+                and (config_file.parent / "final_eval.json").is_file()):
+            found.append(config_file.parent)
+    if not found:
+        raise ValueError(f"--matched-runs {runs_dir}: expected finished same-family runs at --text-masks "
+                         f"{' '.join(text_masks)}, found none")
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m results.text_mask_2x2", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,13 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-word-order", action="store_true", help="do not score the word-order tasks")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep the runs' checkpoints")
     parser.add_argument("--no-report", action="store_true", help="do not write the report")
+    parser.add_argument("--matched-runs", type=Path, default=None,
+                        help="a runs folder (e.g. results/reference/runs) whose same-family runs are the "
+                        "matched cells: train only the cross cells, report them together")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # checked before training: a wrong folder should not cost the cross cells' runs first
+        matched = matched_runs(args.matched_runs, args.text_masks) if args.matched_runs else []
+    except ValueError as error:
+        parser.error(str(error))
     run_dirs = []
     for text, mask, image in arms(args.text_families, args.text_masks, args.image_families):
+        if args.matched_runs and text == image:
+            continue
         name = arm_name(text, mask, image)
         flags = f"--image-tower {image} --text-tower {text} --text-mask {mask} {args.train_flags}".strip()
         reference.main(["--out", str(args.out), "--towers", text, "--seeds", *map(str, args.seeds),
@@ -63,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                         *(["--skip-word-order"] if args.skip_word_order else []),
                         *(["--keep-checkpoints"] if args.keep_checkpoints else [])])
         run_dirs += [args.out / "runs" / f"{name}-seed{seed}" for seed in args.seeds]
+    run_dirs += matched
     if args.no_report:
         return None
     # the arms differ in the recipe's text_mask by design: the report keeps them apart and says so

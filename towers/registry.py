@@ -66,6 +66,20 @@ def text_mask_overrides(family: str, text_mask: str, token_mixing: str | None = 
     return family_module(family).text_mask_overrides(text_mask, token_mixing)
 
 
+def model_kwargs(image_family: str, text_family: str, variant: str, embed_dim: int | None, *,
+                 text_mask: str, token_mixing: str | None = None, image_size: int | None = None,
+                 context_length: int = 77) -> dict:
+    """Arguments of `towers.build_model` for a recipe's towers: the one mapping from an experiment (or a
+    run's recorded one) to a model, so a benchmark can rebuild a run's architecture without launch/."""
+    image_overrides = {"image_size": image_size} if image_size else {}
+    # each family applies the text mask its own way, the caller does not branch on it
+    text_overrides = text_mask_overrides(text_family, text_mask, token_mixing)
+    if context_length != 77:
+        text_overrides["context_length"] = context_length
+    return dict(image_family=image_family, text_family=text_family, variant=variant, embed_dim=embed_dim,
+                image_overrides=image_overrides, text_overrides=text_overrides)
+
+
 def all_variants() -> list[str]:
     """Variants every family defines, in table order (pairs need both towers in the same size)."""
     tables = [list(module.VARIANTS) for module in FAMILIES.values()]
