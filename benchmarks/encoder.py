@@ -270,7 +270,8 @@ def locate_model(spec: str) -> tuple[Path | None, dict[str, Any]]:
     if spec in towers.available_models():
         return None, {"model_id": f"{spec}-random", "source": "towers model name (random weights)"}
     raise InputError(f"--model {spec}: not found; expected a run dir (RUN/checkpoints/latest), "
-                     f"a checkpoint file, or a model name ({', '.join(towers.available_models())})")
+                     f"a checkpoint file, a model name ({', '.join(towers.available_models())}) or an "
+                     "open_clip name (ViT-B-32 [--pretrained TAG|FILE], hf-hub:ORG/REPO)")
 
 
 def load_our_model(spec: str, device: str | torch.device | None = None, **kwargs: Any) -> ModelEncoder:

@@ -1,7 +1,7 @@
 """Each scoring command of the README, run as a user of a fresh clone runs it: from a folder outside
 the repo, without the shared data folder (so the defaults reach for the network sources), with those
 network sources replaced by local copies (STS: MTEB's HF loader reads the shared TSVs; open_clip's
-`laion400m_e32` download builds a small random ViT) and a tiny run standing in for the B/32 one."""
+`laion400m_e32` download builds a tiny random ViT) and a tiny run standing in for the B/32 one."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ from runfolder import point_latest
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "runs/mixer-B-32-seed0"
+TINY_OPEN_CLIP = {"embed_dim": 64,
+                  "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
+                               "layers": 2}}
 
 
 def readme_scoring_commands() -> list[str]:
@@ -78,12 +82,15 @@ def test_every_readme_scoring_command_runs_from_a_folder_outside_the_repo(tmp_pa
         shared_data / "sts" / sts_sets.STS_FILES[name], name).head(100))
     downloads = []
     create = open_clip.create_model_and_transforms
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "ViT-readme-tiny.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(tmp_path / "configs")
 
     def offline_open_clip(arch, pretrained=None, **kwargs):
         if pretrained in open_clip.list_pretrained_tags_by_model(arch):
             downloads.append((arch, pretrained))
-            torch.manual_seed(0)  # a small random ViT stands in for the downloaded weights
-            return create("ViT-S-32", **kwargs)
+            torch.manual_seed(0)  # a tiny random ViT stands in for the downloaded weights
+            return create("ViT-readme-tiny", **kwargs)
         return create(arch, pretrained=pretrained, **kwargs)
 
     monkeypatch.setattr(open_clip, "create_model_and_transforms", offline_open_clip)
@@ -96,7 +103,7 @@ def test_every_readme_scoring_command_runs_from_a_folder_outside_the_repo(tmp_pa
     }
     commands = readme_scoring_commands()
     assert len(commands) >= 8 and any("--pretrained laion400m_e32" in c for c in commands)
-    outcomes = {}
+    outcomes, transcript = {}, []
     for command in commands:
         for placeholder, local in paths.items():
             command = command.replace(placeholder, local)
@@ -111,7 +118,11 @@ def test_every_readme_scoring_command_runs_from_a_folder_outside_the_repo(tmp_pa
         except SystemExit as exit_info:
             outcomes[command] = exit_info.code
         out = capsys.readouterr()
-        print(f"$ {command}\n  exit {outcomes[command]}; {out.err.strip().splitlines()[-1:] or ''}")
+        lines = out.out.splitlines()
+        said = [line for line in lines if line.startswith("wrote ")] or lines[-1:]
+        transcript.append(f"$ {command}\n  exit {outcomes[command]}; " + "; ".join(
+            said + [line for line in out.err.splitlines() if line.startswith("error")]))
+    print("\n".join(transcript))  # the transcript (pytest -rP shows it)
     gpu = [c for c in outcomes if "gpu_check" in c]
     assert all(outcomes[c] == 2 for c in gpu)  # no CUDA here: one line, exit 2 (documented)
     assert all(code in (0, None) for c, code in outcomes.items() if c not in gpu), outcomes
