@@ -11,6 +11,8 @@ option it has works as it documents them (docs/ecosystem.md lists what was run h
         --dataset_root /data/imagenet --no_amp        # reads /data/imagenet/val/<wnid>/*.JPEG
     python -m benchmarks.clip_benchmark eval --model runs/a --model runs/b --dataset vtab+ \\
         --dataset_root '/data/{dataset}' --output 'results/{dataset}_{model}_{task}.json'
+    python -m benchmarks.clip_benchmark eval --model ViT-B-32 --pretrained laion400m_e32 \\
+        --dataset mscoco_captions --dataset_root /data/mscoco     # open_clip names: CLIP_benchmark's own
 
 Output files default to `{dataset}_{model}_{language}_{task}.json` with NAME as `{model}` (the run's
 name): CLIP_benchmark's own default puts the checkpoint path in the name. Datasets are read from
@@ -40,8 +42,7 @@ def load_mixclip(model_name: str, pretrained: str, cache_dir: str | None = None,
     import towers
 
     model, preprocess = towers.load(pretrained, device=device)
-    context_length = model.context_length
-    return model, preprocess, lambda texts: towers.tokenize(texts, context_length=context_length)
+    return model, preprocess, towers.get_tokenizer(model)
 
 
 def topk_accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[float]:
@@ -99,6 +100,10 @@ def clip_benchmark_argv(argv: list[str]) -> list[str]:
     known, rest = ours.parse_known_args(argv)
     if not known.model:
         return rest  # CLIP_benchmark's own flags only (e.g. --model_type mixclip --pretrained_model N,P)
+    from towers.checkpoints import is_open_clip_name
+
+    if all(is_open_clip_name(spec) for spec in known.model):
+        return argv  # CLIP_benchmark's own open_clip models (--model ViT-B-32 --pretrained laion400m_e32)
     out = list(rest) + ["--pretrained_model", *[named_model(spec) for spec in known.model]]
     if "--model_type" not in rest:
         out += ["--model_type", MODEL_TYPE]

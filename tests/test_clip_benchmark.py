@@ -41,6 +41,9 @@ def test_our_model_flags_become_clip_benchmark_pretrained_models(tmp_path):
                     "--model_type", "mixclip", "--output", clip_benchmark.DEFAULT_OUTPUT]
     untouched = ["eval", "--model_type", "mixclip", "--pretrained_model", f"x,{checkpoint}"]
     assert clip_benchmark.clip_benchmark_argv(untouched) == untouched
+    # open_clip names stay CLIP_benchmark's own (its default model type is open_clip)
+    published = ["eval", "--model", "ViT-B-32", "--pretrained", "laion400m_e32", "--dataset", "cifar10"]
+    assert clip_benchmark.clip_benchmark_argv(published) == published
     clip_benchmark.register()
     from clip_benchmark.models import MODEL_TYPES, load_clip
 

@@ -160,7 +160,11 @@ def test_cli_scores_a_tiny_model_and_writes_the_result(toy, tmp_path, capsys):
                               "--results-dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert "swap-object" in out and "bag-of-words score" in out
-    written = json.loads((tmp_path / "word_order" / "transformer+mixer-tiny-random.json").read_text())
+    # the name carries what differs from the default measurement: data, tasks, STS sentences, limit
+    (path,) = (tmp_path / "word_order").glob("*.json")
+    assert path.name.startswith("transformer+mixer-tiny-random__") and path.name.endswith(
+        "__tasks-swap-object+shuffle__sts16__limit8.json")
+    written = json.loads(path.read_text())
     assert written["metrics"]["tasks"]["shuffle"]["n"] == 8 and set(written["metrics"]["tasks"]) == {
         "swap-object", "shuffle"}
     assert 0 <= written["metrics"]["text_only"]["bag_of_words_score"] <= 100

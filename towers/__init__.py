@@ -6,8 +6,10 @@ Transformer) and `mixer` (timm's MlpMixer and our Mixer text tower). The API mir
     import towers
     towers.available_models()                  # ['transformer-tiny', 'transformer+mixer-tiny', ...]
     model = towers.create_model("mixer-B-32")
-    model, preprocess = towers.load("runs/x/checkpoints/step_00000100.pt")
-    tokens = towers.tokenize(["a red circle"])
+    model, preprocess = towers.load("runs/x")      # a run folder, checkpoint, or open_clip name
+    model, preprocess_train, preprocess_val = towers.create_model_and_transforms("runs/x")
+    tokens = towers.get_tokenizer(model)(["a red circle"])   # at the model's context length
+    towers.register_family("myfam", my_family_module)      # a new family, no registry edit
 
 `python -m towers` prints every model's parameters and GFLOPs.
 """
@@ -15,13 +17,14 @@ Transformer) and `mixer` (timm's MlpMixer and our Mixer text tower). The API mir
 from towers.attention import attention_kernels
 from towers.checkpoints import CheckpointError, load, load_weights, read_checkpoint
 from towers.clip import CLIP, available_models, build_from_config, build_model, create_model, model_name
+from towers.factory import Tokenizer, create_model_and_transforms, get_tokenizer
 from towers.preprocess import image_transform, tokenize
 from towers.profile import profile
-from towers.registry import FAMILIES, build_tower
+from towers.registry import FAMILIES, build_tower, register_family, unregister_family
 
 __all__ = [
-    "CLIP", "CheckpointError", "FAMILIES", "attention_kernels", "available_models", "build_from_config",
-    "build_model", "build_tower", "create_model", "image_transform", "load", "load_weights", "model_name",
-    "profile",
-    "read_checkpoint", "tokenize",
+    "CLIP", "CheckpointError", "FAMILIES", "Tokenizer", "attention_kernels", "available_models",
+    "build_from_config", "build_model", "build_tower", "create_model", "create_model_and_transforms",
+    "get_tokenizer", "image_transform", "load", "load_weights", "model_name", "profile", "read_checkpoint",
+    "register_family", "tokenize", "unregister_family",
 ]

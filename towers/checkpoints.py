@@ -4,6 +4,8 @@
     model, preprocess = towers.load("ViT-B-32-openai.pt")   # OpenAI / open_clip weights, any ViT size
     model, preprocess = towers.load("mixer-B-32")            # a name: random init
     model, preprocess = towers.load("exported/mixer-seed0")  # what `python -m towers.export` wrote
+    model, preprocess = towers.load("runs/mixer-seed0")      # a run folder: its checkpoints/latest
+    model, preprocess = towers.load("ViT-B-32", pretrained="laion400m_e32")  # open_clip downloads it
 
 Our checkpoint is a `torch.save`d dict holding `model_config` (see `CLIP.model_config`) and
 `state_dict`, possibly with more (optimizer, step, recipe_sha256). open_clip and OpenAI state dicts
@@ -154,20 +156,80 @@ def model_from_checkpoint(checkpoint: Mapping, source: str, quick_gelu: bool | N
                           f"open_clip/OpenAI CLIP state dict (found keys {_shown(sorted(checkpoint))})")
 
 
-def load(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
-         quick_gelu: bool | None = None) -> tuple[CLIP, Callable]:
-    """(model in eval mode on `device`, eval preprocess) from a checkpoint file, a folder that
-    `python -m towers.export` wrote (ours or open_clip's files), or a model name."""
-    if Path(path_or_name).is_dir():
-        from towers.export import load_exported
+def is_open_clip_name(spec: str | os.PathLike) -> bool:
+    """Whether `spec` names an open_clip model: `hf-hub:ORG/REPO` or an architecture such as ViT-B-32
+    (a towers model name or an existing path wins over a same-named open_clip one)."""
+    spec = str(spec)
+    if spec.startswith("hf-hub:"):
+        return True
+    if Path(spec).exists() or spec in available_models():
+        return False
+    import open_clip
 
-        model = load_exported(path_or_name)
-    elif Path(path_or_name).is_file():
+    return spec in open_clip.list_models()
+
+
+def _uses_quick_gelu(open_clip_model: torch.nn.Module) -> bool:
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(module, QuickGELU) for module in open_clip_model.modules())
+
+
+def model_from_open_clip(name: str, pretrained: str | None = None) -> CLIP:
+    """An open_clip ViT CLIP (`ViT-B-32` with `pretrained="laion400m_e32"` or a local file, or an
+    `hf-hub:` name) built by open_clip itself, which downloads what it needs, and loaded into the
+    `transformer` family (same embeddings: tests/test_open_clip_parity.py)."""
+    import open_clip
+
+    try:
+        source = open_clip.create_model(name, pretrained=pretrained, device="cpu")
+    except Exception as error:  # noqa: BLE001 - no network, unknown tag, bad file: one line
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"open_clip {name} (pretrained={pretrained}): {first_line}; without network, "
+                              "give a local weights file as pretrained") from None
+    state_dict = source.state_dict()
+    if not is_open_clip_layout(state_dict):
+        raise CheckpointError(f"open_clip {name} is not a ViT CLIP; only those load into towers "
+                              "(the runners score any open_clip model with --open-clip ARCH)")
+    return model_from_checkpoint(state_dict, f"open_clip {name}", _uses_quick_gelu(source))
+
+
+def checkpoint_of_run(folder: str | os.PathLike) -> Path:
+    """The checkpoint a run folder's `checkpoints/latest` names (what every runner's --model scores)."""
+    checkpoint = latest_checkpoint(Path(folder) / "checkpoints")
+    if checkpoint is None or not checkpoint.is_file():
+        raise CheckpointError(f"{folder}: a run folder without a readable checkpoints/latest, and not a "
+                              "folder python -m towers.export wrote")
+    return checkpoint
+
+
+def load(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
+         quick_gelu: bool | None = None, pretrained: str | None = None) -> tuple[CLIP, Callable]:
+    """(model in eval mode on `device`, eval preprocess) from whatever a runner's `--model` takes: a run
+    folder (its `checkpoints/latest`), a checkpoint file, a folder that `python -m towers.export` wrote
+    (ours or open_clip's files), a towers model name (random weights), or an open_clip name
+    (`ViT-B-32` with `pretrained=` a tag or file, or `hf-hub:ORG/REPO`)."""
+    path = Path(path_or_name)
+    if pretrained is not None and not is_open_clip_name(path_or_name):
+        raise CheckpointError(f"pretrained={pretrained!r} applies to open_clip names only, "
+                              f"not {path_or_name}")
+    if path.is_dir():
+        from towers.export import OPEN_CLIP_CONFIG, OUR_CONFIG, load_exported
+
+        if (path / OUR_CONFIG).is_file() or (path / OPEN_CLIP_CONFIG).is_file():
+            model = load_exported(path)
+        else:
+            checkpoint = checkpoint_of_run(path)
+            model = model_from_checkpoint(read_checkpoint(checkpoint), str(checkpoint), quick_gelu)
+    elif path.is_file():
         model = model_from_checkpoint(read_checkpoint(path_or_name), str(path_or_name), quick_gelu)
     elif str(path_or_name) in available_models():
         model = create_model(str(path_or_name), quick_gelu=bool(quick_gelu))
+    elif is_open_clip_name(path_or_name):
+        model = model_from_open_clip(str(path_or_name), pretrained)
     else:
-        raise CheckpointError(f"{path_or_name!r} is neither a checkpoint file nor a model name "
-                              f"(models: {', '.join(available_models())})")
+        raise CheckpointError(f"{str(path_or_name)!r} is neither a run folder, a checkpoint file, a model "
+                              f"name ({', '.join(available_models()[:4])}, ...) nor an open_clip name "
+                              "(ViT-B-32, hf-hub:ORG/REPO)")
     model = model.to(device).eval()
     return model, image_transform(model.image_size, train=False)

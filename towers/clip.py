@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from towers.registry import FAMILIES, all_variants, build_tower, canonical_variant, variant_table
+from towers.registry import (
+    FAMILIES,
+    all_variants,
+    build_tower,
+    canonical_variant,
+    pair_variants,
+    variant_table,
+)
 
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = 100.0
@@ -113,14 +120,16 @@ def parse_model_name(name: str) -> tuple[str, str, str]:
     valid = available_models()
     if not variant or image_family not in FAMILIES or text_family not in FAMILIES:
         raise ValueError(f"unknown model {name!r}: expected one of {valid}")
-    if canonical_variant(variant) not in all_variants():
+    if canonical_variant(variant) not in pair_variants(image_family, text_family):
         raise ValueError(f"unknown model {name!r}: expected one of {valid}")
     return image_family, text_family, canonical_variant(variant)
 
 
 def available_models() -> list[str]:
-    """Every image family x text family x variant."""
-    return [model_name(i, t, v) for v in all_variants() for i in FAMILIES for t in FAMILIES]
+    """Every image family x text family x variant the two share (one family's table never hides
+    another pair's variant)."""
+    return [model_name(i, t, v) for v in all_variants() for i in FAMILIES for t in FAMILIES
+            if v in pair_variants(i, t)]
 
 
 def build_model(image_family: str, text_family: str, variant: str, embed_dim: int | None = None,

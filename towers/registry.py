@@ -1,8 +1,15 @@
-"""The tower registry: an explicit dict from family name to the module that builds it.
+"""The tower registry: family name -> the module (or object) that builds its towers.
 
-A family module defines `VARIANTS` (variant name -> {"embed_dim", "image": {...}, "text": {...}}),
-`build(modality, **config)` and `text_mask_overrides(text_mask, token_mixing)`. Adding a family is one
-module plus one entry in `FAMILIES`; the parametrised tests in `tests/` then cover it without edits.
+A family defines `VARIANTS` (variant name -> {"embed_dim", "image": {...}, "text": {...}}),
+`build(modality, **config)` and `text_mask_overrides(text_mask, token_mixing)`. The two built-in
+families are listed here; any other is added without editing this file, like timm's `register_model`:
+
+    import towers, my_family                    # my_family.py: VARIANTS, build, text_mask_overrides
+    towers.register_family("myfam", my_family)  # now "myfam-B-32", --tower myfam, ...
+
+or, for `--tower myfam` on the command line, by an installed package's entry point in the group
+`mixclip.towers` (pyproject: `[project.entry-points."mixclip.towers"] myfam = "my_family"`), which is
+registered when this module is imported. The parametrised tests in `tests/` cover every family.
 
     from towers import build_tower
     tower = build_tower("mixer", "text", "B/32", token_mixing="full")
@@ -10,17 +17,58 @@ module plus one entry in `FAMILIES`; the parametrised tests in `tests/` then cov
 
 from __future__ import annotations
 
+import sys
+from importlib import metadata
 from types import ModuleType
+from typing import Any
 
 from torch import nn
 
 from towers import mixer, transformer
 
-FAMILIES: dict[str, ModuleType] = {
+FAMILIES: dict[str, ModuleType | Any] = {
     "transformer": transformer,
     "mixer": mixer,
 }
 MODALITIES = ("image", "text")
+ENTRY_POINT_GROUP = "mixclip.towers"
+FAMILY_ATTRIBUTES = ("VARIANTS", "build", "text_mask_overrides")
+
+
+def register_family(name: str, family: ModuleType | Any, *, replace: bool = False) -> None:
+    """Add a tower family: `family` has `VARIANTS`, `build(modality, **config)` and
+    `text_mask_overrides(text_mask, token_mixing)`. Names with `-` or `+` would not parse in model
+    names (`image+text-variant`), and an existing name is kept unless `replace=True`."""
+    if not name or any(char in name for char in "-+/ ") or name != name.strip():
+        raise ValueError(f"tower family name {name!r}: use letters, digits and _ (no '-', '+', '/')")
+    lacking = [attribute for attribute in FAMILY_ATTRIBUTES if not hasattr(family, attribute)]
+    if lacking:
+        raise ValueError(f"tower family {name!r} lacks {', '.join(lacking)}; a family defines "
+                         f"{', '.join(FAMILY_ATTRIBUTES)}")
+    if not family.VARIANTS or not all({"embed_dim", "image", "text"} <= set(row)
+                                      for row in family.VARIANTS.values()):
+        raise ValueError(f"tower family {name!r}: VARIANTS must map each variant to "
+                         "{'embed_dim', 'image': {...}, 'text': {...}}")
+    if name in FAMILIES and FAMILIES[name] is not family and not replace:
+        raise ValueError(f"tower family {name!r} is already registered (pass replace=True to replace it)")
+    FAMILIES[name] = family
+
+
+def unregister_family(name: str) -> None:
+    """Remove a registered family (tests; a session that registered a stand-in)."""
+    FAMILIES.pop(name, None)
+
+
+def _register_entry_points() -> None:
+    """Families that installed packages declare in the `mixclip.towers` entry-point group; a broken
+    one is reported in one line and skipped, so it cannot stop the built-in families from working."""
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in FAMILIES:
+            continue
+        try:
+            register_family(entry.name, entry.load())
+        except Exception as error:  # noqa: BLE001 - a third-party package's bug: say it, keep going
+            print(f"warning: tower family entry point {entry.name} = {entry.value}: {error}", file=sys.stderr)
 
 
 def canonical_variant(variant: str) -> str:
@@ -28,7 +76,7 @@ def canonical_variant(variant: str) -> str:
     return variant.replace("-", "/")
 
 
-def family_module(family: str) -> ModuleType:
+def family_module(family: str) -> ModuleType | Any:
     if family not in FAMILIES:
         raise ValueError(f"unknown tower family {family!r}: expected one of {sorted(FAMILIES)}")
     return FAMILIES[family]
@@ -80,7 +128,21 @@ def model_kwargs(image_family: str, text_family: str, variant: str, embed_dim: i
                 image_overrides=image_overrides, text_overrides=text_overrides)
 
 
+def pair_variants(image_family: str, text_family: str) -> list[str]:
+    """Variants in which this image family and this text family can be paired: those both define
+    (a pair takes both towers in the same size), in the image family's table order. One family's
+    table never changes another pair's list."""
+    text_variants = family_module(text_family).VARIANTS
+    return [v for v in family_module(image_family).VARIANTS if v in text_variants]
+
+
 def all_variants() -> list[str]:
-    """Variants every family defines, in table order (pairs need both towers in the same size)."""
-    tables = [list(module.VARIANTS) for module in FAMILIES.values()]
-    return [v for v in tables[0] if all(v in table for table in tables[1:])]
+    """Every variant some pair of registered families can build, in table order (built-ins first)."""
+    seen: dict[str, None] = {}
+    for image_family in FAMILIES:
+        for text_family in FAMILIES:
+            seen.update(dict.fromkeys(pair_variants(image_family, text_family)))
+    return list(seen)
+
+
+_register_entry_points()

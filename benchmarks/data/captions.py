@@ -3,10 +3,19 @@
     data = load_caption_folder(shared_data_dir() / "captions")   # COCO: 159 images, 795 captions
     data = load_toy_split(limit=500)                              # one caption per toy image
     data.captions[t], data.caption_image[t], data.open_image(i)
+
+A captioned folder from COCO's own release (docs/data.md#coco-captions):
+
+    python -m benchmarks.data.captions --coco annotations/captions_val2017.json --images val2017/ \
+        --out coco-val2017/      # writes coco-val2017/captions.tsv; the images stay where they are
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +27,9 @@ from benchmarks.data.files import InputError
 from benchmarks.data.shards import ShardSpecError, eval_loader
 
 CAPTIONS_LAYOUT = "DIR/captions.tsv (file<TAB>caption, file relative to DIR, e.g. images/x.jpg) + the images"
+# Where a user without the shared folder gets a captioned set (the runners name it in their errors).
+CAPTIONS_HOWTO = ("make one from COCO with python -m benchmarks.data.captions --coco captions_val2017.json "
+                  "--images val2017/ --out DIR (docs/data.md#coco-captions)")
 
 
 @dataclass
@@ -75,3 +87,47 @@ def load_toy_split(data: str | None = None, limit: int | None = None) -> Caption
         raise InputError(f"--toy-root {val}: {exc}") from None
     images, keys, captions = images[:limit], keys[:limit], captions[:limit]
     return CaptionedImages("toy", keys, captions, list(range(len(keys))), images.__getitem__)
+
+
+def write_coco_captions(annotations: str | Path, images: str | Path, out: str | Path) -> Path:
+    """``out/captions.tsv`` from a COCO captions file (``captions_val2017.json``: images and their
+    5 or so captions each), image paths relative to ``out``; nothing is copied. Returns the TSV's path."""
+    annotations, images, out = Path(annotations), Path(images), Path(out)
+    try:
+        table = json.loads(annotations.read_text(encoding="utf-8"))
+        files = {image["id"]: image["file_name"] for image in table["images"]}
+        rows = [(files[note["image_id"]], " ".join(note["caption"].split())) for note in table["annotations"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--coco {annotations}: not a COCO captions file ({type(exc).__name__}: {exc}); "
+                         "expected e.g. annotations/captions_val2017.json") from None
+    missing = sorted({file for file, _ in rows if not (images / file).is_file()})
+    if missing:
+        raise InputError(f"--images {images}: {len(missing)} of the annotated images are missing, "
+                         f"e.g. {missing[0]}")
+    out.mkdir(parents=True, exist_ok=True)
+    relative = Path(os.path.relpath(images.resolve(), out.resolve()))
+    rows.sort(key=lambda row: row[0])  # image by image, in file order, as the shared subset is
+    lines = ["file\tcaption", *(f"{(relative / file).as_posix()}\t{caption}" for file, caption in rows)]
+    (out / "captions.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out / "captions.tsv"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data.captions",
+                                     description="A captioned folder (captions.tsv) from COCO's release.")
+    parser.add_argument("--coco", required=True, help="COCO captions JSON, e.g. captions_val2017.json")
+    parser.add_argument("--images", required=True, help="the folder holding its images, e.g. val2017/")
+    parser.add_argument("--out", required=True, help="folder to write captions.tsv into")
+    args = parser.parse_args(argv)
+    try:
+        path = write_coco_captions(args.coco, args.images, args.out)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    data = load_caption_folder(path.parent)
+    print(f"wrote {path}: {len(data.image_ids)} images, {len(data.captions)} captions; score it with "
+          f"python -m benchmarks.retrieval --model RUN --data {path.parent}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,10 @@
-"""The STS test sets as MTEB uses them: the shared TSVs (`sts/<set>.tsv`, split on tab: unquoted) or,
-online, MTEB's own HF datasets at the revisions mteb pins.
+"""The STS test sets as MTEB uses them: local TSVs (`<data>/sts/<set>.tsv`, split on tab: unquoted) or,
+online, MTEB's own HF datasets at the revisions mteb pins. `auto` (the runners' default) reads the
+local copies where they are (`--data DIR`, $MIXCLIP_SHARED_DATA or <repo>/../shared/data) and MTEB's
+datasets elsewhere, so a fresh clone with network access scores STS with no data of its own.
 
     pairs = load_sts_set("STSBenchmark")             # StsPairs(name, sentence1, sentence2, scores)
+    source, data = resolve_sts_source("auto", None)  # ("local", shared dir) or ("hf", None)
     pairs = read_sts_tsv("my_pairs.tsv", "mine")     # sentence1<TAB>sentence2<TAB>score, one header line
 """
 
@@ -20,6 +23,7 @@ STS_FILES = {
     "STS16": "sts16.tsv", "STSBenchmark": "stsb.tsv", "SICK-R": "sickr.tsv",
 }
 HEADER = ["sentence1", "sentence2", "score"]
+STS_SOURCES = ("auto", "local", "hf")
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,26 @@ def read_sts_tsv(path: str | Path, name: str | None = None) -> StsPairs:
     return StsPairs(name or path.stem, sentence1, sentence2, np.asarray(scores, dtype=np.float64))
 
 
-def load_sts_set(name: str, source: str = "local", data_dir: str | Path | None = None) -> StsPairs:
-    """One MTEB STS test set, from the shared TSVs (``source="local"``) or MTEB's HF dataset ("hf")."""
+def resolve_sts_source(source: str, data_dir: str | Path | None) -> tuple[str, Path | None]:
+    """(``local``, folder) or (``hf``, None) for ``--source``: ``auto`` is local when ``--data`` is
+    given or the shared data folder has ``sts/``, MTEB's HF datasets otherwise."""
+    if source not in STS_SOURCES:
+        raise InputError(f"--source {source}: expected one of {', '.join(STS_SOURCES)}")
+    if source == "hf":
+        return "hf", None
+    if data_dir is not None:
+        return "local", Path(data_dir)
+    if source == "local" or (shared_data_dir() / "sts").is_dir():
+        return "local", shared_data_dir()
+    return "hf", None
+
+
+def load_sts_set(name: str, source: str = "auto", data_dir: str | Path | None = None) -> StsPairs:
+    """One MTEB STS test set, from local TSVs (``source="local"``), MTEB's HF dataset ("hf"), or
+    whichever of the two is there ("auto", see ``resolve_sts_source``)."""
     if name not in STS_FILES:
         raise InputError(f"unknown STS set {name!r}: expected one of {', '.join(STS_FILES)}")
+    source, data_dir = resolve_sts_source(source, data_dir)
     if source == "hf":
         return _load_from_hub(name)
     data_dir = Path(data_dir) if data_dir is not None else shared_data_dir()
@@ -82,7 +102,8 @@ def _load_from_hub(name: str) -> StsPairs:
     try:
         split = datasets.load_dataset(spec["path"], revision=spec["revision"], split="test")
     except Exception as exc:  # noqa: BLE001 - offline, missing cache...: report one line
-        raise InputError(f"--source hf: cannot load {spec['path']}@{spec['revision'][:8]} "
-                         f"({type(exc).__name__}); use --source local") from None
+        raise InputError(f"MTEB's {spec['path']}@{spec['revision'][:8]} cannot be loaded "
+                         f"({type(exc).__name__}: no network or HF cache?); give local copies with "
+                         "--source local --data DIR (DIR/sts/<set>.tsv, docs/data.md)") from None
     return StsPairs(name, list(split["sentence1"]), list(split["sentence2"]),
                     np.asarray(split["score"], dtype=np.float64))
