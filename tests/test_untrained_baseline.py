@@ -55,7 +55,8 @@ def test_untrained_sts_score_is_written_apart_from_the_runs(tmp_path, shared_dat
     scores_dir = tmp_path / "scores"
     record = sts.main(["--model", str(run), "--untrained", "--sets", "STS12", "--limit", "50",
                        "--data", str(shared_data), "--results-dir", str(scores_dir), "--device", "cpu"])
-    written = scores_dir / "sts" / f"{run.name}-untrained.json"
+    # the file name carries the sets and the limit too: a subset never overwrites the full score
+    written = scores_dir / "sts" / f"{run.name}-untrained__sets-STS12__limit50.json"
     assert json.loads(written.read_text())["model"]["source"] == "untrained run architecture"
     assert -100 <= record["metrics"]["main_score"]["STS12"] <= 100
     # the report's owner rule must not give this score to the trained run
