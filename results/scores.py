@@ -11,6 +11,9 @@ A score from another run is left out; a score from no run at all (sentence-trans
 random weights) is a reference row. A score whose ``recipe_sha256`` differs from its run's is left out
 (it cannot describe that run); of several scores for one run and benchmark the latest step is used,
 and the earlier steps of a zero-shot benchmark are points of its curve (:func:`add_checkpoint_evals`).
+A file name's parts after ``__`` name the measurement (data set, templates, subset): the runs are compared
+on the measurement most of them have (:func:`shared_measurement`); a run's other measurements of that
+benchmark (ImageNetV2 beside ImageNet val, a ``--limit`` subset) are listed, never put in the headline.
 
 Reads files only; used by ``python -m results.report``.
 """
@@ -44,7 +47,15 @@ class Score:
     metrics: dict[str, Any]
     run: Run | None = None  # owner run (per-checkpoint benchmarks)
     arms: list[Arm] = field(default_factory=list)  # owner arms (throughput)
-    status: str = "reference"  # run | arm | reference | other run | recipe mismatch | superseded
+    status: str = "reference"  # run | arm | reference | other run | recipe mismatch | superseded | other
+    #                             measurement
+
+    @property
+    def measurement(self) -> str:
+        """What was measured beyond the model: the file name's parts after ``__`` (``imagenet-val``,
+        ``imagenetv2-matched-frequency__templates-simple``, ``limit100``); "" for the default."""
+        stem = self.path.stem
+        return stem.split("__", 1)[1] if "__" in stem else ""
 
     @property
     def step(self) -> int | None:
@@ -143,6 +154,7 @@ def assign(scores: list[Score], runs: list[Run], arms: list[Arm]) -> list[str]:
                          f"{run.label}'s {run.recipe_sha256[:12]}; left out")
         else:
             score.status = "run"
+    notes += shared_measurement([score for score in scores if score.status == "run"])
     latest: dict[tuple[str, str], Score] = {}
     for score in scores:
         if score.status != "run":
@@ -160,6 +172,29 @@ def assign(scores: list[Score], runs: list[Run], arms: list[Arm]) -> list[str]:
         elif score.status == "superseded":
             notes.append(f"{score.path}: a later score of {score.run.label} on {score.benchmark} "
                          "is used instead")
+    return notes
+
+
+SUBSET_PARTS = ("limit", "templates-", "sets-")  # parts that make a measurement a subset or a variant
+
+
+def shared_measurement(owned: list[Score]) -> list[str]:
+    """For each benchmark, keep the measurement most runs have (ties: the one with fewer subset parts, then
+    ImageNet val, then the shorter name); mark the others "other measurement"; returns notes on them."""
+    notes = []
+    for benchmark in sorted({score.benchmark for score in owned}):
+        of_benchmark = [score for score in owned if score.benchmark == benchmark]
+        runs_with: dict[str, set[str]] = {}
+        for score in of_benchmark:
+            runs_with.setdefault(score.measurement, set()).add(score.run.label)
+
+        chosen = min(runs_with, key=lambda m, counts=runs_with: (
+            -len(counts[m]), sum(part in m for part in SUBSET_PARTS), "imagenet-val" not in m, len(m)))
+        for score in of_benchmark:
+            if score.measurement != chosen:
+                score.status = "other measurement"
+                notes.append(f"{score.path}: {benchmark} measured as {score.measurement or 'the default'}, "
+                             f"not {chosen or 'the default'} as compared; listed in scores.csv only")
     return notes
 
 
