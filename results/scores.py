@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,10 @@ class Score:
     status: str = "reference"  # run | arm | reference | other run | recipe mismatch | superseded | other
     #                             measurement
 
-    @property
-    def measurement(self) -> str:
-        """What was measured beyond the model: the file name's parts after ``__`` (``imagenet-val``,
-        ``imagenetv2-matched-frequency__templates-simple``, ``limit100``); "" for the default."""
-        stem = self.path.stem
-        return stem.split("__", 1)[1] if "__" in stem else ""
+    # What was measured beyond the model: our file name's parts after ``__`` (``imagenet-val``,
+    # ``imagenetv2-matched-frequency__templates-simple``, ``limit100``), "" for the default;
+    # ``clip_benchmark-<dataset>`` for a CLIP_benchmark result
+    measurement: str = ""
 
     @property
     def step(self) -> int | None:
@@ -75,11 +74,39 @@ class Score:
         return "reference" if self.status == "reference" else "-"
 
 
+# CLIP_benchmark's ImageNet-1k data set names: its results count as our imagenet_zeroshot benchmark
+CLIP_BENCHMARK_IMAGENET = ("imagenet1k", "imagenet1k-unverified", "wds/imagenet1k")
+CLIP_BENCHMARK_METRICS = {"acc1": "top1", "acc5": "top5", "mean_per_class_recall": "mean_per_class_recall"}
+
+
+def read_clip_benchmark(path: Path, record: dict) -> Score:
+    """A result file of CLIP_benchmark (or `python -m benchmarks.clip_benchmark`): {dataset, model,
+    pretrained, task, metrics (fractions)} as a Score in percent. `pretrained` is the checkpoint the
+    wrapper handed over, so the score belongs to that checkpoint's run (step from its file name)."""
+    dataset, task = str(record["dataset"]), str(record["task"])
+    imagenet = task == "zeroshot_classification" and dataset in CLIP_BENCHMARK_IMAGENET
+    metrics = {CLIP_BENCHMARK_METRICS.get(k, k) if imagenet else k: 100 * v
+               for k, v in record["metrics"].items() if isinstance(v, (int, float))}
+    pretrained = str(record.get("pretrained") or "")
+    model: dict[str, Any] = {"checkpoint": pretrained, "source": "checkpoint"} if pretrained.endswith(".pt") \
+        else {"pretrained": pretrained}
+    step = re.search(r"step_(\d+)", Path(pretrained).stem)
+    if step:
+        model["step"] = int(step.group(1))
+    return Score(path=path, benchmark="imagenet_zeroshot" if imagenet else f"clip_benchmark_{task}",
+                 model_id=str(record.get("model") or path.stem), model=model, recipe_sha256=None,
+                 git_commit=None, date=None, settings={"clip_benchmark_dataset": dataset}, metrics=metrics,
+                 measurement=f"clip_benchmark-{dataset.replace('/', '-')}")
+
+
 def read_score(path: Path) -> Score:
     try:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReportInputError(f"{path}: not valid JSON ({exc}); expected a benchmark result") from None
+    if isinstance(record, dict) and "benchmark" not in record and isinstance(record.get("metrics"), dict) \
+            and {"dataset", "task"} <= record.keys():
+        return read_clip_benchmark(path, record)
     if not isinstance(record, dict) or not isinstance(record.get("benchmark"), str) \
             or not isinstance(record.get("metrics"), dict):
         raise ReportInputError(f"{path}: expected a benchmark result with 'benchmark' and 'metrics' "
@@ -88,11 +115,13 @@ def read_score(path: Path) -> Score:
     return Score(path=path, benchmark=record["benchmark"], model_id=str(record.get("model_id") or path.stem),
                  model=model, recipe_sha256=record.get("recipe_sha256") or model.get("recipe_sha256"),
                  git_commit=record.get("git_commit"), date=record.get("date"),
-                 settings=record.get("settings") or {}, metrics=record["metrics"])
+                 settings=record.get("settings") or {}, metrics=record["metrics"],
+                 measurement=path.stem.split("__", 1)[1] if "__" in path.stem else "")
 
 
 def load_scores(scores_dir: str | Path | None, required: bool = False) -> list[Score]:
-    """Every ``<scores_dir>/<benchmark>/*.json``; a missing folder is an error only when ``required``."""
+    """Every ``<scores_dir>/<benchmark>/*.json`` (ours, or CLIP_benchmark's results in any such folder,
+    e.g. ``<scores_dir>/clip_benchmark/``); a missing folder is an error only when ``required``."""
     if scores_dir is None:
         return []
     root = Path(scores_dir)
