@@ -214,7 +214,7 @@ def report_anchors(runs: list, out: Path) -> tuple[list[str], list[tuple[str, ob
         blocks.append(("table", pd.DataFrame(anchor_rows(anchors))))
     else:  # one line, not a row per run, when nothing can be anchored (every toy report)
         reasons = sorted({a.reason for a in anchors})
-        blocks.append(("p", f"None of the {len(anchors)} runs has a published counterpart: "
+        blocks.append(("p", f"No run of the {len(anchors)} has a published counterpart: "
                             + "; ".join(reasons) + "."))
     if placed:
         computes = {run.config.get("name", "run"): run.train_gflops * 1e9 * a.samples_seen

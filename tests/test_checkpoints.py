@@ -53,7 +53,8 @@ def test_unreadable_and_missing_files(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(towers.CheckpointError, match=r"junk.pt: not a readable torch checkpoint"):
         towers.load(junk)
-    with pytest.raises(towers.CheckpointError, match=r"neither a checkpoint file nor a model name"):
+    with pytest.raises(towers.CheckpointError,
+                       match=r"absent.pt. is neither a run folder, a checkpoint file, a model name"):
         towers.load(tmp_path / "absent.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(towers.CheckpointError, match=r"neither a mixclip checkpoint"):
