@@ -61,7 +61,7 @@ from launch.faults import (
     unusable_gpu_line,
     write_preempted,
 )
-from launch.process_device import CPU_THREADS_ENV, cpu_threads, no_accelerator, training_device  # noqa: F401
+from launch.process_device import cpu_threads, no_accelerator, training_device
 from launch.run_record import (
     MetricsLog,
     OutputLog,
@@ -121,7 +121,9 @@ class TrainingRun(RunResume):
         self.step, self.samples_seen, self.resumed_step = 0, 0, None
         self.writer = CheckpointWriter(self.checkpoints, options.keep_checkpoints, tuple(options.keep_steps))
         self.writing = False  # a checkpoint write is pending (on rank 0)
-        self.eval_sets()  # bad --imagenet-val: one line now
+        # once a run (each resolution stats and globs the sets' paths on every rank); bad --imagenet-val:
+        # one line now, not at the first eval hours later
+        self.eval_sets = self.resolve_eval_sets()
         resume_state = self._resume_state() or self._branch_state()
         if options.init_from and not resume_state:
             self._init_from(options.init_from)
@@ -222,16 +224,9 @@ class TrainingRun(RunResume):
                         f"{self.accelerator.num_processes} processes stopped at step {self.step}, "
                         f"{saved_text}; exit status {PREEMPTED_EXIT_STATUS}: continue with --resume auto")
 
-    def eval_sets(self) -> dict[str, dict]:
+    def resolve_eval_sets(self) -> dict[str, dict]:
         """Zero-shot sets scored at each eval, by name (--evals), resolved by the benchmark runner's own
-        `eval_set` and checked before training starts, not at the first eval hours later. Default: the
-        toy val split when training on toy, ImageNet with --imagenet-val. Resolved once per run (the
-        first call, in __init__): each resolution stats and globs the set's paths on every rank."""
-        if getattr(self, "_eval_sets", None) is None:
-            self._eval_sets = self._resolve_eval_sets()
-        return self._eval_sets
-
-    def _resolve_eval_sets(self) -> dict[str, dict]:
+        `eval_set`. Default: the toy val split when training on toy, ImageNet with --imagenet-val."""
         options = self.options
         if options.evals is not None:
             names = [name.strip() for name in options.evals.split(",") if name.strip()]
@@ -254,7 +249,7 @@ class TrainingRun(RunResume):
         encoder = ModelEncoder(self.model, self.accelerator.device)
         share = {"rank": self.accelerator.process_index, "world_size": self.accelerator.num_processes}
         result, shown = {}, []
-        for name, chosen in self.eval_sets().items():
+        for name, chosen in self.eval_sets.items():
             try:
                 scores = zero_shot_eval(encoder, limit=self.options.eval_samples, cache=False, progress=False,
                                         **chosen, **share)
@@ -423,8 +418,8 @@ def _main(argv: list[str] | None) -> int:
 
 def _train(accelerator: Accelerator, experiment: Experiment, options: RunOptions, precision: dict,
            warning: str | None) -> int:
-    if accelerator.is_main_process:  # the run's first lines: what it trains in, and why
-        print(f"precision: {precision['resolved']} ({precision['why']})", flush=True)  # stderr is for errors
+    if accelerator.is_main_process:  # the run's first lines (stdout: stderr is for errors): precision, why
+        print(f"precision: {precision['resolved']} ({precision['why']})", flush=True)
         if warning:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     run = None

@@ -21,6 +21,7 @@ import towers
 from launch import train
 from launch.config import parse_experiment
 from launch.data import data_identity
+from launch.process_device import CPU_THREADS_ENV
 from launch.trainer import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -280,7 +281,7 @@ def test_attention_runs_the_math_kernel_on_cpu_only():
 def test_cpu_threads_default_to_the_node_cores_shared_by_its_processes(monkeypatch):
     import psutil
 
-    monkeypatch.delenv(train.CPU_THREADS_ENV, raising=False)  # set by conftest under pytest-xdist
+    monkeypatch.delenv(CPU_THREADS_ENV, raising=False)  # set by conftest under pytest-xdist
     cores = train.cpu_threads(None, 1)
     # usable cores, physical ones only (hyper-threads share a core's FMA units)
     assert cores == min(len(os.sched_getaffinity(0)), psutil.cpu_count(logical=False) or os.cpu_count())
@@ -292,24 +293,24 @@ def test_cpu_threads_default_to_the_node_cores_shared_by_its_processes(monkeypat
 def test_plain_accelerate_launch_on_cpu_uses_every_core(tmp_path, monkeypatch):
     # `accelerate launch` without --cpu sets OMP_NUM_THREADS=1 on a machine without GPUs; the README's
     # first command is exactly that, so the trainer must take the cores back.
-    unset = ("OMP_NUM_THREADS", train.CPU_THREADS_ENV)
+    unset = ("OMP_NUM_THREADS", CPU_THREADS_ENV)
     env = {key: value for key, value in os.environ.items() if key not in unset}
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "launch/train.py",
                            *_args(tmp_path, "plain", "--steps", "2")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     config = json.loads((tmp_path / "plain" / "config.json").read_text())
-    monkeypatch.delenv(train.CPU_THREADS_ENV, raising=False)
+    monkeypatch.delenv(CPU_THREADS_ENV, raising=False)
     assert config["torch_threads"] == train.cpu_threads(None, 1)
     assert "OMP_NUM_THREADS" not in env and config["device"] == "cpu"
 
 
 def test_mixclip_cpu_threads_sets_the_threads_and_a_bad_value_exits_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(train.CPU_THREADS_ENV, "1")
+    monkeypatch.setenv(CPU_THREADS_ENV, "1")
     assert train.main(_args(tmp_path, "one", "--steps", "2")) == 0
     assert json.loads((tmp_path / "one" / "config.json").read_text())["torch_threads"] == 1
     capsys.readouterr()
-    monkeypatch.setenv(train.CPU_THREADS_ENV, "two")
+    monkeypatch.setenv(CPU_THREADS_ENV, "two")
     assert train.main(_args(tmp_path, "bad", "--steps", "2")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: MIXCLIP_CPU_THREADS='two': expected a whole number of threads >= 1"]
