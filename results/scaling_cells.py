@@ -9,20 +9,22 @@ transformer minus mixer, mammut minus clip), its 95% Welch interval over seeds (
     cells = matched_cells({"mixer": points, "transformer": points})   # points as results.scaling_fit takes
     print(cells_sentence(cells))
 
-Reads numbers only (numpy, scipy); no model code.
+Reads numbers only (numpy; the interval is results.significance's); no model code.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+
+from results.significance import welch_interval
 
 
 def _welch(second: np.ndarray, first: np.ndarray) -> tuple[float, float]:
+    """The report's 95% Welch interval of second - first; NaN where the seeds cannot give one."""
     if len(second) < 2 or len(first) < 2 or (np.ptp(second) == 0 and np.ptp(first) == 0):
         return float("nan"), float("nan")
-    interval = stats.ttest_ind(second, first, equal_var=False).confidence_interval(0.95)
-    return float(interval.low), float(interval.high)
+    _, low, high = welch_interval(list(second), list(first))
+    return low, high
 
 
 def matched_cells(points: dict[str, list[dict]]) -> dict:
