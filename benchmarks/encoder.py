@@ -319,7 +319,8 @@ def load_untrained(spec: str, device: str | torch.device | None = None, **kwargs
         experiment["image_tower"], experiment["text_tower"], experiment["variant"],
         experiment.get("embed_dim"), text_mask=recipe["text_mask"],
         token_mixing=experiment.get("token_mixing"), image_size=recipe.get("image_size"),
-        context_length=int(recipe.get("context_length") or 77)))
+        context_length=int(recipe.get("context_length") or 77),
+        image_init=recipe.get("image_init", "library"), image_pool=recipe.get("image_pool", "library")))
     name = str(config.get("name") or Path(spec).resolve().name)
     # no run_dir / run_name: the report must not take this score for the trained run's
     info = {"model_id": f"{name}-untrained", "source": "untrained run architecture",

@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.runner_flags import RunnerParser
+from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, TOY_TASKS
 from launch.decoders import DECODERS
 from launch.flag_help import PRECISION_HELP, field_help, precision_value, tracker_names
 from towers.precision import PRECISIONS, resolve_precision
@@ -48,6 +49,11 @@ COOLDOWN_FRACTION = 0.2  # the default cooldown, as in the scaling sweep (Hägel
 # the committed runs that left it out and still replay trained 640 steps: their hashes are unchanged.
 WARMUP_FRACTION = 1 / 16
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the committed recipes (README: Training)
+# Fields added after runs were committed: hashed only when set away from their default, so every
+# committed run's recipe_sha256 stays what it was.
+HASHED_WHEN_SET = {"image_init": "library", "image_pool": "library"}
+# The toy set's own fields: hashed inside the data's identity (with its version), never beside it.
+TOY_FIELDS = {"toy_seed": 0, "toy_task": "standard"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,15 @@ class Recipe:
     # Linear cooldown steps at the end of a `constant` schedule; left out, it follows --steps:
     # 20% of them (COOLDOWN_FRACTION), at most what warmup leaves (0 under `cosine`); hashed resolved.
     cooldown_steps: int | None = None
+    # The image tower's initial weights: library (its library's own) or original (CLIP's normal init for
+    # the ViT, the Mixer paper's Flax init for the Mixer): runfolder/vocabulary.py.
+    image_init: str = "library"
+    # How the image tower pools its tokens: library (ViT class token, Mixer mean), avg, or map (one
+    # learned query): runfolder/vocabulary.py.
+    image_pool: str = "library"
+    # The embedded toy set's seed (its images and where its held-out classes lie); shards ignore it.
+    toy_seed: int = 0
+    toy_task: str = "standard"  # The embedded toy set's task: standard, or hard (smaller targets, more distractors).
 
     def __post_init__(self) -> None:
         if self.context_length is None:
@@ -115,6 +130,13 @@ class Recipe:
             raise ValueError("Recipe.identity: resolve --precision auto first (Recipe.with_precision)")
         fields = dataclasses.asdict(self)
         global_batch = fields.pop("batch_size") * processes * fields.pop("accum")
+        for name, default in HASHED_WHEN_SET.items():
+            if fields[name] == default:
+                del fields[name]
+        toy = {name: fields.pop(name) for name in TOY_FIELDS}
+        if self.train_data is None:  # the toy set is the data: its seed and task are part of its identity
+            data = {**data, "toy_seed": toy["toy_seed"],
+                    **({"toy_task": toy["toy_task"]} if toy["toy_task"] != TOY_FIELDS["toy_task"] else {})}
         return {**fields, "train_data": data, "global_batch_size": global_batch}
 
     def sha256(self, processes: int, data: dict) -> str:
@@ -144,7 +166,8 @@ class Experiment:
         """Arguments of `towers.build_model` for this experiment."""
         return model_kwargs(self.image_tower, self.text_tower, self.variant, self.embed_dim,
                             text_mask=self.recipe.text_mask, token_mixing=self.token_mixing,
-                            image_size=self.recipe.image_size, context_length=self.recipe.context_length)
+                            image_size=self.recipe.image_size, context_length=self.recipe.context_length,
+                            image_init=self.recipe.image_init, image_pool=self.recipe.image_pool)
 
 
 @dataclass(frozen=True)
@@ -237,6 +260,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             kwargs["choices"] = LOADER_START_METHODS
         if f.name == "text_mask":
             kwargs["choices"] = TEXT_MASKS
+        if f.name in ("image_init", "image_pool", "toy_task"):
+            kwargs["choices"] = {"image_init": IMAGE_INITS, "image_pool": IMAGE_POOLS, "toy_task": TOY_TASKS}[f.name]
         parser.add_argument(_flag(f.name), **kwargs)
 
 
@@ -364,6 +389,14 @@ def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOpti
         (recipe.decoder in DECODERS, f"--decoder must be one of {DECODERS}"),
         (recipe.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {LR_SCHEDULES}"),
         (recipe.cooldown_steps >= 0, "--cooldown-steps must be >= 0"),
+        (recipe.image_init in IMAGE_INITS, f"--image-init must be one of {IMAGE_INITS}"),
+        (recipe.image_pool in IMAGE_POOLS, f"--image-pool must be one of {IMAGE_POOLS}"),
+        (recipe.toy_task in TOY_TASKS, f"--toy-task must be one of {TOY_TASKS}"),
+        (recipe.toy_seed >= 0, "--toy-seed must be >= 0"),
+        (recipe.train_data is None or (recipe.toy_seed, recipe.toy_task) == tuple(TOY_FIELDS.values()),
+         "--toy-seed/--toy-task set the embedded toy set: leave them out with --train-data"),
+        ((recipe.toy_seed, recipe.toy_task) == tuple(TOY_FIELDS.values()),
+         "--toy-seed/--toy-task: only the toy set of seed 0, task standard is generated so far"),
         (run.workers >= 0, "--workers must be >= 0"),
         (run.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0 (0 keeps all)"),
         (run.cpu_threads is None or run.cpu_threads > 0, "--cpu-threads must be > 0"),

@@ -24,11 +24,13 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from timm.layers import DropPath, Mlp
+from open_clip.transformer import AttentionalPooler
+from timm.layers import DropPath, Mlp, lecun_normal_
 from timm.models.mlp_mixer import MlpMixer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS
 from towers.preprocess import CONTEXT_LENGTH, VOCAB_SIZE
 from towers.text_mask import resolve_token_mixing
 from towers.token_mixing import (  # noqa: F401  (made_degrees, the modes: re-exported)
@@ -78,15 +80,46 @@ VARIANTS.update({
 
 
 class MixerImageTower(MlpMixer):
-    """timm's MlpMixer without a head: (B, 3, H, W) -> (B, width) mean-pooled features."""
+    """timm's MlpMixer without a head: (B, 3, H, W) -> (B, width) mean-pooled features.
+
+    `init="original"` re-initialises it with the Flax defaults of the Mixer paper's JAX code (LeCun
+    normal weights, zero biases; timm's default is Xavier-uniform with 1e-6 MLP biases); `pool="map"`
+    pools with one learned query (open_clip's AttentionalPooler, head width 32) instead of the mean."""
 
     def __init__(self, image_size: int, patch_size: int, width: int, layers: int,
-                 mlp_ratio: tuple[float, float] = (0.5, 4.0), drop_path_rate: float = 0.0):
+                 mlp_ratio: tuple[float, float] = (0.5, 4.0), drop_path_rate: float = 0.0,
+                 init: str = "library", pool: str = "library"):
+        if init not in IMAGE_INITS or pool not in IMAGE_POOLS:
+            raise ValueError(f"image init {init!r} / pool {pool!r}: expected one of {list(IMAGE_INITS)} / "
+                             f"{list(IMAGE_POOLS)}")
         super().__init__(num_classes=0, img_size=image_size, patch_size=patch_size,
                          num_blocks=layers, embed_dim=width, mlp_ratio=mlp_ratio,
                          drop_path_rate=drop_path_rate)
         self.width = width
         self.image_size = (image_size, image_size)
+        # `avg` is the Mixer's own pooling: the same module as `library`
+        self.attn_pool = AttentionalPooler(width, width, n_head=max(width // 32, 1), n_queries=1) \
+            if pool == "map" else None
+        if init == "original":
+            self.init_original()
+
+    @torch.no_grad()
+    def init_original(self) -> None:
+        """Flax's defaults, as the Mixer paper's code trained it: LeCun normal for every dense and conv
+        weight, zero biases, LayerNorm scale 1 and shift 0 (the pooler's query keeps its N(0, 1))."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                lecun_normal_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.attn_pool is None:
+            return super().forward_head(x, pre_logits=pre_logits)
+        return self.attn_pool(x)[:, 0]
 
 
 class MixerTextBlock(nn.Module):

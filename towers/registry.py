@@ -116,10 +116,13 @@ def text_mask_overrides(family: str, text_mask: str, token_mixing: str | None = 
 
 def model_kwargs(image_family: str, text_family: str, variant: str, embed_dim: int | None, *,
                  text_mask: str, token_mixing: str | None = None, image_size: int | None = None,
-                 context_length: int = 77) -> dict:
+                 context_length: int = 77, image_init: str = "library", image_pool: str = "library") -> dict:
     """Arguments of `towers.build_model` for a recipe's towers: the one mapping from an experiment (or a
     run's recorded one) to a model, so a benchmark can rebuild a run's architecture without launch/."""
     image_overrides = {"image_size": image_size} if image_size else {}
+    # passed only when set, so a family without these options builds as before
+    image_overrides.update({key: value for key, value in (("init", image_init), ("pool", image_pool))
+                            if value != "library"})
     # each family applies the text mask its own way, the caller does not branch on it
     text_overrides = text_mask_overrides(text_family, text_mask, token_mixing)
     if context_length != 77:

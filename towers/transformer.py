@@ -16,6 +16,7 @@ import torch
 from open_clip.transformer import QuickGELU, TextTransformer, VisionTransformer, text_global_pool
 from torch import nn
 
+from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS
 from towers.preprocess import CONTEXT_LENGTH, VOCAB_SIZE
 from towers.text_mask import caption_attention_mask, check_text_mask
 
@@ -58,17 +59,56 @@ def _activation(quick_gelu: bool) -> type[nn.Module]:
     return QuickGELU if quick_gelu else nn.GELU
 
 
+# open_clip's own pooling options for each `pool` value (runfolder.vocabulary.IMAGE_POOLS)
+_POOL_KWARGS = {
+    "library": {},  # the class token
+    "avg": {"pool_type": "avg"},  # the mean of the patch tokens, the class token left out
+    # one learned query attends over every token (open_clip's AttentionalPooler, its CoCa order)
+    "map": {"attentional_pool": True, "attn_pooler_queries": 1},
+}
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} {value!r}: expected one of {list(choices)}")
+    return value
+
+
 class TransformerImageTower(VisionTransformer):
-    """open_clip's ViT, ending at the pooled, layer-normed class token (no projection)."""
+    """open_clip's ViT, ending at the pooled, layer-normed class token (no projection).
+
+    `init="original"` gives it CLIP's normal init (the scheme open_clip applies to its text Transformer and
+    left commented out for the ViT); `pool` picks the pooled feature (runfolder.vocabulary)."""
 
     def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int,
-                 mlp_ratio: float = 4.0, quick_gelu: bool = False):
+                 mlp_ratio: float = 4.0, quick_gelu: bool = False, init: str = "library",
+                 pool: str = "library"):
+        check_choice("image init", init, IMAGE_INITS)
+        pool_kwargs = dict(_POOL_KWARGS[check_choice("image pool", pool, IMAGE_POOLS)])
+        if pool == "map":
+            pool_kwargs["attn_pooler_heads"] = heads
         super().__init__(image_size=image_size, patch_size=patch_size, width=width, layers=layers,
                          heads=heads, mlp_ratio=mlp_ratio, output_dim=width,
-                         act_layer=_activation(quick_gelu))
+                         act_layer=_activation(quick_gelu), **pool_kwargs)
         # open_clip's `forward` skips the projection when `proj` is None (as its prune_head does).
         self.proj = None
         self.width = width
+        if init == "original":
+            self.init_original()
+
+    @torch.no_grad()
+    def init_original(self) -> None:
+        """CLIP's normal init: embeddings N(0, width^-0.5), attention inputs N(0, width^-0.5), the MLP's
+        first layer N(0, (2 width)^-0.5) and both residual outputs N(0, width^-0.5 (2 layers)^-0.5)."""
+        width, layers = self.transformer.width, self.transformer.layers
+        nn.init.normal_(self.class_embedding, std=width ** -0.5)
+        nn.init.normal_(self.positional_embedding, std=width ** -0.5)
+        proj_std = width ** -0.5 * (2 * layers) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=width ** -0.5)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, width)."""
