@@ -31,9 +31,9 @@ from pathlib import Path
 import yaml
 
 from benchmarks.runner_flags import RunnerParser
-from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, TOY_TASKS
 from launch.decoders import DECODERS
 from launch.flag_help import PRECISION_HELP, field_help, precision_value, tracker_names
+from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, TOY_TASKS
 from towers.precision import PRECISIONS, resolve_precision
 from towers.registry import FAMILIES, canonical_variant, model_kwargs, variant_table
 from towers.text_mask import DEFAULT_TEXT_MASK, TEXT_MASKS, legacy_text_reading, resolve_token_mixing
@@ -101,7 +101,8 @@ class Recipe:
     image_pool: str = "library"
     # The embedded toy set's seed (its images and where its held-out classes lie); shards ignore it.
     toy_seed: int = 0
-    toy_task: str = "standard"  # The embedded toy set's task: standard, or hard (smaller targets, more distractors).
+    # The embedded toy set's task: standard, or hard (smaller targets among more distractors).
+    toy_task: str = "standard"
 
     def __post_init__(self) -> None:
         if self.context_length is None:
@@ -260,8 +261,9 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             kwargs["choices"] = LOADER_START_METHODS
         if f.name == "text_mask":
             kwargs["choices"] = TEXT_MASKS
-        if f.name in ("image_init", "image_pool", "toy_task"):
-            kwargs["choices"] = {"image_init": IMAGE_INITS, "image_pool": IMAGE_POOLS, "toy_task": TOY_TASKS}[f.name]
+        vocabulary = {"image_init": IMAGE_INITS, "image_pool": IMAGE_POOLS, "toy_task": TOY_TASKS}
+        if f.name in vocabulary:
+            kwargs["choices"] = vocabulary[f.name]
         parser.add_argument(_flag(f.name), **kwargs)
 
 

@@ -75,8 +75,9 @@ def test_the_vits_original_init_is_clips_normal_init():
     tower = TransformerImageTower(image_size=64, patch_size=8, width=256, layers=8, heads=8, init="original")
     width, layers = 256, 8
     block = tower.transformer.resblocks[3]
-    expected = {"attn.in_proj_weight": width ** -0.5, "attn.out_proj.weight": width ** -0.5 * (2 * layers) ** -0.5,
-                "mlp.c_fc.weight": (2 * width) ** -0.5, "mlp.c_proj.weight": width ** -0.5 * (2 * layers) ** -0.5}
+    residual = width ** -0.5 * (2 * layers) ** -0.5
+    expected = {"attn.in_proj_weight": width ** -0.5, "attn.out_proj.weight": residual,
+                "mlp.c_fc.weight": (2 * width) ** -0.5, "mlp.c_proj.weight": residual}
     for name, std in expected.items():
         assert block.get_parameter(name).std().item() == pytest.approx(std, rel=0.03), name
     # the library's (PyTorch's) c_proj is uniform with bound fan_in^-0.5: std (3 fan_in)^-0.5, 2.3x larger

@@ -130,7 +130,8 @@ def test_committed_runs_keep_their_recipe_sha256(monkeypatch):
         processes, data = config["world_size"], config["recipe_identity"]["train_data"]
         # older runs lack later fields; those hashed only when set (and the toy's) read as their defaults
         missing = set(Recipe.__dataclass_fields__) - set(recorded)
-        if set(recorded) <= set(Recipe.__dataclass_fields__) and missing <= set(HASHED_WHEN_SET) | set(TOY_FIELDS):
+        late = set(HASHED_WHEN_SET) | set(TOY_FIELDS)
+        if set(recorded) <= set(Recipe.__dataclass_fields__) and missing <= late:
             recipe = Recipe(**{**recorded, "betas": tuple(recorded["betas"])})
             assert recipe.sha256(processes, data) == config["recipe_sha256"], path
             rehashed += 1
