@@ -12,7 +12,8 @@ Kinds and their documented defaults (docs/results.md#how-the-report-decides):
 
 The primary endpoint defaults by recipe kind: ImageNet zero-shot top-1 where any run has it (a run at
 scale), else toy seen-class top-1 (toy v5), else toy top-1 (toy v4 runs). Its value is read at the
-largest number of samples seen that every compared run has evaluated.
+largest number of samples seen that every compared run has evaluated. Samples to accuracy
+(results/samples_to_accuracy.py) has no rule here: a secondary measure outside both families, no verdict.
 
     rule = endpoints.rule("sts_avg_7")             # Rule(kind="similarity", min_difference=1.0, ...)
     key = endpoints.default_primary(runs)          # "toy_top1_seen"

@@ -8,10 +8,11 @@ makes every run its own arm (two seeds of one tower: how far apart runs of one r
 trained with different recipes are refused (exit status 2, one line naming the fields) unless
 ``--allow-mixed``, which adds a warning banner and keeps differently trained runs in separate arms.
 The report opens with the primary endpoint (``--primary``; default per recipe kind, results/endpoints.py)
-and one sentence per compared arm; verdicts follow results/significance.py. Writes ``report.md``,
-``report.html``, the PNG figures and the detail as CSV (headline, verdicts, runs, scores, provenance)
-into ``--out``. From Python: ``write_report(run_dirs, scores_dir, out_dir)`` returns the paths and tables.
-Reads files only (pandas, matplotlib); no model code.
+and one sentence per compared arm; verdicts follow results/significance.py. The headline section
+also shows samples to accuracy (results/samples_to_accuracy.py; a secondary measure, no verdict). Writes
+``report.md``, ``report.html``, the PNG figures and the detail as CSV (headline, samples to accuracy,
+verdicts, runs, scores, provenance) into ``--out``. From Python: ``write_report(run_dirs, scores_dir,
+out_dir)`` returns the paths and tables. Reads files only (pandas, matplotlib); no model code.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import results.samples_to_accuracy as samples_to_accuracy
 from results import baselines, endpoints, factorial, figures, significance, tables, verdict_text
 from results.anchors import report_anchors
 from results.document import Document
@@ -119,7 +121,7 @@ def _opening(doc: Document, title: str, anchor_warnings: list[str], warnings: li
                          for arm in arms])
 
 
-def _headline_section(doc: Document, headline_table) -> None:
+def _headline_section(doc: Document, headline_table, arms: list, crossings: list) -> None:
     doc.add("h2", "Headline (mean ± std over seeds)")
     doc.add("p", "Toy numbers are each run's final in-training evaluation; benchmark numbers come from score "
                  "files. std is the sample standard deviation over seeds (ddof=1); (n=k) marks metrics that "
@@ -127,6 +129,7 @@ def _headline_section(doc: Document, headline_table) -> None:
                  "bootstrap over evaluation images). Params, FLOPs and benchmark throughput describe the "
                  "architecture, one value per arm. Every number: headline.csv.")
     doc.add("table", headline_table)
+    samples_to_accuracy.add_to_headline(doc, arms, crossings, tables.arm_columns(arms))
 
 
 def _significance_section(doc: Document, verdicts: list, correction: str, primary: str | None,
@@ -178,18 +181,26 @@ def _figures_section(doc: Document, written: dict, skipped: dict) -> None:
 DETAIL_FILES = {  # file -> what it holds (the report links them instead of printing thousands of rows)
     "headline.csv": "every headline number per arm: mean, std, n and 95% interval per metric",
     "verdicts.csv": "every comparison: means, difference, interval, p, adjusted p, verdict, seeds needed",
-    "runs.csv": "one row per run: seed, length, training health and every final evaluation number",
+    "samples_to_accuracy.csv": "per arm and threshold: runs that reached it, samples mean, sd, 95% interval "
+                               "and the difference from the first arm with its Welch interval",
+    "runs.csv": "one row per run: seed, length, training health, every final evaluation number and the "
+                "samples at which it reached each threshold",
     "scores.csv": "every score of every benchmark with its 95% CI, n and source file",
     "provenance_runs.csv": "each run's recipe hash, code commit and config file",
     "provenance_scores.csv": "each score file: which run it belongs to and whether the report uses it",
 }
 
 
-def _write_details(out: Path, headline, verdicts: list, runs: list, arms: list, scores: list) -> None:
+def _write_details(out: Path, headline, verdicts: list, runs: list, arms: list, scores: list,
+                   crossings: list) -> None:
     provenance_runs, provenance_scores = tables.provenance_frames(runs, scores)
     headline.to_csv(out / "headline.csv")
     verdict_text.verdicts_csv_frame(verdicts).to_csv(out / "verdicts.csv", index=False)
-    tables.runs_frame(arms).to_csv(out / "runs.csv", index=False)
+    samples_to_accuracy.csv_frame(crossings).to_csv(out / "samples_to_accuracy.csv", index=False)
+    runs_table = tables.runs_frame(arms)
+    if crossings:
+        runs_table = runs_table.merge(samples_to_accuracy.runs_columns(arms), on="run", how="left")
+    runs_table.to_csv(out / "runs.csv", index=False)
     tables.scores_frame(runs, scores).to_csv(out / "scores.csv", index=False)
     provenance_runs.to_csv(out / "provenance_runs.csv", index=False)
     provenance_scores.to_csv(out / "provenance_scores.csv", index=False)
@@ -270,13 +281,14 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
     written, skipped = _figures(arms, scores, out)
     headline = tables.headline_frame(arms, scores)
     headline_table = tables.headline_display(headline, arms)
-    _write_details(out, headline, verdicts, runs, arms, scores)
+    crossings = samples_to_accuracy.summarise(arms)
+    _write_details(out, headline, verdicts, runs, arms, scores, crossings)
 
     anchor_warnings, anchor_blocks = report_anchors(runs, out)  # a Transformer arm under open CLIP: first
     doc = Document()
     title = title_for(arms)
     _opening(doc, title, anchor_warnings, warnings, runs, arms, verdicts, correction)
-    _headline_section(doc, headline_table)
+    _headline_section(doc, headline_table, arms, crossings)
     baselines.add_section(doc, arms, scores)
     for block in anchor_blocks:
         doc.add(*block)
@@ -305,7 +317,7 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
             "primary": primary,
             "primary_sentence": verdict_text.primary_sentence(verdicts, tables.arm_columns(arms)),
             "summary": verdict_text.summary_sentence(verdicts, correction, tables.arm_columns(arms)),
-            "headline_table": headline_table, "factorial": factorial_table,
+            "headline_table": headline_table, "factorial": factorial_table, "samples_to_accuracy": crossings,
             "warnings": warnings + cautions + notes, "notes": all_notes, "banner": warnings + cautions}
 
 
