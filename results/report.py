@@ -6,7 +6,9 @@
 Runs that differ only in the recipe's seed are replicates of one arm (tower pair); ``--arm-per-run``
 makes every run its own arm (two seeds of one tower: how far apart runs of one recipe land). Runs
 trained with different recipes are refused (exit status 2, one line naming the fields) unless
-``--allow-mixed``, which adds a warning banner and keeps differently trained runs in separate arms.
+``--allow-mixed``, which adds a warning banner and keeps differently trained runs in separate arms, or
+``--recipe-per-arm`` (each arm at its own tuned recipe: arms by tower pair, one recipe up to the seed
+within an arm, the recipe section states the shared part and each arm's own; no banner).
 The report opens with the primary endpoint (``--primary``; default per recipe kind, results/endpoints.py)
 and one sentence per compared arm; verdicts follow results/significance.py. The headline section
 also shows samples to accuracy (results/samples_to_accuracy.py; a secondary measure, no verdict). Writes
@@ -24,8 +26,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import results.samples_to_accuracy as samples_to_accuracy
-from results import baselines, endpoints, factorial, figures, significance, tables, verdict_text
+from results import baselines, endpoints, samples_to_accuracy, significance, tables, verdict_text
+from results import report_sections as sections
 from results.anchors import report_anchors
 from results.document import Document
 from results.runs import (
@@ -41,42 +43,6 @@ from results.runs import describe_differences as describe
 from results.scores import add_checkpoint_evals, assign, load_scores
 
 DEFAULT_SCORES = Path("results/scores")
-FIGURES = {  # file name -> (section title, caption)
-    "loss_vs_samples.png": ("Training loss", "Contrastive training loss against samples seen; the dashed "
-                            "line is an untrained model's loss, ln(global batch size)."),
-    "top1_vs_samples.png": ("Zero-shot top-1 vs samples seen", "Toy and ImageNet zero-shot top-1 of the "
-                            "evaluations made during training (--eval-every, --imagenet-val) or of the saved "
-                            "steps (--every-checkpoint), against samples seen; one panel per set."),
-    "top1_vs_flops.png": ("Zero-shot top-1 vs training compute", "The same evaluations against training "
-                          "FLOPs = samples seen x train GFLOPs per sample (3 x forward) x 1e9."),
-    "attributes_vs_samples.png": ("Colour and shape accuracy", "Share of toy evaluation images whose "
-                                  "predicted class has the right colour (left) or shape (right)."),
-    "sts_per_set.png": ("STS per set", "Spearman correlation of cosine similarity with the gold scores "
-                        "(x100, MTEB's main score) per STS set and the two averages."),
-    "cost.png": ("Cost: throughput, parameters, FLOPs", "Samples per second (training step and inference), "
-                 "parameters and forward GFLOPs per sample, image tower solid and text tower hatched."),
-}
-
-
-def _figures(arms: list, scores: list, out: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    colours = figures.arm_colours(arms)
-    makers = {
-        "loss_vs_samples.png": lambda p: figures.loss_figure(arms, colours, p),
-        "top1_vs_samples.png": lambda p: figures.top1_figure(arms, colours, p, "samples"),
-        "top1_vs_flops.png": lambda p: figures.top1_figure(arms, colours, p, "flops"),
-        "attributes_vs_samples.png": lambda p: figures.attributes_figure(arms, colours, p),
-        "sts_per_set.png": lambda p: figures.sts_figure(arms, colours, scores, p),
-        "cost.png": lambda p: figures.cost_figure(arms, colours, scores, p),
-    }
-    written, skipped = {}, {}
-    for name, make in makers.items():
-        path = out / name
-        path.unlink(missing_ok=True)  # never leave a stale figure from an earlier report
-        try:
-            written[name] = make(path)
-        except figures.FigureSkipped as exc:
-            skipped[name] = str(exc)
-    return written, skipped
 
 
 def command_for(run_dirs: list[str], scores_dir: str | Path | None, out_dir: str | Path,
@@ -95,87 +61,16 @@ def command_for(run_dirs: list[str], scores_dir: str | Path | None, out_dir: str
     return "\n".join(lines + [line])
 
 
-def title_for(arms: list) -> str:
-    if len(arms) == 2:
-        return f"mixclip-bench: {arms[1].label} vs {arms[0].label}"
-    if len(arms) == 1:
-        return f"mixclip-bench: {arms[0].label}"
-    return f"mixclip-bench: {len(arms)} arms against {arms[0].label}"
-
-
-def _opening(doc: Document, title: str, anchor_warnings: list[str], warnings: list[str], runs: list,
-             arms: list, verdicts: list, correction: str) -> None:
-    doc.add("h1", title)
-    for warning in anchor_warnings:  # a baseline under open CLIP: read this before any comparison
-        doc.add("warning", warning)
-    doc.add("lead", verdict_text.primary_sentence(verdicts, tables.arm_columns(arms)))
-    for warning in warnings:  # before the sentence that a warning qualifies
-        doc.add("warning", warning)
-    summary = verdict_text.summary_sentence(verdicts, correction, tables.arm_columns(arms))
-    doc.add("p", f"In one sentence: {summary}")
-    columns = tables.arm_columns(arms)
-    doc.add("p", f"{len(runs)} runs in {len(arms)} arms; the first arm is the baseline every other arm is "
-                 "compared with.")
-    if any(column != label for label, column in columns.items()):
-        doc.add("list", [f"{columns[arm.label]}: {arm.label}, seeds {', '.join(map(str, arm.seeds))}"
-                         for arm in arms])
-
-
-def _headline_section(doc: Document, headline_table, arms: list, crossings: list) -> None:
-    doc.add("h2", "Headline (mean ± std over seeds)")
-    doc.add("p", "Toy numbers are each run's final in-training evaluation; benchmark numbers come from score "
-                 "files. std is the sample standard deviation over seeds (ddof=1); (n=k) marks metrics that "
-                 "fewer seeds have; [low, high] is the 95% interval of the arm's mean (one seed: its "
-                 "bootstrap over evaluation images). Params, FLOPs and benchmark throughput describe the "
-                 "architecture, one value per arm. Every number: headline.csv.")
-    doc.add("table", headline_table)
-    samples_to_accuracy.add_to_headline(doc, arms, crossings, tables.arm_columns(arms))
-
-
-def _significance_section(doc: Document, verdicts: list, correction: str, primary: str | None,
-                          tags: dict[str, str]) -> None:
-    doc.add("h2", "Is the difference real, and does it matter?")
-    rule = endpoints.rule(primary) if primary else None
-    doc.add("p", f"Each arm against the first. Primary endpoint: {rule.short if rule else 'none'}, tested at "
-                 "0.05 (Holm across arms when several are compared). Secondary metrics: p-values "
-                 f"corrected as one family ({verdict_text.CORRECTION_NAMES[correction]}); the interval "
-                 "shown is the unadjusted 95% interval. Intervals: paired t over the seeds both arms ran, "
-                 "else Welch t; with one seed per arm only the evaluation images' bootstrap, so no verdict "
-                 "unless a seed spread is given (--seed-sd). better / worse: significant and at least the "
-                 "minimum difference of practical interest (1 point of accuracy or STS, 0.05 nats of "
-                 "loss); negligible: significant but smaller; equivalent: the interval inside +- that "
-                 "minimum; inconclusive: neither. No word on diagnostics (blind priors, bag-of-words, the "
-                 f"last training loss), on metrics where both arms are within {endpoints.CEILING_MARGIN:g} "
-                 "points of 100%, or on throughput not timed under the same conditions. Every number, "
-                 "p-values and seeds needed included: verdicts.csv.")
-    if verdicts:
-        doc.add("table", verdict_text.verdict_frame(verdicts, correction, tags))
-
-
-def _factorial_section(doc: Document, arms: list, scores: list):
-    """The text-tower 2x2's effects, when the arms form one; returns its table (empty otherwise)."""
-    factorial_table = factorial.effects_frame(arms, scores)
-    if not factorial_table.empty:
-        doc.add("h2", "Factorial analysis: the tower 2x2s (image family, text family, text mask)")
-        doc.add("p", factorial.METHOD)
-        doc.add("table", factorial_table)
-    return factorial_table
-
-
-def _recipe_section(doc: Document, runs: list, differing: list[str], mixed: bool) -> None:
-    doc.add("h2", "Recipe")
-    doc.add("p", "Every run was trained with this recipe; only the seed differs between replicates."
-            if not mixed else "The recipe; fields marked DIFFERS are not shared (--allow-mixed).")
-    doc.add("table", tables.recipe_frame(runs, differing))
-
-
-def _figures_section(doc: Document, written: dict, skipped: dict) -> None:
-    doc.add("h2", "Figures")
-    for name, (section, caption) in FIGURES.items():
-        if name in written:
-            doc.add("figure", (name, f"{section}. {caption}"))
-        else:
-            doc.add("p", f"{section}: not drawn ({skipped[name]}).")
+def _arms_of_own_recipes(runs: list) -> list:
+    """--recipe-per-arm: arms by tower pair, each trained with one recipe up to the seed."""
+    arms = group_arms(runs)
+    for arm in arms:
+        inside = recipe_differences(arm.runs)
+        if inside:
+            raise ReportInputError(f"--recipe-per-arm: the runs of arm {arm.label} were trained with "
+                                   f"different recipes: {describe(inside)}; within an arm only the seed may "
+                                   "differ")
+    return arms
 
 
 DETAIL_FILES = {  # file -> what it holds (the report links them instead of printing thousands of rows)
@@ -238,8 +133,8 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
                  allow_mixed: bool = False, scores_required: bool = True, primary: str | None = None,
                  correction: str = "holm", seed_spread: significance.SeedSpread | None = None,
                  min_differences: dict[str, float] | None = None, arm_per_run: bool = False,
-                 options: list[str] | None = None, seed_runs: list[str | Path] | None = None
-                 ) -> dict[str, Any]:
+                 options: list[str] | None = None, seed_runs: list[str | Path] | None = None,
+                 recipe_per_arm: bool = False) -> dict[str, Any]:
     """Write the report; returns {"report_md", "report_html", "headline_csv": Path, "figures": {name: Path},
     "skipped_figures": {name: reason}, "headline": numeric DataFrame (index arm; ``<metric>_mean/_std/_n``),
     "verdicts": [significance.Verdict], "primary": the primary metric's key, "primary_sentence",
@@ -248,23 +143,33 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
 
     ``primary`` defaults per recipe kind (endpoints.default_primary); ``seed_spread`` sets the primary's
     interval where an arm has one seed, or ``seed_runs`` (other seeds of the same recipe) estimates it;
-    ``options`` are the CLI flags to repeat in the regenerate command.
-    Raises :class:`ReportInputError` (one line) on unreadable input or, without ``allow_mixed``, on runs
-    trained with different recipes."""
+    ``options`` are the CLI flags to repeat in the regenerate command. ``recipe_per_arm``: each arm (tower
+    pair) may have its own recipe, one up to the seed within the arm.
+    Raises :class:`ReportInputError` (one line) on unreadable input or, without ``allow_mixed`` or
+    ``recipe_per_arm``, on runs trained with different recipes."""
     labels = [str(run_dir) for run_dir in run_dirs]
     if not labels:
         raise ReportInputError("no run folders given; expected at least one runs/<name>/")
+    if recipe_per_arm and (allow_mixed or arm_per_run):
+        raise ReportInputError("--recipe-per-arm groups runs by tower pair, one recipe per arm: not with "
+                               "--allow-mixed or --arm-per-run")
     runs = load_runs(labels)
     differences = recipe_differences(runs)
+    per_arm = recipe_per_arm and bool(differences)
+    options = (options or []) + (["--recipe-per-arm"] if recipe_per_arm and "--recipe-per-arm" not in
+                                 (options or []) else [])
     warnings = []
-    if differences:
+    if differences and not per_arm:
         if not allow_mixed:
             raise ReportInputError(refusal_message(differences))
         warnings.append("these runs were trained with different recipes; differing fields: "
                         f"{describe(differences)}. Differences between arms may come from the recipe, "
                         "not the towers.")
     differing = [name for name in differences if name != "recipe_sha256"]
-    arms = one_arm_per_run(runs) if arm_per_run else group_arms(runs, differing)
+    if per_arm:
+        arms = _arms_of_own_recipes(runs)
+    else:
+        arms = one_arm_per_run(runs) if arm_per_run else group_arms(runs, differing)
     scores = load_scores(scores_dir, required=scores_required)
     notes = duplicate_seed_notes(arms) + assign(scores, runs, arms) + tables.throughput_notes(arms, scores)
     add_checkpoint_evals(scores, runs)
@@ -278,7 +183,7 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written, skipped = _figures(arms, scores, out)
+    written, skipped = sections.draw_figures(arms, scores, out)
     headline = tables.headline_frame(arms, scores)
     headline_table = tables.headline_display(headline, arms)
     crossings = samples_to_accuracy.summarise(arms)
@@ -286,20 +191,20 @@ def write_report(run_dirs: list[str | Path], scores_dir: str | Path | None, out_
 
     anchor_warnings, anchor_blocks = report_anchors(runs, out)  # a Transformer arm under open CLIP: first
     doc = Document()
-    title = title_for(arms)
-    _opening(doc, title, anchor_warnings, warnings, runs, arms, verdicts, correction)
-    _headline_section(doc, headline_table, arms, crossings)
+    title = sections.title_for(arms)
+    sections.opening(doc, title, anchor_warnings, warnings, runs, arms, verdicts, correction, per_arm)
+    sections.headline_section(doc, headline_table, arms, crossings)
     baselines.add_section(doc, arms, scores)
     for block in anchor_blocks:
         doc.add(*block)
     if len(arms) > 1:
-        _significance_section(doc, verdicts, correction, primary, tables.arm_columns(arms))
-    factorial_table = _factorial_section(doc, arms, scores)
+        sections.significance_section(doc, verdicts, correction, primary, tables.arm_columns(arms))
+    factorial_table = sections.factorial_section(doc, arms, scores)
     cautions = tables.subset_notes(scores)
     for caution in cautions:
         doc.add("p", f"Caution: {caution}.")
-    _recipe_section(doc, runs, differing, bool(differences))
-    _figures_section(doc, written, skipped)
+    sections.recipe_section(doc, runs, differing, bool(differences), arms, per_arm)
+    sections.figures_section(doc, written, skipped)
     doc.add("h2", "Detail files")
     doc.add("links", list(DETAIL_FILES.items()))
     all_notes = condense_notes(notes) + [f"{name}: {reason}" for name, reason in skipped.items()]
@@ -376,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-difference", action="append", default=[], metavar="METRIC=VALUE",
                         help="smallest difference of practical interest for one metric (default per kind: "
                              "1 point of accuracy or STS, 0.05 nats of loss)")
+    parser.add_argument("--recipe-per-arm", action="store_true",
+                        help="each arm (tower pair) at its own recipe, e.g. each arm's tuned best; within "
+                             "an arm only the seed may differ (the report states the shared part and each "
+                             "arm's)")
     parser.add_argument("--arm-per-run", action="store_true",
                         help="every run folder is its own arm (e.g. two seeds of one tower)")
     return parser
@@ -389,7 +298,7 @@ def _repeated_options(argv: list[str]) -> list[str]:
         if name.startswith("--"):
             keep = name in ("--primary", "--correction", "--seed-sd", "--seed-sd-source", "--seed-sd-df",
                             "--seed-sd-from",
-                            "--min-difference", "--arm-per-run")
+                            "--min-difference", "--arm-per-run", "--recipe-per-arm")
             if keep:
                 options.append(arg)
         elif keep:
@@ -412,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               correction=args.correction, seed_spread=_seed_spread(args, parser),
                               min_differences=_min_differences(args.min_difference, parser),
                               arm_per_run=args.arm_per_run, options=_repeated_options(argv),
-                              seed_runs=args.seed_sd_from)
+                              seed_runs=args.seed_sd_from, recipe_per_arm=args.recipe_per_arm)
     except ReportInputError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         raise SystemExit(2) from None

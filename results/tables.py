@@ -7,6 +7,8 @@ Used by ``python -m results.report``; reads nothing itself.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -264,13 +266,15 @@ def scores_frame(runs: list[Run], scores: list[Score]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def recipe_frame(runs: list[Run], differing: list[str]) -> pd.DataFrame:
-    """The recipe every run shares (seed: the list of seeds; fields that differ, under --allow-mixed:
-    per run)."""
+def recipe_frame(runs: list[Run], differing: list[str], per_arm: bool = False) -> pd.DataFrame:
+    """The recipe every run shares (seed: the list of seeds; fields that differ: per run under
+    --allow-mixed, a pointer to :func:`arm_recipes_frame` with ``per_arm``)."""
     rows = []
     for key in sorted({key for run in runs for key in run.recipe}):
         if key == "seed":
             value = ", ".join(sorted({str(run.seed) for run in runs}, key=lambda s: (len(s), s)))
+        elif key in differing and per_arm:
+            value = "per arm (next table)"
         elif key in differing:
             shown = dict.fromkeys(readable(run.recipe.get(key)) for run in runs)
             value = "DIFFERS: " + " / ".join(shown)
@@ -282,6 +286,22 @@ def recipe_frame(runs: list[Run], differing: list[str]) -> pd.DataFrame:
     rows.append({"recipe field": "world size (not in the recipe)", "value": ", ".join(world)})
     rows.append({"recipe field": "global batch size", "value": ", ".join(global_batch)})
     return pd.DataFrame(rows)
+
+
+def seedless_sha256(recipe: dict[str, Any]) -> str:
+    """sha256 of the recipe's canonical JSON (launch/config.py's: sorted keys, no spaces) without its seed:
+    one hash for every seed of a recipe (``recipe_sha256`` includes the seed)."""
+    fields = {key: value for key, value in recipe.items() if key != "seed"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def arm_recipes_frame(arms: list[Arm], differing: list[str]) -> pd.DataFrame:
+    """One row per arm (``--recipe-per-arm``): its seeds, the recipe's sha256 without the seed and the
+    fields in which the arms' recipes differ (each arm's runs share one recipe up to the seed)."""
+    columns = arm_columns(arms)
+    return pd.DataFrame([{"arm": columns[arm.label], "seeds": ", ".join(str(seed) for seed in arm.seeds),
+                          "recipe sha256 (seed left out)": seedless_sha256(arm.first.recipe),
+                          **{key: readable(arm.first.recipe.get(key)) for key in differing}} for arm in arms])
 
 
 def readable(value: Any) -> str:
