@@ -8,11 +8,12 @@ of results/significance.py (the primary endpoint's, the secondary metrics').
 Read from the evaluation rows of each run's ``metrics.jsonl`` (results/runs.py: ``Run.evals``, its
 ``samples_seen`` and ``toy_top1_seen``; the default run evaluates every 64 steps of batch 128, 8,192
 samples). The crossing is linearly interpolated between the last evaluation below the threshold and the
-first at or above it. A run already at or above it at its first evaluation has no bracketing pair: it
-gets that evaluation's samples, an upper bound, and is counted as such. A run that never reaches it is
-censored: counted in "k of n reached", never given a number. Mean, sd and interval are over the runs
-that reached it (fewer than 2: no interval), which flatters an arm with censored runs: the slowest runs
-are the ones left out.
+first at or above it, on the run's own lr schedule: a crossing inside the default's cooldown (its last
+20%) depends on the budget that placed the cooldown. A run already at or above it at its first evaluation
+has no bracketing pair: it gets that evaluation's samples, an upper bound, and is counted as such. A run
+that never reaches it is censored: counted in "k of n reached", never given a number. Mean, sd and
+interval are over the runs that reached it (fewer than 2: no interval), which flatters an arm with
+censored runs: the slowest runs are the ones left out.
 
     rows = samples_to_accuracy.summarise(arms)              # [ArmCrossings], one per arm and threshold
     table = samples_to_accuracy.display_frame(rows)         # the report's table
@@ -213,13 +214,14 @@ def method_text(arms: list[Arm], key: str = KEY) -> str:
     every = f" (here every {spacing:,.0f} samples)" if spacing else ""
     return ("Samples to accuracy, a secondary measure and not a verdict: the training samples at which "
             f"each run's toy seen-class top-1 first reaches {' and '.join(f'{t:g}%' for t in THRESHOLDS)}, "
-            f"linearly interpolated between the two evaluations that bracket it{every}. A run that never "
-            "reaches it is censored: counted in 'runs that reached it', given no number. Mean, sd and the "
-            "95% t interval are over the runs that reached it (no interval with fewer than 2), so an arm "
-            "with censored runs looks faster than it is. The difference is each arm's mean minus the first "
-            "arm's (negative: fewer samples), with a 95% Welch interval; it carries no p-value and no "
-            "verdict word and is outside the primary endpoint's and the secondary metrics' families. "
-            "Every number, and each run's crossing in runs.csv: samples_to_accuracy.csv.")
+            f"linearly interpolated between the two evaluations that bracket it{every}, on each run's own "
+            "lr schedule (a crossing inside a final cooldown depends on where the budget put it). A run "
+            "that never reaches it is censored: counted in 'runs that reached it', given no number. Mean, "
+            "sd and the 95% t interval are over the runs that reached it (no interval with fewer than 2), "
+            "so an arm with censored runs looks faster than it is. The difference is each arm's mean "
+            "minus the first arm's (negative: fewer samples), with a 95% Welch interval; it carries no "
+            "p-value and no verdict word and is outside the primary endpoint's and the secondary metrics' "
+            "families. Every number, and each run's crossing in runs.csv: samples_to_accuracy.csv.")
 
 
 def add_to_headline(doc, arms: list[Arm], rows: list[ArmCrossings], columns: dict[str, str]) -> None:
