@@ -192,7 +192,8 @@ def display_frame(rows: list[ArmCrossings], columns: dict[str, str] | None = Non
         spread = f" ± {_count(row.sd)}" if row.reached > 1 else ""
         difference = MISSING
         if row.baseline and not math.isnan(row.difference):
-            difference = f"{row.difference:+,.0f} {_interval(row.difference_low, row.difference_high, True)}"
+            interval = _interval(row.difference_low, row.difference_high, True)
+            difference = f"{row.difference:+,.0f} " + (interval if interval != MISSING else "(no interval)")
         shown.append({"seen top-1 reaches": f"{row.threshold:g}%",
                       "arm": (columns or {}).get(row.arm, row.arm), "runs that reached it": reached,
                       "samples (mean ± sd)": _count(row.mean) + spread,

@@ -17,7 +17,7 @@ from test_report import ARMS, make_run
 
 from results import report
 from results.runs import Arm
-from results.samples_to_accuracy import crossing, summarise
+from results.samples_to_accuracy import crossing, display_frame, summarise
 
 SAMPLES = [320.0, 640.0, 960.0, 1280.0]  # make_run: evaluations at steps 10, 20, 30, 40 of batch 32
 CURVES = {  # seen top-1 at the four evaluations; the crossings, by hand, in the comments
@@ -115,17 +115,27 @@ def test_per_arm_mean_sd_t_interval_and_welch_difference_over_the_runs_that_reac
 
 def test_fewer_than_two_reached_gives_no_interval_and_no_run_reached_gives_no_number():
     arms = _synthetic_arms()
-    for run in arms[0].runs:  # the Transformer's seeds 0 and 1 stop below 50: one run reaches it
+    for run in arms[0].runs:  # the Transformer's seeds 1 and 2 stop below 50: one run reaches it
         if run.label != "transformer-s0":
             run.evals["toy_top1_seen"] = run.evals["toy_top1_seen"].clip(upper=49.0)
-    for run in arms[1].runs:  # no Mixer run reaches 40
-        run.evals["toy_top1_seen"] = 10.0
+    for run in arms[1].runs:  # only the Mixer's seed 0 (45 at its first evaluation) learns
+        if run.label != "mixer-s0":
+            run.evals["toy_top1_seen"] = 10.0
     rows = {(row.threshold, row.arm): row for row in summarise(arms)}
     one = rows[50.0, "transformer"]
     assert one.reached == 1 and one.mean == 960.0 and math.isnan(one.sd) and math.isnan(one.low)
-    none = rows[40.0, "mixer"]
-    assert none.reached == 0 and none.runs == 3 and math.isnan(none.mean) and math.isnan(none.difference)
-    assert math.isnan(rows[50.0, "mixer"].difference_low)
+    mixer = rows[50.0, "mixer"]
+    assert mixer.reached == 1 and mixer.difference == pytest.approx(320 + 5 / 15 * 320 - 960.0)
+    assert math.isnan(mixer.difference_low)  # one run a side: a difference, no interval
+    shown = display_frame(summarise(arms)).set_index(["seen top-1 reaches", "arm"])
+    assert shown.loc[("50%", "transformer"), "95% interval (t)"] == "–"
+    assert shown.loc[("50%", "mixer"), "minus the first arm [95% Welch]"] == "-533 (no interval)"
+    assert shown.loc[("40%", "mixer"), "runs that reached it"] == "1 of 3 (1 by the first evaluation)"
+    never = {row.arm: row for row in summarise(arms, thresholds=(90.0,))}
+    assert never["mixer"].reached == 0 and never["mixer"].runs == 3 and math.isnan(never["mixer"].mean)
+    assert math.isnan(never["mixer"].difference)
+    shown = display_frame(list(never.values())).set_index("arm")
+    assert shown.loc["mixer"].tolist()[1:] == ["0 of 3", "–", "–", "–"]  # no number for censored runs
     assert summarise([Arm("x", [type("R", (), {"label": "r", "evals": evals([1.0]).drop(
         columns="toy_top1_seen")})()])]) == []  # no run has the metric: no table at all
 
