@@ -74,7 +74,7 @@ def test_a_perfect_encoder_scores_100_on_both_splits_and_its_exact_recall(small_
 def test_a_constant_encoder_answers_class_0_a_held_out_class(small_toy):
     constant = FakeEncoder(lambda text: [1.0], lambda image: [1.0])
     result = toy_zeroshot.toy_eval(constant, small_toy.val, progress=False)
-    assert 0 in toy_data.HELD_OUT_CLASSES  # "red circle": never trained
+    assert 0 in small_toy.held_out_classes  # "red circle": never trained
     assert result["top1_seen"] == 0.0
     assert result["top1_held_out"] == pytest.approx(100 / 16)  # balanced val: 1 of 16 held-out classes
     assert result["top1"] == pytest.approx(100 / 64)
