@@ -188,6 +188,14 @@ def test_cli_prints_the_patterns(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         toy_data.main(["--out", str(tmp_path), "--num-train", "0"])
     assert info.value.code == 2
+    toy_data.main(["--out", str(tmp_path), "--seed", "1", "--task", "hard", "--num-train", "8",
+                   "--num-val", "64", "--shard-size", "64"])
+    out = capsys.readouterr().out
+    assert "toy-1-hard-v5-8x64s64" in out and "task hard; held-out classes: red square, red cross, " in out
+    for bad in (["--seed", "-1"], ["--task", "easy"]):
+        with pytest.raises(SystemExit) as info:
+            toy_data.main(["--out", str(tmp_path), *bad])
+        assert info.value.code == 2
 
 
 def test_caption_kinds_come_in_their_weights_and_the_distractor_always_second():
