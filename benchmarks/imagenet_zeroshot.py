@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"imagenet: {IMAGEFOLDER_LAYOUT}, or WebDataset shards with .cls "
                              "(e.g. 'val/{00000..00063}.tar'); toy: cache root or val shards "
                              "(default: the toy cache)")
+    from benchmarks.toy_zeroshot import add_toy_arguments  # toy_zeroshot imports this module
+
+    add_toy_arguments(parser)
     parser.add_argument("--imagenet-val", metavar="PATH", default=None,
                         help="open_clip_train's flag, as training takes it: --dataset imagenet --data PATH")
     add_templates_argument(parser)
@@ -296,6 +299,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         eval_set(args.dataset, args.data)
     except InputError as exc:
         fail(f"--data {args.data}: {exc}")
+    if args.dataset == "toy":  # the run's own toy set (its recipe), or the one --toy-seed/--toy-task name
+        from benchmarks.toy_zeroshot import runner_toy_data
+
+        try:
+            args.data = runner_toy_data(args.model, args.data, args.toy_seed, args.toy_task)
+        except InputError as exc:
+            fail(str(exc))
+    elif args.toy_seed is not None or args.toy_task is not None:
+        fail("--toy-seed/--toy-task name a toy set: give them with --dataset toy")
     if args.every_checkpoint and (args.model is None or args.model_id is not None):
         fail("--every-checkpoint scores a run's saved steps: give --model RUN_DIR (and no --model-id)")
     rank, world_size, device = join_launched_processes()

@@ -10,15 +10,22 @@ image's nearest val caption is its own (identical caption strings count as one),
 caption's nearest image is one it describes; `val_loss` is the training loss (symmetric InfoNCE at the
 model's clamped temperature) over consecutive val batches of `VAL_LOSS_BATCH` pairs, in key order.
 
+The held-out classes are the scored set's own, read from its folder (classes.tsv, manifest.json): a toy
+set of another seed holds out another square. The runner scores a run on the toy set its recipe trained
+on (config.json's toy_seed, toy_task); --toy-seed / --toy-task name the set for a model without a run.
+
 Called by `benchmarks.imagenet_zeroshot --dataset toy` and by the trainer's in-training evaluation; with
 `world_size` processes each encodes its share and one gather joins them, so every process returns the
 single-process result.
 
     python -m benchmarks.imagenet_zeroshot --model runs/mixer-w96-seed0 --dataset toy
+    python -m benchmarks.imagenet_zeroshot --model mixer-tiny --dataset toy --toy-seed 1 --toy-task hard
 """
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +36,93 @@ from tqdm import tqdm
 from benchmarks.data import toy as toy_data
 from benchmarks.data.files import InputError
 from benchmarks.data.imagenet import is_shard_spec
-from benchmarks.data.shards import EvalLoader, ShardSpecError, eval_dataset
+from benchmarks.data.shards import EvalLoader, ShardSpecError, eval_dataset, expand_shards
 from benchmarks.encoder import Encoder
 from benchmarks.imagenet_zeroshot import attribute_accuracy, classification_metrics, ranked_classes
 from benchmarks.process_group import gather_objects
 from benchmarks.zeroshot_classifier import zero_shot_classifier
+from runfolder import RunFolder
+from runfolder.vocabulary import TOY_TASKS
 
 VAL_LOSS_BATCH = 64  # fixed, not the recipe's batch: runs of other batches compare (chance ln 64)
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp of exp(logit_scale)
 
 
-def toy_val_spec(data: str | Path | None) -> tuple[str, str | None]:
-    """(val shard pattern, manifest sha256 or None): `data` is None (the default toy set), a cache root,
-    or the val shards themselves."""
-    if data is not None and is_shard_spec(str(data)):
-        return str(data), None
-    toy = toy_data.ensure_toy(data)
-    return toy.val, toy.manifest_sha256
+@dataclass(frozen=True)
+class ToyValSet:
+    """The val shards to score and what their set records about itself."""
+
+    val: str
+    manifest_sha256: str
+    seed: int
+    task: str
+    held_out_classes: tuple[int, ...]
+
+
+def toy_val_spec(data: str | Path | None, toy_seed: int | None = None,
+                 toy_task: str | None = None) -> ToyValSet:
+    """The val split of the toy set to score. `data`: None (the cache's set of `toy_seed` and `toy_task`,
+    default 0 and standard, generated on first use), a cache root (the same, there), or the val shards of
+    a generated set, whose seed, task and held-out classes are read from the folder above them; a
+    `toy_seed` / `toy_task` given must then be the set's (InputError otherwise)."""
+    if data is None or not is_shard_spec(str(data)):
+        toy = toy_data.ensure_toy(data, 0 if toy_seed is None else toy_seed, task=toy_task or "standard")
+        return ToyValSet(toy.val, toy.manifest_sha256, toy.seed, toy.task, toy.held_out_classes)
+    try:
+        root = Path(expand_shards(str(data))[0]).parent.parent
+        recorded = toy_data.read_toy_set(root)
+    except (ShardSpecError, ValueError) as exc:
+        raise InputError(f"--data {data}: expected the val shards of a generated toy set ({exc})") from None
+    for name, asked in (("seed", toy_seed), ("task", toy_task)):
+        if asked is not None and asked != recorded[name]:
+            raise InputError(f"--data {data}: the toy set of {name} {recorded[name]}, not of the {name} "
+                             f"{asked} asked for (--toy-{name}, or the run's recipe)")
+    return ToyValSet(str(data), recorded["manifest_sha256"], recorded["seed"], recorded["task"],
+                     recorded["held_out_classes"])
+
+
+def add_toy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The runner's flags naming the toy set of a model that is not a run (a run's recipe names its own)."""
+    parser.add_argument("--toy-seed", type=int, default=None,
+                        help="--dataset toy: the toy set's seed (default: a run's recipe toy_seed, else 0)")
+    parser.add_argument("--toy-task", choices=TOY_TASKS, default=None,
+                        help="--dataset toy: the toy set's task (default: a run's recipe toy_task, else "
+                             "standard)")
+
+
+def run_toy_set(model: str | None) -> tuple[int, str] | None:
+    """(toy_seed, toy_task) of the recipe that trained `model` (a run dir, or a checkpoint inside one;
+    a run from before these fields trained on seed 0, standard), or None for a model without a run."""
+    if model is None:
+        return None
+    path = Path(model)
+    run = RunFolder(path) if path.is_dir() else RunFolder.of_checkpoint(path) if path.is_file() else None
+    if run is None or not run.is_run():
+        return None
+    try:
+        recipe = run.read_config()["experiment"]["recipe"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--model {model}: cannot read its recipe from {run.config} ({exc})") from None
+    return int(recipe.get("toy_seed", 0)), recipe.get("toy_task", "standard")
+
+
+def runner_toy_data(model: str | None, data: str | None, toy_seed: int | None,
+                    toy_task: str | None) -> str | None:
+    """The runner's --data for --dataset toy: the val shards of the set the run trained on or the flags name
+    (checked against each other and against --data's set); None, as given, for the default set of a model
+    without a run, so that result keeps its file name."""
+    trained = run_toy_set(model)
+    if trained is not None:
+        for name, flag, value in (("seed", toy_seed, trained[0]), ("task", toy_task, trained[1])):
+            if flag is not None and flag != value:
+                raise InputError(f"--toy-{name} {flag}: --model {model} trained on the toy set of {name} "
+                                 f"{value} (its config.json); leave the flag out")
+        toy_seed, toy_task = trained
+    if toy_seed is not None and toy_seed < 0:
+        raise InputError(f"--toy-seed {toy_seed}: expected a seed >= 0")
+    if data is None and (toy_seed or 0, toy_task or "standard") == (0, "standard"):
+        return None
+    return toy_val_spec(data, toy_seed, toy_task).val
 
 
 def logit_scale_of(encoder: Encoder) -> float | None:
@@ -97,10 +174,13 @@ def _subset_metrics(ranked: torch.Tensor, targets: torch.Tensor, mask: torch.Ten
 
 def toy_eval(encoder: Encoder, data: str | Path | None = None, batch_size: int = 64, workers: int = 0,
              limit: int | None = None, seed: int = 0, progress: bool = True, keep_predictions: bool = False,
-             rank: int = 0, world_size: int = 1) -> dict[str, Any]:
-    """Every toy score of `encoder` on the val split (see the module docstring); `limit` scores at most that
-    many images (the first ones; with several processes an equal part of each one's shards)."""
-    val, manifest = toy_val_spec(data)
+             rank: int = 0, world_size: int = 1, toy_seed: int | None = None,
+             toy_task: str | None = None) -> dict[str, Any]:
+    """Every toy score of `encoder` on the val split (see the module docstring; `data`, `toy_seed`,
+    `toy_task`: `toy_val_spec`'s); `limit` scores at most that many images (the first ones; with several
+    processes an equal part of each one's shards)."""
+    toy = toy_val_spec(data, toy_seed, toy_task)
+    val = toy.val
     share = {"rank": rank, "world_size": world_size}
     names = list(toy_data.CLASS_NAMES)
     classifier = zero_shot_classifier(encoder, names, list(toy_data.TOY_TEMPLATES), cache=False, **share)
@@ -143,7 +223,7 @@ def toy_eval(encoder: Encoder, data: str | Path | None = None, batch_size: int =
 
     result = classification_metrics(ranked, targets, seed=seed)
     result.update(attribute_accuracy(ranked[:, 0], targets, toy_data.CLASS_ATTRIBUTES))
-    held_out = torch.isin(targets, torch.tensor(toy_data.HELD_OUT_CLASSES))
+    held_out = torch.isin(targets, torch.tensor(toy.held_out_classes))
     result.update(_subset_metrics(ranked, targets, ~held_out, seed, "seen"))
     result.update(_subset_metrics(ranked, targets, held_out, seed, "held_out"))
     result["robust_top1"] = float((tensors["robust"][:, 0] == targets).float().mean()) * 100
@@ -152,8 +232,8 @@ def toy_eval(encoder: Encoder, data: str | Path | None = None, batch_size: int =
     result["val_loss"] = (contrastive_loss(tensors["images"], tensors["texts"], scale)
                           if scale is not None else None)
     result.update(num_classes=len(names), templates="toy", num_templates=len(toy_data.TOY_TEMPLATES),
-                  dataset="toy", toy_version=toy_data.VERSION, toy_manifest_sha256=manifest,
-                  held_out_classes=list(toy_data.HELD_OUT_CLASSES))
+                  dataset="toy", toy_version=toy_data.VERSION, toy_manifest_sha256=toy.manifest_sha256,
+                  toy_seed=toy.seed, toy_task=toy.task, held_out_classes=list(toy.held_out_classes))
     skipped: dict[str, int] = {}
     for _, counts in shares:
         for kind, n in counts.items():

@@ -397,8 +397,6 @@ def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOpti
         (recipe.toy_seed >= 0, "--toy-seed must be >= 0"),
         (recipe.train_data is None or (recipe.toy_seed, recipe.toy_task) == tuple(TOY_FIELDS.values()),
          "--toy-seed/--toy-task set the embedded toy set: leave them out with --train-data"),
-        ((recipe.toy_seed, recipe.toy_task) == tuple(TOY_FIELDS.values()),
-         "--toy-seed/--toy-task: only the toy set of seed 0, task standard is generated so far"),
         (run.workers >= 0, "--workers must be >= 0"),
         (run.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0 (0 keeps all)"),
         (run.cpu_threads is None or run.cpu_threads > 0, "--cpu-threads must be > 0"),

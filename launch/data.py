@@ -6,8 +6,9 @@
         ...
     loader.skipped()                                    # {kind: count} of bad samples skipped so far
 
-`spec=None` trains on the toy set (generated on first use, see benchmarks.data.toy), through the same
-code as a LAION run. Each (rank, DataLoader worker) reads its own stream (`launch.train_stream`):
+`spec=None` trains on the toy set of `toy_seed` and `toy_task` (generated on first use, see
+benchmarks.data.toy), through the same code as a LAION run. Each (rank, DataLoader worker) reads its
+own stream (`launch.train_stream`):
 shards drawn with replacement, a shuffle buffer of undecoded bytes, decoding by benchmarks.data.shards
 (bad samples skipped and counted), towers.image_transform(image_size, train=True) and towers.tokenize,
 a batch at a time inside the worker (`decoder`: the JPEG decode path, launch.decoders; `device`
@@ -219,14 +220,22 @@ class TrainLoader:
         return state
 
 
-def resolve_spec(spec: str | None, toy_seed: int = 0) -> str:
-    """The shard spec itself, or the toy train split (generated on first use) for None."""
-    return spec if spec else ensure_toy(seed=toy_seed).train
+def resolve_spec(spec: str | None, toy_seed: int = 0, toy_task: str = "standard") -> str:
+    """The shard spec itself, or for None the train split of the toy set of `toy_seed` and `toy_task`
+    (generated on first use)."""
+    return spec if spec else toy_split("train", toy_seed, toy_task)
+
+
+def toy_split(split: str, toy_seed: int = 0, toy_task: str = "standard") -> str:
+    """The shard pattern of `split` (train or val) of the toy set of `toy_seed` and `toy_task`, generated on
+    first use: a run trains on one and scores the other, of the same set."""
+    return getattr(ensure_toy(seed=toy_seed, task=toy_task), split)
 
 
 def data_identity(spec: str | None) -> dict:
     """What the training data is, independent of where it is mounted: the toy set's seed and
-    version, or the shards' file names (in order) and count."""
+    version (Recipe.identity puts the recipe's toy_seed and toy_task in), or the shards' file names (in
+    order) and count."""
     if not spec:
         return {"toy_seed": 0, "toy_version": TOY_VERSION}
     names = [url.rstrip("/").rsplit("/", 1)[-1] for url in expand_shards(spec)]
@@ -237,18 +246,19 @@ def get_train_loader(spec: str | None, *, image_size: int, batch_size: int, work
                      rank: int = 0, world_size: int = 1, state: dict | None = None, context_length: int = 77,
                      shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, pin_memory: bool = False,
                      finish_images: bool = True, decoder: str = DEFAULT_DECODER,
-                     decode_device: torch.device | str = "cpu",
-                     shard_read_timeout: float | None = None) -> TrainLoader:
+                     decode_device: torch.device | str = "cpu", shard_read_timeout: float | None = None,
+                     toy_seed: int = 0, toy_task: str = "standard") -> TrainLoader:
     """The training loader of this rank (see the module docstring); `state` (a `TrainLoader.state_dict()`)
     continues where that loader was. Raises ShardSpecError when no shard matches `spec`.
     `finish_images=False`: uint8 images, `loader.finish` left to the caller. `decoder`: one of
     launch.decoders.DECODERS; `device` decodes in this process on `decode_device`. `shard_read_timeout`:
-    seconds without bytes before a shard is abandoned (counted as `timeout`; None waits forever)."""
+    seconds without bytes before a shard is abandoned (counted as `timeout`; None waits forever).
+    `toy_seed`, `toy_task`: the toy set read when `spec` is None."""
     if decoder not in DECODERS:
         raise ValueError(f"get_train_loader: decoder {decoder!r} is not one of {DECODERS}")
     if batch_size < 1 or workers < 0 or not 0 <= rank < world_size:
         raise ValueError("get_train_loader: need batch_size >= 1, workers >= 0, 0 <= rank < world_size")
-    urls = expand_shards(resolve_spec(spec))
+    urls = expand_shards(resolve_spec(spec, toy_seed, toy_task))
     if state is not None and (state["workers"], state["num_shards"]) != (workers, len(urls)):
         raise ValueError(f"loader state of {state['workers']} workers over {state['num_shards']} shards "
                          f"given to a loader of {workers} workers over {len(urls)} shards")

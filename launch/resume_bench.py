@@ -99,7 +99,8 @@ def _state_after(batches: int, checkpoint: dict, batch_size: int, workers: int) 
 
     recipe = checkpoint["experiment"]["recipe"]
     loader = get_train_loader(recipe["train_data"], image_size=64, batch_size=batch_size,
-                              workers=workers, seed=recipe["seed"], context_length=recipe["context_length"])
+                              workers=workers, seed=recipe["seed"], context_length=recipe["context_length"],
+                              toy_seed=recipe.get("toy_seed", 0), toy_task=recipe.get("toy_task", "standard"))
     stream = iter(loader)
     for _ in range(batches):
         next(stream)

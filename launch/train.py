@@ -2,14 +2,14 @@
 
 The tower flags (`--tower`, `--image-tower`, `--text-tower`, `--variant`) choose what is compared;
 every other flag is the recipe (`launch/config.py`), identical for every tower. Without
-`--train-data` the run uses the embedded `toy` set (generated on first use), through the same
-WebDataset code path as a LAION run. A run writes `runs/<name>/`: config.json, metrics.jsonl,
+`--train-data` the run uses the embedded `toy` set of `--toy-seed`/`--toy-task` (generated on first use),
+through the same WebDataset code path as a LAION run. A run writes `runs/<name>/`: config.json, metrics.jsonl,
 TensorBoard events and atomic checkpoints (`--save-every`, `latest` pointer, the newest
 `--keep-checkpoints` kept) and out.log (what it printed, appended by every launch); `--resume latest`
 continues exactly where the last checkpoint left off, or starts the run when it has none (open_clip's
 meaning; the data position is stream state, so resuming costs the same at any step), and `--resume auto`
 (requeued jobs) starts the run when there is no readable checkpoint, else continues from the newest
-readable one. Zero-shot accuracy on the toy val split (when training on toy) and on ImageNet
+readable one. Zero-shot accuracy on that toy set's val split (when training on toy) and on ImageNet
 (`--imagenet-val PATH`: ILSVRC or ImageNetV2 folder, or shards with `.cls`) is scored at the end and
 every `--eval-every` steps by `benchmarks.imagenet_zeroshot`, every process scoring its share.
 
@@ -49,7 +49,7 @@ from launch.config import (
     experiment_identity,
     parse_experiment,
 )
-from launch.data import data_identity, get_train_loader
+from launch.data import data_identity, get_train_loader, toy_split
 from launch.faults import (
     PREEMPTED_EXIT_STATUS,
     Preempted,
@@ -140,10 +140,10 @@ class TrainingRun(RunResume):
         self.step_fn = ContrastiveStep(accelerator, self.ddp_model, self.optimizer, self.recipe)
         self.loader = get_train_loader(
             self.recipe.train_data, image_size=self.model.image_size, batch_size=self.recipe.batch_size,
-            workers=options.workers, seed=self.recipe.seed,
+            workers=options.workers, seed=self.recipe.seed, toy_seed=self.recipe.toy_seed,
             rank=accelerator.process_index, world_size=accelerator.num_processes,
             state=resume_state["data"][accelerator.process_index] if resume_state else None,
-            context_length=self.recipe.context_length,
+            context_length=self.recipe.context_length, toy_task=self.recipe.toy_task,
             pin_memory=accelerator.device.type == "cuda", finish_images=False,
             decoder=self.recipe.decoder, decode_device=accelerator.device,
             shard_read_timeout=options.shard_read_timeout)
@@ -226,16 +226,16 @@ class TrainingRun(RunResume):
 
     def resolve_eval_sets(self) -> dict[str, dict]:
         """Zero-shot sets scored at each eval, by name (--evals), resolved by the benchmark runner's own
-        `eval_set`. Default: the toy val split when training on toy, ImageNet with --imagenet-val."""
-        options = self.options
+        `eval_set`. Default: the val split of the recipe's toy set on toy, ImageNet with --imagenet-val."""
+        options, toy = self.options, (self.recipe.toy_seed, self.recipe.toy_task)
         if options.evals is not None:
             names = [name.strip() for name in options.evals.split(",") if name.strip()]
         else:
             names = ["toy"] if self.recipe.train_data is None else []
             names += ["imagenet"] if options.imagenet_val else []
         sets = {}
-        for name in names:
-            data = options.imagenet_val if name == "imagenet" else None
+        for name in names:  # toy: the recipe's toy set, scored with the held-out classes it records
+            data = toy_split("val", *toy) if name == "toy" else options.imagenet_val
             try:  # ImageNet's 50k JPEGs decode in --workers processes beside the model
                 sets[name] = eval_set(name, data, options.eval_templates, options.workers)
             except InputError as error:

@@ -1,10 +1,13 @@
 """benchmarks.toy_zeroshot: seen / held-out top-1, R@1 with merged duplicate captions and the val loss,
-each against a fake encoder whose exact score is known or against open_clip's own loss."""
+each against a fake encoder whose exact score is known or against open_clip's own loss; the held-out
+classes of the scored set's own seed, in the runner and in a 2-step training run on seed 1, hard task."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from open_clip.loss import ClipLoss
 import towers
 from benchmarks import toy_zeroshot
 from benchmarks.data import toy as toy_data
+from benchmarks.data.files import InputError
 from benchmarks.data.shards import eval_loader
 from benchmarks.encoder import FakeEncoder, ModelEncoder
 
@@ -74,7 +78,7 @@ def test_a_perfect_encoder_scores_100_on_both_splits_and_its_exact_recall(small_
 def test_a_constant_encoder_answers_class_0_a_held_out_class(small_toy):
     constant = FakeEncoder(lambda text: [1.0], lambda image: [1.0])
     result = toy_zeroshot.toy_eval(constant, small_toy.val, progress=False)
-    assert 0 in toy_data.HELD_OUT_CLASSES  # "red circle": never trained
+    assert 0 in small_toy.held_out_classes  # "red circle": never trained
     assert result["top1_seen"] == 0.0
     assert result["top1_held_out"] == pytest.approx(100 / 16)  # balanced val: 1 of 16 held-out classes
     assert result["top1"] == pytest.approx(100 / 64)
@@ -104,3 +108,95 @@ def test_a_model_encoder_gets_a_val_loss_at_the_clamped_temperature(small_toy):
     assert result["top1_seen"] is not None and 0 <= result["i2t_r1"] <= 100
     line = toy_zeroshot.summary_line(result)
     assert line.startswith("toy zero-shot top-1 seen ") and "val loss" in line
+
+
+# ---------------------------------------------------------------- the variants: another seed, the hard task
+
+
+@pytest.fixture(scope="module")
+def seed_1_toy(tmp_path_factory):
+    return toy_data.ensure_toy(tmp_path_factory.mktemp("toy1"), 1, num_train=8, num_val=192, shard_size=64,
+                               progress=False)
+
+
+def test_a_seed_1_set_is_scored_with_its_own_held_out_classes(seed_1_toy):
+    """Class 0 (red circle) is held out in seed 0's square and seen in seed 1's: an encoder that always
+    answers class 0 scores on the seen classes of seed 1, and nothing on its held-out ones."""
+    assert 0 not in seed_1_toy.held_out_classes
+    constant = FakeEncoder(lambda text: [1.0], lambda image: [1.0])
+    result = toy_zeroshot.toy_eval(constant, seed_1_toy.val, progress=False)
+    assert result["held_out_classes"] == list(toy_data.held_out_classes(1)) and result["toy_seed"] == 1
+    assert result["toy_task"] == "standard" and result["toy_manifest_sha256"] == seed_1_toy.manifest_sha256
+    assert result["top1_seen"] == pytest.approx(100 / 48) and result["top1_held_out"] == 0.0
+    with pytest.raises(InputError, match="the toy set of seed 1, not of the seed 0 asked for"):
+        toy_zeroshot.toy_eval(constant, seed_1_toy.val, toy_seed=0, progress=False)
+
+
+def _fake_run(folder: Path, recipe: dict) -> Path:
+    from launch.checkpointing import save_checkpoint
+
+    torch.manual_seed(0)
+    model = towers.create_model("mixer-tiny", image_overrides={"layers": 1}, text_overrides={"layers": 1})
+    save_checkpoint(folder / "checkpoints", 2, {"model_config": model.model_config,
+                                                "state_dict": model.state_dict(), "step": 2})
+    (folder / "config.json").write_text(json.dumps({"name": folder.name, "experiment": {"recipe": recipe}}))
+    return folder
+
+
+def test_the_runner_scores_a_run_on_the_toy_set_its_recipe_names(tmp_path, small_toy, seed_1_toy, capsys):
+    from benchmarks import imagenet_zeroshot as zs
+
+    run = _fake_run(tmp_path / "run", {"seed": 0, "toy_seed": 1, "toy_task": "standard"})
+    common = ["--dataset", "toy", "--limit", "8", "--results-dir", str(tmp_path / "scores")]
+    record = zs.main(["--model", str(run), "--data", seed_1_toy.val, *common])
+    assert record["metrics"]["toy_seed"] == 1
+    assert record["metrics"]["held_out_classes"] == list(toy_data.held_out_classes(1))
+    refusals = [  # (argv, what the one-line error names)
+        (["--model", str(run), "--data", small_toy.val], "the toy set of seed 0, not of the seed 1"),
+        (["--model", str(run), "--data", seed_1_toy.val, "--toy-seed", "2"], "--toy-seed 2: --model"),
+        (["--model", "mixer-tiny", "--data", seed_1_toy.val, "--toy-seed", "0"], "the toy set of seed 1"),
+        (["--model", "mixer-tiny", "--data", seed_1_toy.val, "--toy-task", "hard"], "the toy set of task"),
+    ]
+    for argv, message in refusals:
+        with pytest.raises(SystemExit) as info:
+            zs.main(argv + common)
+        assert info.value.code == 2 and message in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit) as info:
+        zs.main(["--model", "mixer-tiny", "--toy-seed", "1", "--data", str(tmp_path)])
+    assert info.value.code == 2 and "with --dataset toy" in capsys.readouterr().err
+    # a model without a run: the flags name the set; a run from before the fields: seed 0, standard
+    record = zs.main(["--model", "mixer-tiny", "--data", seed_1_toy.val, "--toy-seed", "1", *common])
+    assert record["metrics"]["toy_seed"] == 1
+    old = _fake_run(tmp_path / "old", {"seed": 0})
+    assert toy_zeroshot.run_toy_set(str(old)) == (0, "standard")
+    assert toy_zeroshot.run_toy_set(str(old / "checkpoints" / "step_00000002.pt")) == (0, "standard")
+    assert toy_zeroshot.run_toy_set("mixer-tiny") is None
+
+
+def test_a_two_step_run_on_seed_1_hard_trains_and_scores_that_set(tmp_path, monkeypatch):
+    from launch import data as launch_data
+    from launch import train
+
+    asked = []
+
+    def small(**kwargs):  # the set the run asks for, at test size
+        asked.append((kwargs["seed"], kwargs["task"]))
+        return toy_data.ensure_toy(tmp_path / "cache", **kwargs, num_train=64, num_val=64, shard_size=32,
+                                   progress=False)
+
+    monkeypatch.setattr(launch_data, "ensure_toy", small)
+    scored = []
+    real = toy_zeroshot.toy_eval
+    monkeypatch.setattr(toy_zeroshot, "toy_eval", lambda *a, **k: scored.append(real(*a, **k)) or scored[-1])
+    argv = ["--tower", "mixer", "--steps", "2", "--toy-seed", "1", "--toy-task", "hard", "--batch-size", "16",
+            "--eval-samples", "64", "--workers", "0", "--runs-dir", str(tmp_path / "runs"), "--name", "run"]
+    assert train.main(argv) == 0
+    assert set(asked) == {(1, "hard")}  # the train split and the val split of that one set
+    config = json.loads((tmp_path / "runs" / "run" / "config.json").read_text())
+    assert config["recipe_identity"]["train_data"] == {"toy_seed": 1, "toy_task": "hard",
+                                                       "toy_version": toy_data.VERSION}
+    recipe = config["experiment"]["recipe"]
+    assert (recipe["toy_seed"], recipe["toy_task"]) == (1, "hard")
+    assert scored and all(r["held_out_classes"] == list(toy_data.held_out_classes(1)) for r in scored)
+    assert {(r["toy_seed"], r["toy_task"], r["n"]) for r in scored} == {(1, "hard", 64)}
+    assert toy_zeroshot.run_toy_set(str(tmp_path / "runs" / "run")) == (1, "hard")

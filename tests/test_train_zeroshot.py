@@ -112,6 +112,6 @@ def test_eval_loader_workers_outlive_sigterm_and_sigusr1(shared_data, private_ca
     loader, n = imagefolder_batches(shared_data / "imagenet_samples", preprocess, batch_size=4, workers=1,
                                     limit=40)
     assert _sigterm_every_worker_midway(loader) == -(-n // 4) == 10
-    val, _ = toy_val_spec(None)
+    val = toy_val_spec(None).val
     shards = EvalLoader(eval_dataset(val, preprocess, batch_size=2, with_class=True), workers=1)
     assert _sigterm_every_worker_midway(shards) > 2

@@ -71,7 +71,9 @@ def load_caption_folder(root: str | Path) -> CaptionedImages:
 
 
 def load_toy_split(data: str | None = None, limit: int | None = None) -> CaptionedImages:
-    """The toy data set's val split (``data``: toy cache root or val shard pattern), one caption each."""
+    """The toy data set's val split (``data``: toy cache root or val shard pattern), one caption each; by
+    default the default set (seed 0, standard) whatever toy set a run trained on: the same items for every
+    run, so the scores compare."""
     val = data if data is not None and ".tar" in data else toy_data.ensure_toy(data).val
     images: list[Image.Image] = []
     keys: list[str] = []

@@ -12,28 +12,36 @@ distractor are mentioned only sometimes (2 in 7 captions name the background, 2 
 `benchmarks.data.toy_captions`), the distractor always after the target and as "small", "little" or
 "tiny", so colour + shape of the target is the one cue every caption shares.
 
-Held-out combinations (version 5): 16 of the 64 colour x shape classes (`HELD_OUT_CLASSES`, two shapes per
-colour and two colours per shape) never occur in the train split, neither as a target nor as a distractor,
-so neither the image of that combination nor its name is ever trained; every colour and every shape still
-is. The train split cycles through the 48 seen classes, the val split through all 64 (50 images each), and
-zero-shot scores seen and held-out classes separately: the held-out score asks whether a tower composes.
+Held-out combinations (version 5): 16 of the 64 colour x shape classes (`held_out_classes(seed)`, two shapes
+per colour and two colours per shape) never occur in the train split, neither as a target nor as a
+distractor, so neither the image of that combination nor its name is ever trained; every colour and every
+shape still is. Which 16 depends on the seed (the square is shifted by it; seed 0's are colour i with shapes
+i and i + 3), and every set records its own in classes.tsv: an evaluator reads them from there
+(`read_toy_set`), never from a constant. The train split cycles through the 48 seen classes, the val split
+through all 64 (50 images each), and zero-shot scores seen and held-out classes separately: the held-out
+score asks whether a tower composes.
+
+Tasks (`runfolder.vocabulary.TOY_TASKS`): `standard` (the above) and `hard`: a target of half the size among
+3 to 5 distractors of nearly its size (HARD_* below); the captions and their vocabulary are the same.
 Zero-shot prompts (`TOY_TEMPLATES`) are the caption templates that name only the target, so every prompt
 token is a trained token; version 4's prompts (a final "." and "plain" that no caption has) stay as the
 separately named robustness score (`TOY_ROBUSTNESS_TEMPLATES`).
 
-Layout under `$MIXCLIP_CACHE` (default `~/.cache/mixclip`) / `toy-<seed>-v<VERSION>`:
+Layout under `$MIXCLIP_CACHE` (default `~/.cache/mixclip`) / `toy-<seed>-v<VERSION>` (the hard task:
+`toy-<seed>-hard-v<VERSION>`):
 
     train/00000.tar ...   KEY.jpg, KEY.txt (caption), KEY.json (attributes)
     val/00000.tar ...     the same plus KEY.cls (class index); class-balanced
-    classes.tsv           index, name ("red circle"), colour, shape
-    manifest.json         sizes, seed, version and the sha256 of every file above
+    classes.tsv           index, name ("red circle"), colour, shape, split (seen / held-out)
+    manifest.json         sizes, seed, version, task (when not standard) and the sha256 of every file above
 
     from benchmarks.data.toy import ensure_toy
     toy = ensure_toy()               # generates on first use (~20k train + 2k val), then reuses the cache
     toy.train, toy.val               # brace patterns for --train-data / eval
-    toy.class_names, toy.class_attributes, TOY_TEMPLATES
+    toy.class_names, toy.class_attributes, toy.held_out_classes, TOY_TEMPLATES
+    ensure_toy(seed=1, task="hard")  # another held-out square; the hard task
 
-    python -m benchmarks.data.toy [--seed N] [--out DIR] [--num-train N] [--num-val N] [--force]
+    python -m benchmarks.data.toy [--seed N] [--task hard] [--out DIR] [--num-train N] [--num-val N] [--force]
 
 Every use checks the manifest (sha256 of every file) and regenerates a missing or corrupt set.
 Generation writes into a temporary folder renamed into place, so a killed run never leaves a half
@@ -47,9 +55,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
-import io
 import json
-import math
 import os
 import random
 import shutil
@@ -61,54 +67,30 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from benchmarks.data import files as data_files
-from benchmarks.data.toy_captions import CAPTION_TEMPLATES_BY_KIND, position_words, write_caption
-from benchmarks.data.toy_drawing import draw_object
+from benchmarks.data.toy_captions import CAPTION_TEMPLATES_BY_KIND
+
+# The classes and one sample's drawing are toy_scene's; the set's users also read the classes here.
+from benchmarks.data.toy_scene import BACKGROUNDS as BACKGROUNDS
+from benchmarks.data.toy_scene import (
+    CLASS_ATTRIBUTES,
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    held_out_classes,
+    held_out_pairs,
+    make_sample,
+    seen_classes,
+)
+from benchmarks.data.toy_scene import COLOURS as COLOURS
+from benchmarks.data.toy_scene import MIN_BACKGROUND_DISTANCE as MIN_BACKGROUND_DISTANCE
+from benchmarks.data.toy_scene import SHAPES as SHAPES
+from runfolder.vocabulary import TOY_TASKS
 
 # Bump whenever the generator's output changes: the cache folder name carries it.
 VERSION = 5
 DEFAULT_NUM_TRAIN = 20_000
 DEFAULT_NUM_VAL = 3_200  # 50 per class: 2,400 seen-class and 800 held-out-class images
 DEFAULT_SHARD_SIZE = 1_000
-IMAGE_SIZE = 64
-SUPERSAMPLE = 4  # draw at 4x and downsample: anti-aliased edges keep small shapes recognisable
-JPEG_QUALITY = 90
-
-# Object colours; every name starts with a consonant so "a {colour} {shape}" is always good English.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 165, 60),
-    "blue": (40, 80, 220),
-    "yellow": (240, 220, 40),
-    "purple": (140, 60, 190),
-    "pink": (245, 130, 190),
-    "brown": (130, 85, 45),
-    "cyan": (40, 200, 210),
-}
-# Chosen to stay distinct under any rotation and scale (no square/diamond-like pairs).
-SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "heart", "crescent")
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    **COLOURS,
-    "white": (245, 245, 245),
-    "black": (25, 25, 25),
-    "gray": (128, 128, 128),
-}
-MIN_BACKGROUND_DISTANCE = 110  # RGB distance between target and background: the target stays visible
-
-CLASS_NAMES = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
-CLASS_ATTRIBUTES = tuple({"colour": colour, "shape": shape} for colour in COLOURS for shape in SHAPES)
-
-# Held out of training: colour i with shapes i and i + 3 (mod 8), a Latin-square pattern, so each colour and
-# each shape is held out in exactly two classes and trained in six.
-HELD_OUT_SHAPE_OFFSETS = (0, 3)
-HELD_OUT_CLASSES = tuple(sorted(c * len(SHAPES) + (c + k) % len(SHAPES)
-                                for c in range(len(COLOURS)) for k in HELD_OUT_SHAPE_OFFSETS))
-SEEN_CLASSES = tuple(i for i in range(len(CLASS_NAMES)) if i not in HELD_OUT_CLASSES)
-HELD_OUT_PAIRS = frozenset((CLASS_ATTRIBUTES[i]["colour"], CLASS_ATTRIBUTES[i]["shape"])
-                           for i in HELD_OUT_CLASSES)
-
 # Zero-shot prompts: the caption templates that name the target and nothing else ("a {}", "a drawing of a
 # {}", ...), so a prompt is made of trained tokens only (tests/test_data_toy.py checks it on the train split).
 TOY_TEMPLATES = tuple(t.replace("{t}", "{}") for t in CAPTION_TEMPLATES_BY_KIND["target"]
@@ -123,11 +105,6 @@ TOY_ROBUSTNESS_TEMPLATES = (
     "a simple {} shape.",
 )
 
-# Radii as a fraction of the image side: the target spans 50% to 80% of the image; the distractor 14% to
-# 20%, so even a thin target (star, triangle) at its smallest covers twice the area of a large distractor.
-TARGET_RADIUS = (0.25, 0.40)
-DISTRACTOR_RADIUS = (0.07, 0.10)
-
 
 @dataclass(frozen=True)
 class ToyData:
@@ -141,10 +118,15 @@ class ToyData:
     num_val: int
     seed: int
     manifest_sha256: str
+    task: str  # runfolder.vocabulary.TOY_TASKS
+    held_out_classes: tuple[int, ...]  # as classes.tsv records them
     class_names: tuple[str, ...] = CLASS_NAMES
     class_attributes: tuple[dict[str, str], ...] = CLASS_ATTRIBUTES
     templates: tuple[str, ...] = TOY_TEMPLATES
-    held_out_classes: tuple[int, ...] = HELD_OUT_CLASSES
+
+    @property
+    def seen_classes(self) -> tuple[int, ...]:
+        return seen_classes(self.held_out_classes)
 
 
 def _shard_counts(num: int, shard_size: int) -> list[int]:
@@ -158,65 +140,17 @@ def _pattern(root: Path, split: str, num_shards: int) -> str:
     return str(root / split / f"{{00000..{num_shards - 1:05d}}}.tar")
 
 
-def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 14) -> tuple[int, int, int]:
-    return tuple(min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)
-
-
-def make_sample(rng: random.Random, class_index: int) -> tuple[bytes, str, dict]:
-    """Draw one sample of class `class_index`: (JPEG bytes, caption, attributes)."""
-    colour, shape = CLASS_ATTRIBUTES[class_index]["colour"], CLASS_ATTRIBUTES[class_index]["shape"]
-    # The distractor has another colour and shape and is never a held-out combination (its name would
-    # otherwise reach the text tower through the training captions).
-    d_colour, d_shape = rng.choice([(c, s) for c in COLOURS for s in SHAPES
-                                    if c != colour and s != shape and (c, s) not in HELD_OUT_PAIRS])
-    target_rgb = COLOURS[colour]
-    backgrounds = [
-        name for name, rgb in BACKGROUNDS.items()
-        if name not in (colour, d_colour) and math.dist(rgb, target_rgb) >= MIN_BACKGROUND_DISTANCE
-    ]
-    background = rng.choice(backgrounds)
-
-    radius = rng.uniform(*TARGET_RADIUS)
-    d_radius = rng.uniform(*DISTRACTOR_RADIUS)
-    x, y = rng.uniform(radius, 1 - radius), rng.uniform(radius, 1 - radius)
-    # Place the distractor clear of the target; shrink the target if it leaves no room.
-    for attempt in range(200):
-        dx, dy = rng.uniform(d_radius, 1 - d_radius), rng.uniform(d_radius, 1 - d_radius)
-        if math.dist((x, y), (dx, dy)) >= radius + d_radius + 0.03:
-            break
-        if attempt % 20 == 19:
-            radius = max(TARGET_RADIUS[0], radius * 0.92)
-            x, y = rng.uniform(radius, 1 - radius), rng.uniform(radius, 1 - radius)
-    rotation, d_rotation = rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi)
-
-    side = IMAGE_SIZE * SUPERSAMPLE
-    img = Image.new("RGB", (side, side), _jitter(BACKGROUNDS[background], rng))
-    draw_object(img, shape, _jitter(target_rgb, rng), x * side, y * side, radius * side, rotation)
-    draw_object(img, d_shape, _jitter(COLOURS[d_colour], rng), dx * side, dy * side, d_radius * side,
-                 d_rotation)
-    img = img.reduce(SUPERSAMPLE)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=JPEG_QUALITY)
-
-    caption = write_caption(rng, colour, shape, radius, (x, y), background, d_colour, d_shape)
-    attributes = {
-        "class": class_index, "colour": colour, "shape": shape, "radius": round(radius, 4),
-        "center": [round(x, 4), round(y, 4)], "rotation_deg": round(math.degrees(rotation), 2),
-        "background": background, "position": position_words(x, y)[1],
-        "distractor": {"colour": d_colour, "shape": d_shape, "radius": round(d_radius, 4),
-                       "center": [round(dx, 4), round(dy, 4)]},
-    }
-    return buf.getvalue(), caption, attributes
-
-
-def _write_shard(task: tuple[str, int, int, int, int, int, int]) -> tuple[str, str]:
+def _write_shard(job: tuple[str, int, str, int, int, int, int, int]) -> tuple[str, str]:
     """Write one shard (runs in a pool worker); returns (relative path, sha256)."""
     import webdataset as wds  # imported here: the pool workers need it, `--help` does not
 
-    tmp_root, seed, split_index, shard, count, start, shard_size = task
+    tmp_root, seed, task, split_index, shard, count, start, shard_size = job
     split = ("train", "val")[split_index]
-    # One RNG per shard, seeded by (seed, split, shard) only: the output cannot depend on the pool.
-    rng = random.Random(f"mixclip-toy/{VERSION}/{seed}/{split}/{shard}")
+    # One RNG per shard, seeded by (seed, task, split, shard) only: the output cannot depend on the pool.
+    stream = f"{seed}/{split}/{shard}" if task == "standard" else f"{seed}/{task}/{split}/{shard}"
+    rng = random.Random(f"mixclip-toy/{VERSION}/{stream}")
+    held_out = held_out_classes(seed)
+    excluded = held_out_pairs(held_out)
     rel = f"{split}/{shard:05d}.tar"
     digits = len(str(shard_size - 1))
     path = Path(tmp_root) / rel
@@ -224,9 +158,9 @@ def _write_shard(task: tuple[str, int, int, int, int, int, int]) -> tuple[str, s
         for i in range(count):
             # Class-balanced: consecutive global indices cycle through the 48 seen classes (train) or
             # all 64 (val).
-            classes = SEEN_CLASSES if split == "train" else range(len(CLASS_NAMES))
+            classes = seen_classes(held_out) if split == "train" else range(len(CLASS_NAMES))
             class_index = classes[(start + i) % len(classes)]
-            image, caption, attributes = make_sample(rng, class_index)
+            image, caption, attributes = make_sample(rng, class_index, excluded, task)
             key = f"{shard:05d}{i:0{digits}d}"
             meta = {"key": key, "caption": caption, "status": "success", "width": IMAGE_SIZE,
                     "height": IMAGE_SIZE, **attributes}
@@ -240,17 +174,23 @@ def _write_shard(task: tuple[str, int, int, int, int, int, int]) -> tuple[str, s
 
 # ---------------------------------------------------------------- cache
 
+CLASSES_HEADER = "index\tname\tcolour\tshape\tsplit"
 
-def _folder_name(seed: int, num_train: int, num_val: int, shard_size: int) -> str:
-    name = f"toy-{seed}-v{VERSION}"
+
+def _folder_name(seed: int, num_train: int, num_val: int, shard_size: int, task: str = "standard") -> str:
+    name = f"toy-{seed}-v{VERSION}" if task == "standard" else f"toy-{seed}-{task}-v{VERSION}"
     if (num_train, num_val, shard_size) != (DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL, DEFAULT_SHARD_SIZE):
         name += f"-{num_train}x{num_val}s{shard_size}"
     return name
 
 
-def _expected_header(seed: int, num_train: int, num_val: int, shard_size: int) -> dict:
-    return {"name": "toy", "version": VERSION, "seed": seed, "num_train": num_train, "num_val": num_val,
-            "shard_size": shard_size, "image_size": IMAGE_SIZE}
+def _expected_header(seed: int, num_train: int, num_val: int, shard_size: int,
+                     task: str = "standard") -> dict:
+    """The manifest's fields besides its files; `task` only when not standard (the standard sets' manifests,
+    and so their sha256, stay what version 5 wrote)."""
+    header = {"name": "toy", "version": VERSION, "seed": seed, "num_train": num_train, "num_val": num_val,
+              "shard_size": shard_size, "image_size": IMAGE_SIZE}
+    return header if task == "standard" else {**header, "task": task}
 
 
 def _check(root: Path, header: dict) -> str | None:
@@ -259,7 +199,8 @@ def _check(root: Path, header: dict) -> str | None:
     try:
         raw = manifest_path.read_bytes()
         manifest = json.loads(raw)
-        if {k: manifest.get(k) for k in header} != header or not manifest.get("files"):
+        if {k: manifest.get(k) for k in header} != header or not manifest.get("files") \
+                or manifest.get("task", "standard") != header.get("task", "standard"):
             return None
         for rel, digest in manifest["files"].items():
             if data_files.file_sha256(root / rel) != digest:
@@ -269,27 +210,28 @@ def _check(root: Path, header: dict) -> str | None:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _generate(tmp: Path, seed: int, num_train: int, num_val: int, shard_size: int, processes: int,
+def _generate(tmp: Path, seed: int, task: str, num_train: int, num_val: int, shard_size: int, processes: int,
               progress: bool) -> None:
     from tqdm import tqdm
 
-    tasks = []
+    jobs = []
     for split_index, num in enumerate((num_train, num_val)):
         (tmp / ("train", "val")[split_index]).mkdir(parents=True)
         for shard, count in enumerate(_shard_counts(num, shard_size)):
-            tasks.append((str(tmp), seed, split_index, shard, count, shard * shard_size, shard_size))
+            jobs.append((str(tmp), seed, task, split_index, shard, count, shard * shard_size, shard_size))
     files: dict[str, str] = {}
-    with ProcessPoolExecutor(max_workers=max(1, min(processes, len(tasks)))) as pool:
-        results = pool.map(_write_shard, tasks)
-        for rel, digest in tqdm(results, total=len(tasks), desc="toy shards", disable=not progress,
+    with ProcessPoolExecutor(max_workers=max(1, min(processes, len(jobs)))) as pool:
+        results = pool.map(_write_shard, jobs)
+        for rel, digest in tqdm(results, total=len(jobs), desc="toy shards", disable=not progress,
                                 unit="shard"):
             files[rel] = digest
-    lines = ["index\tname\tcolour\tshape\tsplit"]
-    lines += [f"{i}\t{n}\t{a['colour']}\t{a['shape']}\t{'held-out' if i in HELD_OUT_CLASSES else 'seen'}"
+    held_out = held_out_classes(seed)
+    lines = [CLASSES_HEADER]
+    lines += [f"{i}\t{n}\t{a['colour']}\t{a['shape']}\t{'held-out' if i in held_out else 'seen'}"
               for i, (n, a) in enumerate(zip(CLASS_NAMES, CLASS_ATTRIBUTES, strict=True))]
     (tmp / "classes.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     files["classes.tsv"] = data_files.file_sha256(tmp / "classes.tsv")
-    manifest = {**_expected_header(seed, num_train, num_val, shard_size),
+    manifest = {**_expected_header(seed, num_train, num_val, shard_size, task),
                 "files": dict(sorted(files.items()))}
     # The manifest is written last: a folder without it never passes the check.
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
@@ -315,19 +257,21 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_toy(cache_dir: str | os.PathLike | None = None, seed: int = 0, *,
+def ensure_toy(cache_dir: str | os.PathLike | None = None, seed: int = 0, *, task: str = "standard",
                num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL,
                shard_size: int = DEFAULT_SHARD_SIZE, processes: int | None = None,
                force: bool = False, progress: bool = True) -> ToyData:
-    """Return the toy set for `seed`, generating it into `cache_dir` first if it is missing, corrupt
-    or `force` is set. `cache_dir` defaults to `$MIXCLIP_CACHE` or `~/.cache/mixclip`."""
+    """Return the toy set for `seed` and `task`, generating it into `cache_dir` first if it is missing,
+    corrupt or `force` is set. `cache_dir` defaults to `$MIXCLIP_CACHE` or `~/.cache/mixclip`."""
     if num_train < 1 or num_val < 1 or not 1 <= shard_size <= 10_000:
         raise ValueError("toy sizes: num_train and num_val must be >= 1, shard_size in 1..10000")
+    if task not in TOY_TASKS or seed < 0:
+        raise ValueError(f"toy: task must be one of {TOY_TASKS} and seed >= 0, not {task!r}, {seed}")
     cache = Path(cache_dir) if cache_dir is not None else data_files.cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    name = _folder_name(seed, num_train, num_val, shard_size)
+    name = _folder_name(seed, num_train, num_val, shard_size, task)
     root = cache / name
-    header = _expected_header(seed, num_train, num_val, shard_size)
+    header = _expected_header(seed, num_train, num_val, shard_size, task)
 
     digest = None if force else _check(root, header)
     if digest is None:
@@ -337,8 +281,8 @@ def ensure_toy(cache_dir: str | os.PathLike | None = None, seed: int = 0, *,
                 _remove_stale(cache, name)
                 tmp = cache / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
                 try:
-                    _generate(tmp, seed, num_train, num_val, shard_size, processes or os.cpu_count() or 1,
-                              progress)
+                    _generate(tmp, seed, task, num_train, num_val, shard_size,
+                              processes or os.cpu_count() or 1, progress)
                     if root.exists():  # corrupt or forced: move aside first, rename is atomic
                         trash = cache / f".{name}.old-{uuid.uuid4().hex[:8]}"
                         root.rename(trash)
@@ -358,7 +302,41 @@ def ensure_toy(cache_dir: str | os.PathLike | None = None, seed: int = 0, *,
         num_val=num_val,
         seed=seed,
         manifest_sha256=digest,
+        task=task,
+        held_out_classes=_read_held_out(root),
     )
+
+
+def _read_held_out(root: Path) -> tuple[int, ...]:
+    """The held-out class indices classes.tsv of the set in `root` records (ValueError if malformed)."""
+    lines = (root / "classes.tsv").read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0] != CLASSES_HEADER or len(lines) != len(CLASS_NAMES) + 1:
+        raise ValueError(f"{root / 'classes.tsv'}: expected {CLASSES_HEADER!r} and {len(CLASS_NAMES)} rows")
+    return tuple(i for i, line in enumerate(lines[1:]) if line.rsplit("\t", 1)[-1] == "held-out")
+
+
+def read_toy_set(root: str | os.PathLike) -> dict:
+    """What an evaluator needs from the generated set in `root` (a toy-* folder) without regenerating
+    it: {"seed", "task", "held_out_classes", "manifest_sha256"}, read from its manifest and its
+    classes.tsv (checked against the manifest's sha256). ValueError naming the file if either is missing,
+    malformed or does not match."""
+    root = Path(root)
+    manifest_path = root / "manifest.json"
+    try:
+        raw = manifest_path.read_bytes()
+        manifest = json.loads(raw)
+        recorded = manifest["files"]["classes.tsv"]
+        seed, task = int(manifest["seed"]), manifest.get("task", "standard")
+        if data_files.file_sha256(root / "classes.tsv") != recorded:
+            raise ValueError(f"{root / 'classes.tsv'}: its sha256 is not the one {manifest_path} records")
+        held_out = _read_held_out(root)
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{manifest_path}: not a toy set's manifest with classes.tsv beside it "
+                         f"({exc})") from None
+    if manifest.get("name") != "toy" or task not in TOY_TASKS:
+        raise ValueError(f"{manifest_path}: not a toy set (name {manifest.get('name')!r}, task {task!r})")
+    return {"seed": seed, "task": task, "held_out_classes": held_out,
+            "manifest_sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def _disk_size(root: Path) -> int:
@@ -367,7 +345,10 @@ def _disk_size(root: Path) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.data.toy", description=__doc__.split("\n")[0])
-    parser.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="generation seed; it also shifts the held-out classes (default 0)")
+    parser.add_argument("--task", choices=TOY_TASKS, default="standard",
+                        help="standard, or hard: smaller targets among 3-5 distractors (default standard)")
     parser.add_argument("--out", default=None,
                         help="cache folder (default $MIXCLIP_CACHE or ~/.cache/mixclip)")
     parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, help="train samples")
@@ -381,13 +362,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--num-train and --num-val must be >= 1")
     if not 1 <= args.shard_size <= 10_000:
         parser.error("--shard-size must be in 1..10000")
+    if args.seed < 0:
+        parser.error("--seed must be >= 0")
     start = time.perf_counter()
-    toy = ensure_toy(args.out, args.seed, num_train=args.num_train, num_val=args.num_val,
+    toy = ensure_toy(args.out, args.seed, task=args.task, num_train=args.num_train, num_val=args.num_val,
                      shard_size=args.shard_size, processes=args.processes, force=args.force)
     elapsed = time.perf_counter() - start
     print(f"toy set: {toy.root}  ({toy.num_train} train, {toy.num_val} val, "
           f"{_disk_size(toy.root) / 1e6:.1f} MB, ready in {elapsed:.1f} s)")
     print(f"  train: {toy.train}\n  val:   {toy.val}\n  manifest sha256: {toy.manifest_sha256}")
+    print(f"  task {toy.task}; held-out classes: {', '.join(CLASS_NAMES[i] for i in toy.held_out_classes)}")
 
 
 if __name__ == "__main__":
