@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from benchmarks.classification_metrics import attribute_accuracy, classification_metrics, ranked_classes
 from benchmarks.data import toy as toy_data
 from benchmarks.data.files import InputError
 from benchmarks.data.imagenet import is_shard_spec
 from benchmarks.data.shards import EvalLoader, ShardSpecError, eval_dataset, expand_shards
 from benchmarks.encoder import Encoder
-from benchmarks.imagenet_zeroshot import attribute_accuracy, classification_metrics, ranked_classes
 from benchmarks.process_group import gather_objects
 from benchmarks.zeroshot_classifier import zero_shot_classifier
 from runfolder import RunFolder

@@ -11,7 +11,7 @@ meaning; the data position is stream state, so resuming costs the same at any st
 (requeued jobs) starts the run when there is no readable checkpoint, else continues from the newest
 readable one. Zero-shot accuracy on that toy set's val split (when training on toy) and on ImageNet
 (`--imagenet-val PATH`: ILSVRC or ImageNetV2 folder, or shards with `.cls`) is scored at the end and
-every `--eval-every` steps by `benchmarks.imagenet_zeroshot`, every process scoring its share.
+every `--eval-every` steps by `benchmarks.evaluations` (the runners' code), every process scoring its share.
 
     accelerate launch launch/train.py --tower transformer                 # the default run (README: its time)
     accelerate launch --config_file launch/accelerate/cpu.yaml launch/train.py --tower mixer --steps 20
@@ -38,9 +38,8 @@ import towers
 from benchmarks.data.files import InputError
 from benchmarks.data.shards import SKIP_KINDS, ShardSpecError
 from benchmarks.encoder import ModelEncoder
-from benchmarks.imagenet_zeroshot import eval_set, zero_shot_eval
+from benchmarks.evaluations import EVALUATIONS, eval_set, zero_shot_eval
 from benchmarks.provenance import command_line, git_commit, library_versions, write_json
-from benchmarks.toy_zeroshot import summary_line
 from launch.checkpointing import WRITING, CheckpointWriter, capture_rng_state
 from launch.config import (
     Experiment,
@@ -87,12 +86,6 @@ from towers.precision import MIXED_PRECISION
 
 # Without a terminal (a SLURM log) a progress line this often: ~60 lines an hour, whatever the step time
 PROGRESS_LINE_SECONDS = 60.0
-# What each in-training evaluation logs (metrics.jsonl, TensorBoard, final_eval.json), as eval/<set>_<key>
-LOGGED_EVAL_KEYS = (
-    "top1", "top5", "mean_per_class_recall", "top1_ci95", "n", "colour_acc", "shape_acc",
-    "top1_seen", "top1_seen_ci95", "n_seen", "top1_held_out", "top1_held_out_ci95", "n_held_out",
-    "colour_acc_held_out", "shape_acc_held_out", "robust_top1", "i2t_r1", "t2i_r1", "val_loss",
-)
 
 
 class CheckpointNotWritten(Exception):
@@ -225,8 +218,9 @@ class TrainingRun(RunResume):
                         f"{saved_text}; exit status {PREEMPTED_EXIT_STATUS}: continue with --resume auto")
 
     def resolve_eval_sets(self) -> dict[str, dict]:
-        """Zero-shot sets scored at each eval, by name (--evals), resolved by the benchmark runner's own
-        `eval_set`. Default: the val split of the recipe's toy set on toy, ImageNet with --imagenet-val."""
+        """Zero-shot sets scored at each eval, by name (--evals), resolved by the registry of evaluations
+        (`benchmarks.evaluations.eval_set`, the runner's too). Default: the val split of the recipe's toy
+        set on toy, ImageNet with --imagenet-val."""
         options, toy = self.options, (self.recipe.toy_seed, self.recipe.toy_task)
         if options.evals is not None:
             names = [name.strip() for name in options.evals.split(",") if name.strip()]
@@ -255,9 +249,9 @@ class TrainingRun(RunResume):
                                         **chosen, **share)
             except InputError as error:
                 raise RunError(str(error)) from None
-            result.update({f"eval/{name}_{k}": v for k, v in scores.items() if k in LOGGED_EVAL_KEYS})
-            shown.append(summary_line(scores) if name == "toy" else
-                         f"{name} zero-shot top-1 {scores['top1']:.1f}%, top-5 {scores['top5']:.1f}%")
+            logged = EVALUATIONS[name].logged_keys  # eval/<set>_<key> in metrics.jsonl, final_eval.json
+            result.update({f"eval/{name}_{k}": v for k, v in scores.items() if k in logged})
+            shown.append(EVALUATIONS[name].summary(scores))
         if self.main and result:
             self.log.log({"step": self.step, "samples_seen": self.samples_seen, **result})
             tqdm.write(f"step {self.step}: " + "; ".join(shown))

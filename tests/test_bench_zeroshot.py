@@ -16,9 +16,11 @@ from PIL import Image
 import towers
 from benchmarks import imagenet_zeroshot as zs
 from benchmarks import zeroshot_classifier
+from benchmarks.classification_metrics import classification_metrics
 from benchmarks.data import imagenet
 from benchmarks.data import toy as toy_data
 from benchmarks.encoder import FakeEncoder, ModelEncoder, load_open_clip
+from benchmarks.zeroshot_classifier import zero_shot_classifier
 
 TINY_OPEN_CLIP = {"embed_dim": 64,
                   "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16},
@@ -82,7 +84,7 @@ def test_classifier_equals_open_clip_builder(tiny_arch):
     templates = list(open_clip.OPENAI_IMAGENET_TEMPLATES)
     torch.manual_seed(0)
     encoder = load_open_clip(tiny_arch, device="cpu")
-    ours = zs.zero_shot_classifier(encoder, classnames, templates, cache=False, progress=False)
+    ours = zero_shot_classifier(encoder, classnames, templates, cache=False, progress=False)
     reference = build_zero_shot_classifier(encoder.model, open_clip.get_tokenizer(tiny_arch), classnames,
                                            templates, device="cpu")
     assert ours.shape == (64, 12)
@@ -90,7 +92,7 @@ def test_classifier_equals_open_clip_builder(tiny_arch):
 
     torch.manual_seed(0)
     model = towers.create_model("mixer+transformer-tiny").eval()
-    ours = zs.zero_shot_classifier(ModelEncoder(model, "cpu"), classnames, templates, cache=False,
+    ours = zero_shot_classifier(ModelEncoder(model, "cpu"), classnames, templates, cache=False,
                                    progress=False)
     reference = build_zero_shot_classifier(model, towers.tokenize, classnames, templates, device="cpu")
     assert (ours - reference).abs().max().item() <= 1e-6
@@ -231,8 +233,8 @@ def test_bootstrap_ci_is_seeded_and_matches_binomial_width():
     targets = torch.zeros(400, dtype=torch.long)
     ranked = torch.ones(400, 5, dtype=torch.long)
     ranked[::2, 0] = 0  # exactly half right
-    first = zs.classification_metrics(ranked, targets, seed=3)
-    assert first == zs.classification_metrics(ranked, targets, seed=3)
+    first = classification_metrics(ranked, targets, seed=3)
+    assert first == classification_metrics(ranked, targets, seed=3)
     low, high = first["top1_ci95"]
     half_width = 1.96 * np.sqrt(0.25 / 400) * 100  # normal approximation: 4.9 points
     assert low < 50 < high
@@ -244,18 +246,18 @@ def test_classifier_cache_is_used_and_keyed_by_weights(private_cache):
     model = towers.create_model("transformer-tiny")
     encoder = ModelEncoder(model, "cpu")
     classnames, templates = ["cat", "dog", "bird"], ["a photo of a {}.", "a {}."]
-    built = zs.zero_shot_classifier(encoder, classnames, templates, progress=False)
+    built = zero_shot_classifier(encoder, classnames, templates, progress=False)
     assert len(list((private_cache / "zeroshot").glob("*.pt"))) >= 1
 
     def refuse(texts):
         raise AssertionError("the cached classifier should have been used")
 
     encoder.encode_text = refuse
-    assert torch.equal(zs.zero_shot_classifier(encoder, classnames, templates, progress=False), built)
+    assert torch.equal(zero_shot_classifier(encoder, classnames, templates, progress=False), built)
     with torch.no_grad():
         model.text_projection.mul_(2.0)  # new weights: a new key, so the classifier is rebuilt
     with pytest.raises(AssertionError, match="cached"):
-        zs.zero_shot_classifier(encoder, classnames, templates, progress=False)
+        zero_shot_classifier(encoder, classnames, templates, progress=False)
 
 
 # --- CLI -------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from open_clip import IMAGENET_CLASSNAMES, SIMPLE_IMAGENET_TEMPLATES
 import towers
 from benchmarks import clip_benchmark
 from benchmarks.encoder import load_encoder
-from benchmarks.imagenet_zeroshot import zero_shot_eval
+from benchmarks.evaluations import zero_shot_eval
 from benchmarks.zeroshot_classifier import TEMPLATE_SETS, zero_shot_classifier
 
 pytest.importorskip("clip_benchmark")

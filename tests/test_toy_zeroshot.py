@@ -20,6 +20,7 @@ from benchmarks.data import toy as toy_data
 from benchmarks.data.files import InputError
 from benchmarks.data.shards import eval_loader
 from benchmarks.encoder import FakeEncoder, ModelEncoder
+from benchmarks.evaluations import EVALUATIONS
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +188,8 @@ def test_a_two_step_run_on_seed_1_hard_trains_and_scores_that_set(tmp_path, monk
     monkeypatch.setattr(launch_data, "ensure_toy", small)
     scored = []
     real = toy_zeroshot.toy_eval
-    monkeypatch.setattr(toy_zeroshot, "toy_eval", lambda *a, **k: scored.append(real(*a, **k)) or scored[-1])
+    monkeypatch.setattr(EVALUATIONS["toy"], "scorer",
+                        lambda *a, **k: scored.append(real(*a, **k)) or scored[-1])
     argv = ["--tower", "mixer", "--steps", "2", "--toy-seed", "1", "--toy-task", "hard", "--batch-size", "16",
             "--eval-samples", "64", "--workers", "0", "--runs-dir", str(tmp_path / "runs"), "--name", "run"]
     assert train.main(argv) == 0

@@ -16,7 +16,7 @@ from open_clip.transform import image_transform
 from benchmarks.data.imagenet import imagefolder_batches
 from benchmarks.data.shards import EvalLoader, eval_dataset
 from benchmarks.encoder import load_our_model
-from benchmarks.imagenet_zeroshot import zero_shot_eval
+from benchmarks.evaluations import zero_shot_eval
 from benchmarks.toy_zeroshot import toy_val_spec
 from benchmarks.zeroshot_classifier import TEMPLATE_SETS
 from launch import train

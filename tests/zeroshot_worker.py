@@ -12,7 +12,7 @@ import json
 import torch
 
 from benchmarks.encoder import load_our_model
-from benchmarks.imagenet_zeroshot import zero_shot_eval
+from benchmarks.evaluations import zero_shot_eval
 from benchmarks.process_group import join_launched_processes
 
 
