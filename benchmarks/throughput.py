@@ -26,7 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import open_clip
 import torch
+from accelerate import Accelerator
 from tqdm import tqdm
 
 import towers
@@ -57,8 +59,6 @@ class Contender:
 
     def __init__(self, label: str, model: torch.nn.Module, tokenizer: Callable, batch_size: int,
                  device: torch.device, precision: str, seed: int = 0, recipe: Recipe | None = None):
-        from accelerate import Accelerator
-
         self.label, self.model, self.device = label, model.to(device), device
         self.recipe = recipe or Recipe()
         image_size = image_size_of(model)
@@ -68,19 +68,24 @@ class Contender:
         self.tokens = tokenizer(captions).to(device)
         # One process, no DDP wrapper; the precision is this contender's, not the process-wide
         # AcceleratorState's (fixed by the first Accelerator a process makes).
-        accelerator = Accelerator(cpu=device.type == "cpu")
+        self.accelerator = Accelerator(cpu=device.type == "cpu")
         self.optimizer = build_optimizer(self.model, self.recipe)
-        self.step = ContrastiveStep(accelerator, self.model, self.optimizer, self.recipe)
         self.autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16"
                          else contextlib.nullcontext)
-        self.step.autocast = self.autocast
+        self.step = self._training_step(self.model)
         self.steps_done = 0  # the lr schedule's step
         self.times: dict[str, list[float]] = {mode: [] for mode in MODES}
         self.peak_step_bytes = 0  # CUDA: the most memory one training step added over what it started with
 
+    def _training_step(self, forward_model: torch.nn.Module) -> ContrastiveStep:
+        """The trainer's step over this model's weights and optimizer, its forward run by `forward_model`
+        (the model, or the model compiled) at this contender's precision."""
+        return ContrastiveStep(self.accelerator, forward_model, self.optimizer, self.recipe,
+                               autocast=self.autocast)
+
     def compile(self, backend: str = "inductor") -> None:
         """Time the torch.compile'd forward from now on (the first step compiles; keep it in warm-up)."""
-        self.step.model = torch.compile(self.model, backend=backend)
+        self.step = self._training_step(torch.compile(self.model, backend=backend))
         self.times = {mode: [] for mode in MODES}
         self.peak_step_bytes = 0
 
@@ -167,8 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_name(args: argparse.Namespace) -> str:
-    import towers
-
     old = (args.image_tower, args.text_tower, args.variant)
     if args.model and any(old):
         fail("--model NAME replaces --image-tower/--text-tower/--variant: give one spelling")
@@ -181,10 +184,6 @@ def _model_name(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import open_clip
-
-    import towers
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch_size < 2:

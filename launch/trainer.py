@@ -113,9 +113,14 @@ class ContrastiveStep:
     """One optimizer step of CLIP training on a list of micro-batches (this process's share).
 
     `__call__` queues the whole step on the device and returns without reading anything back;
-    `read()` is the one host-device synchronisation, for the steps that log or checkpoint."""
+    `read()` is the one host-device synchronisation, for the steps that log or checkpoint.
 
-    def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer, recipe: Recipe):
+    `model` is what the forward runs (the DDP-wrapped or compiled model); `autocast` makes the forward's
+    precision context, Accelerate's (the run's mixed precision) unless given: a benchmark timing the step
+    at its own precision passes its own, and times a compiled model by building a step around it."""
+
+    def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer, recipe: Recipe,
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None):
         self.accelerator = accelerator
         self.model = model
         self.optimizer = optimizer
@@ -132,11 +137,10 @@ class ContrastiveStep:
         self.nonfinite_total = torch.zeros((), device=accelerator.device)
         self.last_loss: torch.Tensor | None = None
         self.last_grad_norm: torch.Tensor | None = None
-        # the forward's autocast; benchmarks.throughput sets its own precision here
-        self.autocast: Callable[[], contextlib.AbstractContextManager] = accelerator.autocast
+        self._autocast = autocast or accelerator.autocast
 
     def _forward(self, images: torch.Tensor, tokens: torch.Tensor):
-        with self.autocast(), towers.attention_kernels(self.accelerator.device):
+        with self._autocast(), towers.attention_kernels(self.accelerator.device):
             image_features, text_features, scale = self.model(images, tokens)[:3]
         # The loss is taken in at least fp32 under every precision: bf16 logits carry 3 significant
         # digits, too few for a softmax over the global batch (a float64 model stays float64).
