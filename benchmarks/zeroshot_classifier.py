@@ -10,7 +10,7 @@ so every forward is one the single process runs too) and one gather assembles th
     classifier = zero_shot_classifier(encoder, IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES)  # (D, 1000)
 
 Not run directly: ``python -m benchmarks.imagenet_zeroshot`` uses it, ``python -m
-benchmarks.classifier_cost`` times it.
+benchmarks.performance.classifier_cost`` times it.
 """
 
 from __future__ import annotations

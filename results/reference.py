@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     precision, variant, batch_size = ("fp32", "w96", 128) if args.skip_throughput else _trained_as(run_dirs)
     for tower in [] if args.skip_throughput else args.towers:
         timings[f"throughput {tower}"] = _run(
-            [python, "-m", "benchmarks.throughput", "--model", f"{tower}-{variant}",
+            [python, "-m", "benchmarks.performance.throughput", "--model", f"{tower}-{variant}",
              "--batch-size", str(batch_size), "--steps", "10", "--warmup", "3", "--precision", precision,
              # the two arms are each other's reference; open_clip's ViT-B-32 is too slow for this CPU
              "--reference", "none", "--results-dir", str(scores_dir)], log)

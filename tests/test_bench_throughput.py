@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import towers
-from benchmarks import throughput
+from benchmarks.performance import throughput
 from towers.precision import resolve_precision
 
 TINY_OPEN_CLIP = {"embed_dim": 64,

@@ -19,7 +19,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 import towers
 from benchmarks.data.jpeg_shards import make_image
 from benchmarks.data.shards import load_rgb
-from launch import decode_bench
+from benchmarks.performance import decode_bench
 from launch.config import parse_experiment
 from launch.data import get_train_loader
 from launch.decoders import DECODERS, DeviceDecoder, pack_device_batch
@@ -128,7 +128,8 @@ class FakeStream:
 
 def test_cuda_decode_runs_on_its_own_stream_and_the_training_stream_guards_its_outputs(monkeypatch):
     """The stream logic of the CUDA decode, with fakes: only a GPU can show the race itself (it is
-    counted by `python -m benchmarks.gpu_smoke`). torchvision's decode must run with the decoder's own
+    counted by `python -m benchmarks.performance.gpu_smoke`).
+    torchvision's decode must run with the decoder's own
     stream current (so its outputs come from that stream's memory, never from blocks the training
     stream still reads), the training stream must wait for it, and every output must be recorded on
     the training stream before the crops read it."""

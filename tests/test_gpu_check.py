@@ -1,5 +1,5 @@
-"""benchmarks.gpu_check: without CUDA one line and exit 2; the peak table and MFU arithmetic; and the
-whole check end to end on CPU at tiny size (the same functions a GPU runs, numbers checked against
+"""benchmarks.performance.gpu_check: without CUDA one line and exit 2; the peak table and MFU arithmetic;
+and the whole check end to end on CPU at tiny size (the same functions a GPU runs, numbers checked against
 towers.profile and the result's own rows)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from test_bench_throughput import TINY_OPEN_CLIP
 
 import towers
-from benchmarks import gpu_check
+from benchmarks.performance import gpu_check
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -120,10 +120,10 @@ def test_train_py_on_the_gpu_with_compile_logs_and_finishes(tmp_path):
 
 
 def test_the_device_decoder_never_writes_into_memory_the_training_stream_still_reads():
-    """The race of pytorch/vision#9606 as benchmarks.gpu_smoke stages it: queued reads of freed blocks,
-    then a decode. The bare torchvision call may corrupt (GPU-dependent: H100s do, an A100 may not);
-    `DeviceDecoder`'s must not, ever."""
-    from benchmarks.gpu_smoke import decoder_race
+    """The race of pytorch/vision#9606 as benchmarks.performance.gpu_smoke stages it: queued reads of
+    freed blocks, then a decode. The bare torchvision call may corrupt (GPU-dependent: H100s do, an A100
+    may not); `DeviceDecoder`'s must not, ever."""
+    from benchmarks.performance.gpu_smoke import decoder_race
 
     result = decoder_race(CUDA, iterations=30, side=256)
     print(f"corrupted iterations of 30: bare decode {result['corrupted_bare']}, "

@@ -1,5 +1,5 @@
-"""benchmarks.gpu_smoke on CPU: the stages that mean something without a GPU run at tiny size, the others
-say why they were skipped; one JSON with every stage. The launched runs (training, preemption and
+"""benchmarks.performance.gpu_smoke on CPU: the stages that mean something without a GPU run at tiny size,
+the others say why they were skipped; one JSON with every stage. The launched runs (training, preemption and
 `--resume auto`) are the slow test."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import gpu_smoke
+from benchmarks.performance import gpu_smoke
 
 LAUNCHED = ("training_mixer", "training_transformer", "preemption")
 STAGES = ("environment", "shards", "decoder_race", *LAUNCHED, "decode_throughput", "host_syncs", "pytest_gpu")

@@ -97,7 +97,7 @@ def test_every_readme_scoring_command_runs_from_a_folder_outside_the_repo(tmp_pa
     # the 1,000-class classifier with 1 template instead of 80 (cost only; the commands are the test)
     monkeypatch.setitem(TEMPLATE_SETS, "openai", TEMPLATE_SETS["openai"][:1])
     cheaper = {  # flags appended for this CPU (B/32 timing and the full toy set are not the test)
-        "benchmarks.throughput": ["--model", "mixer-tiny", "--batch-size", "4", "--steps", "1",
+        "benchmarks.performance.throughput": ["--model", "mixer-tiny", "--batch-size", "4", "--steps", "1",
                                   "--warmup", "1", "--reference", "none"],
         "benchmarks.word_order": ["--data", paths["toy_val"], "--limit", "8", "--sts-sentences", "16"],
     }
@@ -109,7 +109,7 @@ def test_every_readme_scoring_command_runs_from_a_folder_outside_the_repo(tmp_pa
             command = command.replace(placeholder, local)
         argv = shlex.split(command)
         module = argv[2]
-        if module == "launch.decode_bench":
+        if module == "benchmarks.performance.decode_bench":
             continue  # not a scoring command: times JPEG decoding (docs/gpu_path.md)
         argv = argv[3:] + cheaper.get(module, [])
         try:

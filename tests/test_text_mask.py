@@ -180,7 +180,7 @@ def test_caption_mask_is_built_per_row_so_no_split_of_the_batch_changes_it():
 
 
 def test_the_cost_benchmark_counts_the_mask_bytes_and_the_cpu_kernels_take_the_caption_mask():
-    from benchmarks import text_mask_cost
+    from benchmarks.performance import text_mask_cost
 
     # (B x 8 heads x 77 x 77) fp32 at B/32; the causal mask is one 77 x 77; Mixer hidden B x 512 x H
     transformer = {mask: text_mask_cost.mask_bytes("transformer", mask, 256)["attention_mask_bytes"]

@@ -89,7 +89,7 @@ def test_sliced_causal_token_mixing_equals_the_masked_full_one(mode):
 
 
 def test_the_classifier_cost_benchmark_builds_equal_classifiers_both_ways(capsys):
-    from benchmarks import classifier_cost
+    from benchmarks.performance import classifier_cost
 
     result = classifier_cost.main(["--model", "mixer-tiny", "--classes", "2", "--repeats", "1",
                                    "--templates", "simple"])

@@ -247,7 +247,8 @@ def test_a_transform_without_the_usual_ending_runs_whole_in_the_worker():
 def test_no_matching_shard_raises_and_the_cli_says_one_line():
     with pytest.raises(ShardSpecError, match=r"nope/\{00000\.\.00009\}\.tar"):
         loader_for("nope/{00000..00009}.tar")
-    command = [sys.executable, "-m", "launch.data", "--bench", "--data", "nope/{00000..00009}.tar"]
+    command = [sys.executable, "-m", "benchmarks.performance.loader_bench",
+               "--data", "nope/{00000..00009}.tar"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -48,7 +48,8 @@ Public API (stable):
         With several workers, batches arrive round-robin from the workers (deterministic); each
         worker's batches are in shard order.
 
-    python -c "from benchmarks.data.shards import eval_loader; ..."   (no CLI; see launch.data --bench)
+    python -c "from benchmarks.data.shards import eval_loader; ..."   # no CLI; see
+    python -m benchmarks.performance.loader_bench
 """
 
 from __future__ import annotations

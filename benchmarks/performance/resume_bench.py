@@ -1,9 +1,9 @@
 """Resume benchmark: the time from launch to the first trained step when resuming at step k, for two k;
 and (`--restore`) the bytes and time one worker stream's restore reads at a B/32-like position.
 
-    python -m launch.resume_bench                       # resume at steps 10 and 3,000 (toy, batch 32)
-    python -m launch.resume_bench --repo /tmp/old-tree  # the same, timing another checkout's train.py
-    python -m launch.resume_bench --restore             # restore bytes/time: by offset vs re-reading
+    python -m benchmarks.performance.resume_bench  # resume at steps 10 and 3,000 (toy, batch 32)
+    python -m benchmarks.performance.resume_bench --repo /tmp/old-tree  # another checkout's train.py
+    python -m benchmarks.performance.resume_bench --restore  # restore bytes/time: by offset vs re-reading
 
 `--restore` writes LAION-like shards (10,000 samples of 256-px JPEGs of ~30 KB each, with caption
 and json), moves one worker stream (batch 256, shuffle buffer 5,000) `--restore-batches` batches in
@@ -39,10 +39,10 @@ from pathlib import Path
 import psutil  # an Accelerate dependency
 import torch
 
+from benchmarks.data.files import REPO_ROOT
 from benchmarks.runner_flags import RunnerParser
 from runfolder import RunFolder, point_latest
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 3010  # the recipe's length: both resume points lie inside it
 
 
@@ -232,8 +232,10 @@ def restore_bench(batches: int, shards: int = 3, per_shard: int = 10_000, buffer
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = RunnerParser(prog="python -m launch.resume_bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose launch/train.py is timed")
+    parser = RunnerParser(prog="python -m benchmarks.performance.resume_bench",
+                          description=__doc__.split("\n")[0])
+    parser.add_argument("--repo", type=Path, default=REPO_ROOT,
+                        help="checkout whose launch/train.py is timed")
     parser.add_argument("--at", type=int, nargs=2, default=[10, 3000], help="the two resume steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)

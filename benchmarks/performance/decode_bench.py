@@ -1,7 +1,7 @@
 """The JPEG decode ceiling: samples/s per CPU core of decode + the training transform, per decoder path.
 
-    python -m launch.decode_bench                                   # 256, 512, 1024 px originals, 224 crop
-    python -m launch.decode_bench --simd-python /tmp/simd/bin/python --json decode.json
+    python -m benchmarks.performance.decode_bench  # 256, 512, 1024 px originals, 224 crop
+    python -m benchmarks.performance.decode_bench --simd-python /tmp/simd/bin/python --json decode.json
 
 Same images for every path (smooth random JPEGs from benchmarks.data.jpeg_shards, quality 90, square
 like img2dataset's default 256 px "border" output, and larger originals), crop boxes from
@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.data.files import REPO_ROOT
 from benchmarks.data.jpeg_shards import make_image
 from benchmarks.runner_flags import RunnerParser
 
@@ -146,9 +147,9 @@ def _boxes(images: list[bytes], size: int, seed: int) -> list[tuple[int, int, in
 
 
 def _child(python: str, job: Path) -> dict:
-    done = subprocess.run([python, "-m", "launch.decode_bench", "--pure-pil-child", str(job)],
+    done = subprocess.run([python, "-m", "benchmarks.performance.decode_bench", "--pure-pil-child", str(job)],
                           capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     if done.returncode != 0:
         raise RuntimeError(f"{python}: pure-PIL pass failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -214,7 +215,8 @@ def _cpu_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    parser = RunnerParser(prog="python -m launch.decode_bench", description=__doc__.split("\n")[0])
+    parser = RunnerParser(prog="python -m benchmarks.performance.decode_bench",
+                          description=__doc__.split("\n")[0])
     parser.add_argument("--sides", type=int, nargs="+", default=list(SIDES), help="original sides (px)")
     parser.add_argument("--images", type=int, default=64, help="images per side (default 64)")
     parser.add_argument("--image-size", type=int, default=224, help="crop output size (default 224)")

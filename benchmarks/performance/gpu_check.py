@@ -1,17 +1,17 @@
 """The GPU check: what one GPU does with the training step, the loader and a short run, in one command.
 
-    python -m benchmarks.gpu_check                      # one CUDA GPU; under 8 minutes; prints + JSON
-    python -m benchmarks.gpu_check --peak-tflops 600    # a GPU missing from PEAK_BF16_TFLOPS
+    python -m benchmarks.performance.gpu_check  # one CUDA GPU; under 8 minutes; prints + JSON
+    python -m benchmarks.performance.gpu_check --peak-tflops 600  # a GPU missing from PEAK_BF16_TFLOPS
 
 In one run, at B/32, bf16 autocast, batch 256:
 1. step: training samples/s of `mixer-B-32`, `transformer-B-32` and open_clip's own `ViT-B-32` through
-   the same step (`benchmarks.throughput.Contender`), measured alternately, eager and then
+   the same step (`benchmarks.performance.throughput.Contender`), measured alternately, eager and then
    torch.compile'd; the ratios; the peak memory a step adds to the model's weights and optimizer state;
 2. MFU: train FLOPs per sample (torch's FLOP counter, 3 x forward) x samples/s / the device's dense
    bf16 peak (PEAK_BF16_TFLOPS, or `--peak-tflops`);
-3. loader: `python -m launch.data --bench` at 224 px on JPEG shards generated here, 0..N workers, its
-   samples/s against the step's: whether the loader keeps up; the same with `--decoder device` (workers
-   ship the JPEG bytes, this GPU decodes them with nvJPEG and crops them, docs/gpu_path.md);
+3. loader: `python -m benchmarks.performance.loader_bench` at 224 px on JPEG shards generated here, 0..N
+   workers, its samples/s against the step's: whether the loader keeps up; the same with `--decoder device`
+   (workers ship the JPEG bytes, this GPU decodes them with nvJPEG and crops them, docs/gpu_path.md);
 4. a `--train-steps` (200) step training run of each tower through `launch/train.py` on those shards,
    the committed `launch/configs/laion400m-b32.yaml` recipe cut to one GPU's batch and those steps
    (samples/s and data-wait fraction from its metrics.jsonl).
@@ -35,9 +35,9 @@ from typing import Any
 import torch
 
 import towers
-from benchmarks import throughput
 from benchmarks.data.files import REPO_ROOT
 from benchmarks.data.jpeg_shards import write_jpeg_shards
+from benchmarks.performance import throughput
 from benchmarks.provenance import add_output_arguments, fail, finish
 from benchmarks.runner_flags import RunnerParser
 from runfolder import RunFolder
@@ -124,9 +124,10 @@ def _run(command: list[str], what: str, timeout: float) -> float:
 
 def measure_loader(spec: str, work: Path, args: argparse.Namespace, image_size: int,
                    decoder: str = "pil", device: str = "cpu") -> dict[str, Any]:
-    """`python -m launch.data --bench` with this decoder (`device`: decoding on `device`)."""
+    """`python -m benchmarks.performance.loader_bench` with this decoder (`device`: decoding on `device`)."""
     out = work / f"loader-{decoder}.json"
-    _run([sys.executable, "-m", "launch.data", "--bench", "--data", spec, "--workers", str(args.workers),
+    _run([sys.executable, "-m", "benchmarks.performance.loader_bench", "--data", spec,
+          "--workers", str(args.workers),
           "--image-size", str(image_size), "--batch-size", str(args.batch_size),
           "--batches", str(args.loader_batches), "--shuffle-buffer", str(args.batch_size),
           "--decoder", decoder, "--decode-device", device, "--json", str(out)], f"loader bench ({decoder})",
@@ -212,7 +213,7 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = RunnerParser(prog="python -m benchmarks.gpu_check",
+    parser = RunnerParser(prog="python -m benchmarks.performance.gpu_check",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 peak in TFLOP/s (default: from the table by name)")
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     args = build_parser().parse_args(argv)
     if args.device is None and not torch.cuda.is_available():
-        fail("benchmarks.gpu_check: no CUDA device here (torch.cuda.is_available() is False); "
+        fail("benchmarks.performance.gpu_check: no CUDA device here (torch.cuda.is_available() is False); "
              "it measures a GPU, run it on one")
     device = torch.device(args.device or "cuda")
     if min(args.batch_size - 1, args.steps, args.warmup, args.train_steps, args.loader_batches,

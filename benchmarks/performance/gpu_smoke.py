@@ -1,7 +1,7 @@
 """The GPU smoke: one command that retires the risks one GPU can, before a 16-GPU LAION job is launched.
 
-    python -m benchmarks.gpu_smoke --out DIR          # one CUDA GPU: ~6-10 minutes, DIR/gpu_smoke.json
-    python -m benchmarks.gpu_smoke --out DIR          # no GPU: the CPU-meaningful stages at tiny size
+    python -m benchmarks.performance.gpu_smoke --out DIR  # one CUDA GPU: ~6-10 minutes, DIR/gpu_smoke.json
+    python -m benchmarks.performance.gpu_smoke --out DIR  # no GPU: the CPU-meaningful stages at tiny size
 
 Stages, in order (each records `status`: ran / skipped with `why`; docs/gpu_path.md, "GPU smoke"):
 environment (driver, CUDA, NCCL, bf16, /dev/shm, cores); shards (synthetic 256 px JPEG shards);
@@ -278,7 +278,7 @@ def pytest_gpu(device: torch.device, timeout: float) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_smoke",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.performance.gpu_smoke",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_smoke.json, shards and runs")
     parser.add_argument("--imagenet-val", type=Path, default=None,

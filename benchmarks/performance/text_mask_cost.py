@@ -7,8 +7,9 @@ PyTorch's scaled-dot-product-attention backends accept the Transformer's mask on
 backend alone under torch.nn.attention.sdpa_kernel, one forward of the B/32 text tower on 2 captions).
 On CUDA it also measures the peak memory of one training step of the text tower at --batch-size.
 
-    python -m benchmarks.text_mask_cost                       # CPU: counts, bytes and CPU kernels
-    python -m benchmarks.text_mask_cost --device cuda --batch-size 256 --out results/text_mask/cost.json
+    python -m benchmarks.performance.text_mask_cost  # CPU: counts, bytes and CPU kernels
+    python -m benchmarks.performance.text_mask_cost --device cuda --batch-size 256 \
+        --out results/text_mask/cost.json
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def markdown(rows: list[dict], device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = RunnerParser(prog="python -m benchmarks.text_mask_cost", description=__doc__,
+    parser = RunnerParser(prog="python -m benchmarks.performance.text_mask_cost", description=__doc__,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=256, help="captions per process per step")

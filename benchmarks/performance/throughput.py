@@ -9,11 +9,11 @@ is the one benchmark that imports `launch`: what it times is launch's step.
 Steps alternate between the two models so a change in machine load hits both alike; each figure is
 the median of ``--steps`` timed steps after ``--warmup``. On CUDA the towers run under bf16 autocast
 (``--precision auto``) and every step ends in a synchronize. Prints samples/s, their ratio (ours /
-reference), parameters and GFLOPs per sample. ``benchmarks.gpu_check`` times the same step on a GPU,
-compiled too, with MFU and peak memory.
+reference), parameters and GFLOPs per sample. ``benchmarks.performance.gpu_check`` times the same step
+on a GPU, compiled too, with MFU and peak memory.
 
-    python -m benchmarks.throughput --model mixer-B-32 --batch-size 32
-    python -m benchmarks.throughput --model mixer+transformer-tiny --batch-size 8 --reference none
+    python -m benchmarks.performance.throughput --model mixer-B-32 --batch-size 32
+    python -m benchmarks.performance.throughput --model mixer+transformer-tiny --batch-size 8 --reference none
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def summarise(contender: Contender, batch_size: int, modes: tuple[str, ...]) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = RunnerParser(prog="python -m benchmarks.throughput",
+    parser = RunnerParser(prog="python -m benchmarks.performance.throughput",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", metavar="NAME",
                         help="a towers model name, e.g. mixer-B-32 or transformer+mixer-tiny (random "

@@ -6,8 +6,8 @@ set's), over all 77 positions and up to each batch's longest EOT, ``--repeats`` 
 fastest counts: on a shared machine the slower ones measure the neighbours), reports both times, the
 time extrapolated to the 1000 classes and the ratio, and checks that the two classifiers agree.
 
-    python -m benchmarks.classifier_cost                          # transformer-B-32, 10 classes, twice
-    python -m benchmarks.classifier_cost --model mixer-B-32 --classes 20
+    python -m benchmarks.performance.classifier_cost  # transformer-B-32, 10 classes, twice
+    python -m benchmarks.performance.classifier_cost --model mixer-B-32 --classes 20
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def time_classifier(model: torch.nn.Module, classnames: list[str], templates: st
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = RunnerParser(prog="python -m benchmarks.classifier_cost",
+    parser = RunnerParser(prog="python -m benchmarks.performance.classifier_cost",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="transformer-B-32", choices=towers.available_models(),
                         help="towers model name, random weights (default: %(default)s)")
