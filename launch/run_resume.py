@@ -1,9 +1,10 @@
-"""Resuming, branching and warm-starting a training run: the part of `launch.train.TrainingRun` that
+"""Resuming, branching and warm-starting a training run: the component of `launch.train.TrainingRun` that
 reads checkpoints back and refuses, in one line, one that belongs to another experiment.
 
-`RunResume` is a mixin of TrainingRun (it reads `options`, `recipe`, `identity`, `folder`, `model` and
-`accelerator` from it); `--resume latest|auto|PATH`, `--branch-from PATH` and `--init-from PATH` end
-here. Run it through `launch/train.py`; tests/test_train_run.py and tests/test_faults.py cover it.
+`RunResume` is built by TrainingRun from the run's options, recipe, identity, folder, model and
+accelerator; what it decided is its `ResumeState` (config.json records it). `--resume latest|auto|PATH`,
+`--branch-from PATH` and `--init-from PATH` end here. Run it through `launch/train.py`;
+tests/test_train_run.py and tests/test_faults.py cover it.
 """
 
 from __future__ import annotations
@@ -12,20 +13,50 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import torch
+from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
 import towers
 from launch.checkpointing import newest_readable, point_latest, resolve_checkpoint, restore_rng_state
-from launch.config import experiment_differences, with_legacy_text_mask
+from launch.config import Recipe, RunOptions, experiment_differences, with_legacy_text_mask
 from launch.trainer import learning_rate
+from runfolder import RunFolder
 
 
 class RunError(Exception):
     """Bad input found while setting a run up; reported as one line, exit status 2."""
 
 
+@dataclasses.dataclass
+class ResumeState:
+    """Where a run started from: the checkpoint it continued (`--resume`) or branched from
+    (`--branch-from`), None for neither, and the step it resumed at (None: it started at step 0)."""
+
+    resumed_from: str | None = None
+    branched_from: str | None = None
+    resumed_step: int | None = None
+
+
 class RunResume:
     """Where a run starts from: its own newest checkpoint, another run's (a branch), or fresh."""
+
+    def __init__(self, options: RunOptions, recipe: Recipe, identity: dict, folder: RunFolder,
+                 model: torch.nn.Module, accelerator: Accelerator):
+        self.options, self.recipe, self.identity = options, recipe, identity
+        self.folder, self.run_dir, self.checkpoints = folder, folder.path, folder.checkpoints
+        self.model, self.accelerator = model, accelerator
+        self.main = accelerator.is_main_process
+        self.state = ResumeState()
+
+    def start_state(self) -> dict | None:
+        """The checkpoint the run continues or branches from, its weights loaded into the model (the
+        optimizer's, the data streams' and the step's are the caller's, with `restore`); None for a fresh
+        start, with `--init-from`'s weights when given."""
+        state = self._resume_state() or self._branch_state()
+        if self.options.init_from and not state:
+            self._init_from(self.options.init_from)
+        return state
 
     def _resume_state(self) -> dict | None:
         resume = self.options.resume
@@ -54,7 +85,7 @@ class RunResume:
         if path.resolve().parent == self.checkpoints.resolve():  # e.g. a fallback or an older step
             self._sync_latest(path)
         towers.load_weights(self.model, state["state_dict"], str(path))
-        self.resumed_from = str(path)
+        self.state.resumed_from = str(path)
         return state
 
     def _choose_checkpoint(self, resume: str) -> tuple[Path | None, dict | None]:
@@ -105,7 +136,7 @@ class RunResume:
             raise RunError(f"--branch-from {path}: its lr differs from this run's at step {diverged} (a "
                            "branch needs --lr-schedule constant and its cooldown at or after the checkpoint)")
         towers.load_weights(self.model, state["state_dict"], str(path))
-        self.branched_from = str(path)
+        self.state.branched_from = str(path)
         return state
 
     def _report(self, message: str) -> None:
@@ -152,10 +183,12 @@ class RunResume:
         state = towers.read_checkpoint(spec)
         towers.load_weights(self.model, state.get("state_dict", state), spec)
 
-    def _restore(self, state: dict) -> None:
-        self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
-        self.resumed_step = self.step
+    def restore(self, state: dict) -> tuple[int, int]:
+        """(step, samples seen) of `state`, once the model is prepared: its grad scaler and this process's
+        RNG restored."""
+        self.state.resumed_step = int(state["step"])
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"][self.accelerator.process_index])
+        return int(state["step"]), int(state["samples_seen"])
 

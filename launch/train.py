@@ -92,8 +92,8 @@ class CheckpointNotWritten(Exception):
     """A checkpoint could not be written (e.g. a full disk): the run ends; `latest` names an older one."""
 
 
-class TrainingRun(RunResume):
-    """One run: built here, resumed or branched by `RunResume` (launch/run_resume.py), then `train()`
+class TrainingRun:
+    """One run: built here, resumed or branched by its `RunResume` (launch/run_resume.py), then `train()`
     loops the steps and evaluates; checkpoints and stop requests are handled at step boundaries."""
 
     def __init__(self, experiment: Experiment, options: RunOptions, accelerator: Accelerator,
@@ -111,15 +111,14 @@ class TrainingRun(RunResume):
         self.model = towers.build_model(**experiment.model_kwargs())
         self.folder = RunFolder(run_directory(experiment, options))
         self.run_dir, self.checkpoints = self.folder.path, self.folder.checkpoints
-        self.step, self.samples_seen, self.resumed_step = 0, 0, None
+        self.step, self.samples_seen = 0, 0
         self.writer = CheckpointWriter(self.checkpoints, options.keep_checkpoints, tuple(options.keep_steps))
         self.writing = False  # a checkpoint write is pending (on rank 0)
         # once a run (each resolution stats and globs the sets' paths on every rank); bad --imagenet-val:
         # one line now, not at the first eval hours later
         self.eval_sets = self.resolve_eval_sets()
-        resume_state = self._resume_state() or self._branch_state()
-        if options.init_from and not resume_state:
-            self._init_from(options.init_from)
+        self.resume = RunResume(options, self.recipe, self.identity, self.folder, self.model, accelerator)
+        resume_state = self.resume.start_state()
         if options.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         optimizer = build_optimizer(self.model, self.recipe)
@@ -129,7 +128,7 @@ class TrainingRun(RunResume):
         trained = compile_model(self.model) if options.compile else self.model
         self.ddp_model, self.optimizer = accelerator.prepare(trained, optimizer)
         if resume_state:
-            self._restore(resume_state)
+            self.step, self.samples_seen = self.resume.restore(resume_state)
         self.step_fn = ContrastiveStep(accelerator, self.ddp_model, self.optimizer, self.recipe)
         self.loader = get_train_loader(
             self.recipe.train_data, image_size=self.model.image_size, batch_size=self.recipe.batch_size,
@@ -162,8 +161,8 @@ class TrainingRun(RunResume):
             "flops_per_sample": {"image_gflops": cost["image_gflops"], "text_gflops": cost["text_gflops"],
                                  # forward + backward = 3 x forward, the usual estimate
                                  "train_gflops": 3 * (cost["image_gflops"] + cost["text_gflops"])},
-            "resumed_from": getattr(self, "resumed_from", None),
-            "branched_from": getattr(self, "branched_from", None),
+            "resumed_from": self.resume.state.resumed_from,
+            "branched_from": self.resume.state.branched_from,
         }
         write_json(self.folder.config, config)
         return config
@@ -345,7 +344,7 @@ class TrainingRun(RunResume):
                 bar.close()
                 self.bar_closed = True
             # A run resumed at its end has its final checkpoint already
-            failure = self.checkpoint(wait=True) if self.step != self.resumed_step else None
+            failure = self.checkpoint(wait=True) if self.step != self.resume.state.resumed_step else None
             if failure:
                 raise CheckpointNotWritten(f"the final checkpoint (step {self.step}) was not written: "
                                            f"{failure}; {self._latest_named()}: free space, then "
@@ -362,7 +361,7 @@ class TrainingRun(RunResume):
             if self.main:
                 failure = self.writer.outcome(wait=True)  # a run failing elsewhere still finishes its write
                 if failure:
-                    self._report(f"{failure}; {self._latest_named()}")
+                    print(f"warning: {failure}; {self._latest_named()}", file=sys.stderr)
                 self.log.close()
         return final
 

@@ -248,13 +248,10 @@ def test_every_process_resumes_from_the_checkpoint_process_0_chose(tmp_path, mon
         save_checkpoint(folder.checkpoints, step, {"step": step, "state_dict": {}})
     sent, real_read = [], towers.read_checkpoint
 
-    class Process(run_resume.RunResume):
-        def __init__(self, rank):
-            self.main, self.folder, self.run_dir, self.checkpoints = rank == 0, folder, folder.path, \
-                folder.checkpoints
-            self.options = SimpleNamespace(resume="auto")
-            self.accelerator = SimpleNamespace(process_index=rank, wait_for_everyone=lambda: None)
-            self.model = None
+    def Process(rank):  # noqa: N802 - the process `rank`'s resume component
+        accelerator = SimpleNamespace(process_index=rank, is_main_process=rank == 0,
+                                      wait_for_everyone=lambda: None)
+        return run_resume.RunResume(SimpleNamespace(resume="auto"), None, None, folder, None, accelerator)
 
     def read(path, mmap=False):
         if rank == 1 and "step_00000004" in str(path):
