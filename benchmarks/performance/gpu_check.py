@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
 
 import towers
@@ -63,8 +64,6 @@ def mfu(train_gflops: float, samples_per_s: float, peak: float | None) -> float 
 
 
 def build_contenders(args: argparse.Namespace, device: torch.device, precision: str) -> list:
-    import open_clip
-
     contenders = []
     for tower in TOWERS:
         torch.manual_seed(args.seed)
@@ -242,8 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import open_clip
-
     args = build_parser().parse_args(argv)
     if args.device is None and not torch.cuda.is_available():
         fail("benchmarks.performance.gpu_check: no CUDA device here (torch.cuda.is_available() is False); "
