@@ -21,7 +21,6 @@ name): CLIP_benchmark's own default puts the checkpoint path in the name. Datase
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.data.files import InputError
+from runfolder.errors import OneLineParser, run_main
 
 MODEL_TYPE = "mixclip"
 DEFAULT_OUTPUT = "{dataset}_{model}_{language}_{task}.json"
@@ -95,7 +95,7 @@ def named_model(spec: str) -> str:
 
 def clip_benchmark_argv(argv: list[str]) -> list[str]:
     """Our flags rewritten into CLIP_benchmark's: each --model becomes a --pretrained_model entry."""
-    ours = argparse.ArgumentParser(add_help=False)
+    ours = OneLineParser(add_help=False)
     ours.add_argument("--model", action="extend", nargs="+", default=[])
     known, rest = ours.parse_known_args(argv)
     if not known.model:
@@ -131,4 +131,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -35,6 +35,7 @@ from benchmarks.data.jpeg_shards import make_image, write_jpeg_shards
 from benchmarks.provenance import fail, git_commit, library_versions, write_json
 from launch.faults import PREEMPTED_EXIT_STATUS
 from runfolder import RunFolder
+from runfolder.errors import OneLineParser, run_main
 
 RECIPE = REPO_ROOT / "launch" / "configs" / "laion400m-b32.yaml"
 SHARED_IMAGENET = REPO_ROOT.parent / "shared" / "data" / "imagenet_samples"  # 1,000 ILSVRC val images
@@ -278,8 +279,8 @@ def pytest_gpu(device: torch.device, timeout: float) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_smoke",
-                                     description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.gpu_smoke",
+                           description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_smoke.json, shards and runs")
     parser.add_argument("--imagenet-val", type=Path, default=None,
                         help="the in-training eval's ImageNet folder (default on a GPU: the shared "
@@ -346,4 +347,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(1 if main()["failed"] else 0)
+    run_main(main, status=lambda result: 1 if result["failed"] else 0)

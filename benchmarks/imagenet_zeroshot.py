@@ -43,9 +43,10 @@ from benchmarks.provenance import (
     limit_part,
 )
 from benchmarks.result_formats import write_clip_benchmark
-from benchmarks.runner_flags import RunnerParser, add_limit_argument, add_templates_argument
+from benchmarks.runner_flags import add_limit_argument, add_templates_argument
 from benchmarks.zeroshot_classifier import TEMPLATE_SETS, zero_shot_classifier
 from runfolder import RunFolder
+from runfolder.errors import OneLineParser, run_main
 
 BOOTSTRAP_RESAMPLES = 1000
 
@@ -204,8 +205,8 @@ def _gathered_predictions(ranked: list[torch.Tensor], targets: list[torch.Tensor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = RunnerParser(prog="python -m benchmarks.imagenet_zeroshot",
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.imagenet_zeroshot",
+                           description=__doc__.split("\n\n")[0])
     add_model_arguments(parser, text_only_ok=False)
     parser.add_argument("--dataset", choices=("imagenet", "toy"), default="imagenet",
                         help="ImageNet-1k classes, or the embedded toy data set's val split "
@@ -344,4 +345,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from benchmarks.data.files import REPO_ROOT, InputError
 from benchmarks.encoder import Encoder, load_encoder
@@ -37,6 +37,7 @@ from benchmarks.runner_flags import (  # noqa: F401 - the runners' flags, re-exp
     resolve_precision,
 )
 from runfolder import atomic_write_text
+from runfolder.errors import fail  # noqa: F401 - re-exported: the runners' one-line exit 2
 
 # Bump a runner's version whenever a change could move its numbers (data, protocol, metric).
 BENCHMARK_VERSIONS = {
@@ -55,12 +56,6 @@ _VERSIONED_PACKAGES = (
     "mixclip-bench", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "scipy",
     "sentence-transformers", "transformers", "mteb", "webdataset", "accelerate",
 )
-
-
-def fail(message: str) -> NoReturn:
-    """Print ``error: <message>`` (one line) to stderr and exit with status 2, the bad-input status."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def _precision(args: argparse.Namespace) -> str:

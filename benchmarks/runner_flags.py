@@ -10,8 +10,8 @@ The same thing has the same flag in every runner:
     templates  --templates openai|simple
     precision  --precision auto|fp32|bf16  (auto: bf16 autocast on CUDA, fp32 on CPU)
 
-A bad value is one line on stderr and exit status 2, never a usage dump (`RunnerParser`). Spellings
-that runners used before stay one version as deprecated aliases (`add_deprecated_alias`): they work
+A bad value is one line on stderr and exit status 2, never a usage dump (`runfolder.errors.OneLineParser`).
+Spellings that runners used before stay one version as deprecated aliases (`add_deprecated_alias`): they work
 and say which flag to use instead.
 """
 
@@ -22,15 +22,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runfolder.errors import OneLineParser
+
 PRECISIONS = ("auto", "fp32", "bf16")
 TEMPLATE_SET_NAMES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
 
 
-class RunnerParser(argparse.ArgumentParser):
-    """Bad flags end the program with exit status 2 and one line, not a usage dump."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {' '.join(message.split())}\n")
+RunnerParser = OneLineParser  # the old name, kept one release: use runfolder.errors.OneLineParser
 
 
 def resolve_precision(precision: str, device_type: str) -> str:

@@ -32,13 +32,13 @@ from tqdm import tqdm
 import towers
 from benchmarks.provenance import add_output_arguments, fail, finish
 from benchmarks.runner_flags import (
-    RunnerParser,
     add_device_argument,
     add_precision_argument,
     resolve_precision,
 )
 from launch.config import Recipe
 from launch.trainer import ContrastiveStep, build_optimizer
+from runfolder.errors import OneLineParser, run_main
 from towers.profile import image_size_of
 
 MODES = ("train", "infer")
@@ -140,8 +140,8 @@ def summarise(contender: Contender, batch_size: int, modes: tuple[str, ...]) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = RunnerParser(prog="python -m benchmarks.throughput",
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.throughput",
+                           description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", metavar="NAME",
                         help="a towers model name, e.g. mixer-B-32 or transformer+mixer-tiny (random "
                              "weights; `python -m towers` lists them)")
@@ -252,4 +252,4 @@ def format_table(result: dict[str, Any], modes: tuple[str, ...]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

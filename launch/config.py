@@ -30,9 +30,9 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.runner_flags import RunnerParser
 from launch.decoders import DECODERS
 from launch.flag_help import PRECISION_HELP, field_help, precision_value, tracker_names
+from runfolder.errors import OneLineParser
 from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, TOY_TASKS
 from towers.precision import PRECISIONS, resolve_precision
 from towers.registry import FAMILIES, canonical_variant, model_kwargs, variant_table
@@ -265,9 +265,6 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         if f.name in vocabulary:
             kwargs["choices"] = vocabulary[f.name]
         parser.add_argument(_flag(f.name), **kwargs)
-
-
-OneLineParser = RunnerParser  # bad flags: one line and exit status 2, as in every runner
 
 
 def build_parser() -> argparse.ArgumentParser:

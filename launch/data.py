@@ -57,9 +57,9 @@ from benchmarks.data.shards import (
 from benchmarks.data.toy import VERSION as TOY_VERSION
 from benchmarks.data.toy import ensure_toy
 from benchmarks.provenance import write_json
-from benchmarks.runner_flags import RunnerParser
 from launch.decoders import DECODERS, DEFAULT_DECODER, DeviceDecoder, WorkerDecoder
 from launch.train_stream import TrainStream
+from runfolder.errors import OneLineParser, run_main
 
 DEFAULT_SHUFFLE_BUFFER = 5000  # samples, undecoded; open_clip's LAION default
 
@@ -370,7 +370,7 @@ def bench(spec: str | None, workers: int, image_size: int, batch_size: int, batc
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = RunnerParser(prog="python -m launch.data", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m launch.data", description=__doc__.split("\n")[0])
     parser.add_argument("--bench", action="store_true", help="measure loader throughput (the only mode)")
     parser.add_argument("--data", default=None, help="shard spec (brace pattern, '::' list or folder); "
                         "default: the toy train split")
@@ -403,4 +403,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -39,8 +39,8 @@ from pathlib import Path
 import psutil  # an Accelerate dependency
 import torch
 
-from benchmarks.runner_flags import RunnerParser
 from runfolder import RunFolder, point_latest
+from runfolder.errors import OneLineParser, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3010  # the recipe's length: both resume points lie inside it
@@ -232,7 +232,7 @@ def restore_bench(batches: int, shards: int = 3, per_shard: int = 10_000, buffer
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = RunnerParser(prog="python -m launch.resume_bench", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m launch.resume_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose launch/train.py is timed")
     parser.add_argument("--at", type=int, nargs=2, default=[10, 3000], help="the two resume steps")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -274,4 +274,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,9 +18,10 @@ import towers
 from launch.checkpointing import newest_readable, point_latest, resolve_checkpoint, restore_rng_state
 from launch.config import experiment_differences, with_legacy_text_mask
 from launch.trainer import learning_rate
+from runfolder.errors import InputError
 
 
-class RunError(Exception):
+class RunError(InputError):
     """Bad input found while setting a run up; reported as one line, exit status 2."""
 
 

@@ -82,6 +82,7 @@ from launch.trainer import (
     micro_batch_stream,
 )
 from runfolder import RunFolder
+from runfolder.errors import run_main
 from towers.checkpoints import latest_checkpoint
 from towers.precision import MIXED_PRECISION
 
@@ -452,4 +453,4 @@ def _train(accelerator: Accelerator, experiment: Experiment, options: RunOptions
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from results.runs import ReportInputError
+from runfolder.errors import OneLineParser, run_main
 
 PACKAGED = Path(__file__).with_name("published") / "published_results.csv"
 COLUMNS = ("family", "model", "dataset", "schedule", "samples_seen", "benchmark", "metric", "value", "source",
@@ -188,8 +189,8 @@ def build(source: Path, out: Path = PACKAGED) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.published", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m results.published", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("build", help="rewrite the packaged table from the shared source folder")
     make.add_argument("source", type=Path)
@@ -220,4 +221,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

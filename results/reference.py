@@ -30,6 +30,7 @@ from pathlib import Path
 
 from results.report import write_report
 from runfolder import RunFolder
+from runfolder.errors import OneLineParser, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 # Design choices (token mixing, text mask, steps) were made on seeds 0-2; the headline comparison runs on
@@ -62,8 +63,8 @@ def _trained_as(run_dirs: list[Path]) -> tuple[str, str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m results.reference", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m results.reference", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/reference"), help="output folder")
     parser.add_argument("--towers", nargs="+", default=["transformer", "mixer"], help="tower families")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(HEADLINE_SEEDS),
@@ -141,4 +142,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -41,6 +41,7 @@ from results.runs import (
 )
 from results.runs import describe_differences as describe
 from results.scores import add_checkpoint_evals, assign, load_scores
+from runfolder.errors import OneLineParser, run_main
 
 DEFAULT_SCORES = Path("results/scores")
 
@@ -252,7 +253,7 @@ def _min_differences(values: list[str], parser: argparse.ArgumentParser) -> dict
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m results.report", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m results.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training run folders (runs/<name>/)")
     parser.add_argument("--scores", type=Path, default=None,
                         help="benchmark score folder, <dir>/<benchmark>/<model-id>.json "
@@ -344,4 +345,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,13 +22,14 @@ from typing import Any
 import pandas as pd
 
 from runfolder import RunFolder
+from runfolder.errors import InputError
 
 EVAL_PREFIX = "eval/"
 TRAIN_COLUMNS = ("step", "samples_seen", "loss", "lr", "logit_scale", "samples_per_s", "data_wait_frac",
                  "grad_norm", "nonfinite_steps")
 
 
-class ReportInputError(ValueError):
+class ReportInputError(InputError):
     """Bad input a user can fix (missing run folder, malformed file, ...); the message is one line."""
 
 

@@ -26,13 +26,15 @@ from typing import Any
 
 import yaml
 
+from runfolder.errors import InputError
+
 DEFAULT_SPEC = Path(__file__).with_name("scaling") / "sweep.yaml"
 PHASES = ("tune", "check", "grid")  # the check before the grid: both need only the tuned lr
 # The fields a sweep varies; every other recipe field must be the same in all its runs (the report checks).
 SWEPT_RECIPE_FIELDS = ("steps", "cooldown_steps", "lr", "seed")
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A sweep specification a user can fix; the message is one line naming the file and the key."""
 
 

@@ -44,6 +44,7 @@ from results.scaling_spec import (
     train_flags,
 )
 from runfolder import atomic_write_text
+from runfolder.errors import OneLineParser, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -229,8 +230,8 @@ sbatch --dependency=afterok:$tune {out / 'check.sbatch'}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.scaling_sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m results.scaling_sweep", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("run", "chain", "slurm", "estimate"))
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="sweep specification (YAML)")
     parser.add_argument("--target", default=None, help="target in the spec (default: toy; slurm for `slurm`)")
@@ -298,4 +299,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

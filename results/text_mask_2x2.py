@@ -28,6 +28,7 @@ from pathlib import Path
 
 from results import reference
 from results.report import write_report
+from runfolder.errors import OneLineParser, run_main
 
 FAMILIES = ("transformer", "mixer")
 TEXT_MASKS = ("causal", "caption")  # towers.text_mask.TEXT_MASKS (results imports no model code)
@@ -61,8 +62,8 @@ def matched_runs(runs_dir: Path, text_masks: list[str]) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m results.text_mask_2x2", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m results.text_mask_2x2", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/text_mask"), help="output folder")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="recipe seeds per arm")
     parser.add_argument("--text-families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
@@ -112,4 +113,4 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

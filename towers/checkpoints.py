@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from runfolder import LATEST, latest_checkpoint  # noqa: F401 - re-exported
+from runfolder.errors import InputError
 from towers.clip import CLIP, available_models, build_from_config, build_model, create_model
 from towers.preprocess import image_transform
 from towers.transformer import VARIANTS as TRANSFORMER_VARIANTS
@@ -36,7 +37,7 @@ SHOWN_KEYS = 5
 LATEST_POINTER = LATEST  # a run's checkpoints/latest (runfolder owns the layout)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read or does not fit the model; the message is one line."""
 
 

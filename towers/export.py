@@ -15,7 +15,6 @@ anything but the run's own checkpoint, and that with `weights_only=True`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import load_file, save_file
 
+from runfolder.errors import InputError, OneLineParser, run_main
 from towers.checkpoints import LATEST_POINTER, CheckpointError, latest_checkpoint, read_checkpoint
 from towers.clip import CLIP, build_from_config
 
@@ -35,7 +35,7 @@ OPEN_CLIP_TEXT_PREFIXES = ("text.token_embedding.", "text.positional_embedding",
                            "text.ln_final.")
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """A run that cannot be exported as asked; the message is one line."""
 
 
@@ -160,13 +160,8 @@ def load_exported(folder: str | os.PathLike) -> CLIP:
                           f"{OPEN_CLIP_CONFIG} + {OPEN_CLIP_WEIGHTS})")
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {message}\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _OneLineParser(prog="python -m towers.export", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m towers.export", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="run dir (its checkpoints/latest) or a checkpoint file")
     parser.add_argument("--to", required=True, help="folder to write the model files into")
     parser.add_argument("--ours", action="store_true",
@@ -188,4 +183,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
