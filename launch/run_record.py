@@ -28,11 +28,12 @@ from accelerate.tracking import GeneralTracker, TensorBoardTracker, WandBTracker
 from benchmarks.provenance import command_line
 from launch.flag_help import tracker_names
 from runfolder import TENSORBOARD, RunFolder
+from runfolder.errors import InputError
 
 TENSORBOARD_FOLDER = TENSORBOARD  # RUN/tensorboard/ (runfolder owns the layout)
 
 
-class TrackerUnavailableError(RuntimeError):
+class TrackerUnavailableError(InputError):
     """A tracker was asked for whose package is not installed; the message is one line."""
 
 

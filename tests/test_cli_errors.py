@@ -97,12 +97,13 @@ def test_bad_input_classes_are_input_errors_and_control_flow_ones_are_not():
     """Callers keep catching the named classes; run_main catches them all, and never a control-flow one
     (a preemption, a stalled shard, a non-finite loss must not turn into exit status 2)."""
     from benchmarks.data import files, make_shards, shard_specs, tar_stream, timed_read
-    from launch import faults, run_resume, train, trainer
+    from launch import faults, run_record, run_resume, train, trainer
     from results import figures, runs, scaling_spec
     from towers import checkpoints, export
 
     for cls in (export.ExportError, checkpoints.CheckpointError, shard_specs.ShardSpecError,
-                runs.ReportInputError, scaling_spec.SpecError, run_resume.RunError):
+                runs.ReportInputError, scaling_spec.SpecError, run_resume.RunError,
+                run_record.TrackerUnavailableError):
         assert issubclass(cls, InputError) and cls is not InputError, cls
     assert files.InputError is make_shards.InputError is InputError
     for cls in (faults.Preempted, timed_read.ShardStalled, tar_stream.TarDamage, trainer.NonFiniteLossError,
