@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.provenance import ALLOW_DIRTY_HELP, require_clean_tree
 from results.scaling_spec import (
     DEFAULT_SPEC,
     PHASES,
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1,
                         help="`run`: chains trained at once, each run with its share of the cores "
                              "(small sizes leave cores idle in one process)")
+    parser.add_argument("--allow-dirty", action="store_true", help=f"`run`, `chain`: {ALLOW_DIRTY_HELP}")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: expected a whole number >= 1")
@@ -268,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             from results.scaling_estimate import estimate
             estimate(spec, t, out, launcher, args.estimate_steps)
             return 0
+        if not args.dry_run:  # `estimate` times a few steps and `slurm` writes scripts: neither commits runs
+            require_clean_tree(args.allow_dirty)
         runs_dir.mkdir(parents=True, exist_ok=True)
         executor = Executor(t, runs_dir, launcher, out / "commands.log", args.keep_checkpoints, args.dry_run,
                             timings_file=None if args.dry_run else out / "timings.json", jobs=args.jobs)
