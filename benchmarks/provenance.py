@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import math
 import platform
 import re
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
-from benchmarks.data.files import REPO_ROOT, InputError
+from benchmarks.data.files import InputError
 from benchmarks.encoder import Encoder, load_encoder
 from benchmarks.runner_flags import (  # noqa: F401 - the runners' flags, re-exported
     add_model_arguments,
@@ -38,6 +36,7 @@ from benchmarks.runner_flags import (  # noqa: F401 - the runners' flags, re-exp
     resolve_precision,
 )
 from runfolder import atomic_write_text
+from runfolder.code_version import code_version, git_commit  # noqa: F401 - re-exported
 
 # Bump a runner's version whenever a change could move its numbers (data, protocol, metric).
 BENCHMARK_VERSIONS = {
@@ -84,73 +83,6 @@ def encoder_from_args(args: argparse.Namespace) -> Encoder:
         fail(str(exc))
     except ValueError as exc:  # towers.CheckpointError and friends: already one line
         fail(f"--model {args.model or args.open_clip}: {exc}")
-
-
-def _git(*argv: str) -> bytes:
-    return subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, timeout=10, check=True).stdout
-
-
-def tree_changes() -> list[str] | None:
-    """Tracked files that differ from HEAD (``git status --porcelain --untracked-files=no``), in git's
-    order; None outside a git checkout (an sdist install)."""
-    try:
-        status = _git("status", "--porcelain", "--untracked-files=no").decode()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return [line[3:] for line in status.splitlines() if line.strip()]
-
-
-def git_commit() -> str | None:
-    """Commit of this code, with ``-dirty`` when the work tree has changes; None outside a git checkout."""
-    changes = tree_changes()
-    try:
-        commit = _git("rev-parse", "HEAD").decode().strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if changes else "")
-
-
-def git_diff_sha256() -> str | None:
-    """sha256 of ``git diff HEAD --binary`` when tracked files changed: the patch a ``-dirty`` run was
-    trained with, so the run can be matched to it; None on a clean tree or outside a git checkout."""
-    if not tree_changes():
-        return None
-    try:
-        return hashlib.sha256(_git("diff", "HEAD", "--binary")).hexdigest()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def code_version() -> dict[str, str | None]:
-    """The code a run was trained with, as its config.json records it: commit and the dirty diff's hash."""
-    return {"git_commit": git_commit(), "git_diff_sha256": git_diff_sha256()}
-
-
-ALLOW_DIRTY_HELP = ("train from a work tree whose tracked files have uncommitted changes; each run's "
-                    "config.json then records git_diff_sha256, the sha256 of `git diff HEAD --binary`")
-_said: set[str] = set()  # notes said once a process: a driver calls another driver once per arm
-
-
-def _note_once(message: str) -> None:
-    if message not in _said:
-        _said.add(message)
-        print(f"note: {message}", file=sys.stderr, flush=True)
-
-
-def require_clean_tree(allow_dirty: bool) -> None:
-    """A training driver's guard: exit 2 naming the changed files when the tree is dirty and
-    ``--allow-dirty`` was not given, so committed results come from commits in the history."""
-    changes = tree_changes()
-    if changes is None:
-        _note_once(f"{REPO_ROOT} is not a git checkout: runs record no commit")
-        return
-    if not changes:
-        return
-    shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
-    if not allow_dirty:
-        fail(f"the work tree has uncommitted changes to tracked files ({shown}); commit them, or pass "
-             "--allow-dirty to train anyway (each run then records the diff's sha256)")
-    _note_once(f"training from a dirty tree ({shown}): each run's config.json records git_diff_sha256")
 
 
 def library_versions() -> dict[str, str | None]:

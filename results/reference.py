@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.provenance import ALLOW_DIRTY_HELP, require_clean_tree
 from results.report import write_report
 from runfolder import RunFolder
+from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 
 REPO = Path(__file__).resolve().parents[1]
 # Design choices (token mixing, text mask, steps) were made on seeds 0-2; the headline comparison runs on

@@ -31,7 +31,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.provenance import ALLOW_DIRTY_HELP, require_clean_tree
 from results.scaling_spec import (
     DEFAULT_SPEC,
     PHASES,
@@ -45,6 +44,7 @@ from results.scaling_spec import (
     train_flags,
 )
 from runfolder import atomic_write_text
+from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,9 +26,9 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.provenance import ALLOW_DIRTY_HELP, require_clean_tree
 from results import reference
 from results.report import write_report
+from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 
 FAMILIES = ("transformer", "mixer")
 TEXT_MASKS = ("causal", "caption")  # towers.text_mask.TEXT_MASKS (results imports no model code)

@@ -1,18 +1,19 @@
 """The training drivers refuse a work tree with uncommitted changes unless --allow-dirty, and a dirty run's
 config.json carries the sha256 of its diff; checked on a temporary git repository standing in for the
-checkout (benchmarks.provenance.REPO_ROOT), with the training call replaced or shortened to 2 steps."""
+checkout (runfolder.code_version.REPO_ROOT), with the training call replaced or shortened to 2 steps."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import provenance
 from results import reference, scaling_sweep, text_mask_2x2
+from runfolder import code_version
 
 GIT = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]
 
@@ -31,8 +32,8 @@ def repo(tmp_path, monkeypatch) -> Path:
     (root / "notes.md").write_text("a note\n")
     _git(root, "add", ".")
     _git(root, "commit", "-q", "-m", "first")
-    monkeypatch.setattr(provenance, "REPO_ROOT", root)
-    monkeypatch.setattr(provenance, "_said", set())
+    monkeypatch.setattr(code_version, "REPO_ROOT", root)
+    monkeypatch.setattr(code_version, "_said", set())
     return root
 
 
@@ -72,8 +73,8 @@ def test_more_than_three_changed_files_are_counted_not_listed(repo):
         (repo / f"f{k}.py").write_text("x\n")
     _git(repo, "add", ".")
     with pytest.raises(SystemExit):
-        provenance.require_clean_tree(allow_dirty=False)
-    assert provenance.tree_changes() == [f"f{k}.py" for k in range(5)]
+        code_version.require_clean_tree(allow_dirty=False)
+    assert code_version.tree_changes() == [f"f{k}.py" for k in range(5)]
 
 
 def test_allow_dirty_trains_and_each_run_stamps_the_sha256_of_its_diff(repo, tmp_path, monkeypatch, capsys):
@@ -103,7 +104,7 @@ def test_a_clean_tree_runs_without_a_word_and_stamps_no_diff(repo, tmp_path, mon
     text_mask_2x2.main(["--out", str(tmp_path / "out"), "--seeds", "0", "--skip-sts", "--skip-word-order",
                         "--no-report"])
     assert len(calls) == 8 and "note:" not in capsys.readouterr().err
-    assert provenance.code_version() == {"git_commit": _git(repo, "rev-parse", "HEAD").decode().strip(),
+    assert code_version.code_version() == {"git_commit": _git(repo, "rev-parse", "HEAD").decode().strip(),
                                          "git_diff_sha256": None}
 
 
@@ -111,12 +112,22 @@ def test_outside_a_git_checkout_the_drivers_run_and_say_so_once(tmp_path, monkey
     unpacked = tmp_path / "sdist"
     unpacked.mkdir()
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no checkout above tmp_path counts
-    monkeypatch.setattr(provenance, "REPO_ROOT", unpacked)
-    monkeypatch.setattr(provenance, "_said", set())
+    monkeypatch.setattr(code_version, "REPO_ROOT", unpacked)
+    monkeypatch.setattr(code_version, "_said", set())
     calls = _calls(monkeypatch)
     # the 2x2 calls results.reference once per arm: 8 arms, one note
     text_mask_2x2.main(["--out", str(tmp_path / "out"), "--seeds", "0", "--skip-sts", "--skip-word-order",
                         "--no-report"])
     err = capsys.readouterr().err
     assert len(calls) == 8 and err.count("is not a git checkout") == 1, err
-    assert provenance.code_version() == {"git_commit": None, "git_diff_sha256": None}
+    assert code_version.code_version() == {"git_commit": None, "git_diff_sha256": None}
+
+
+def test_the_guard_keeps_the_drivers_free_of_model_code():
+    """The drivers train in subprocesses; the tree check must not pull torch into them."""
+    code = ("import sys, results.reference, results.text_mask_2x2, results.scaling_sweep; "
+            "bad = [m for m in ('torch', 'towers', 'launch') if m in sys.modules]; print(bad); "
+            "sys.exit(bool(bad))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
