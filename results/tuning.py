@@ -199,7 +199,8 @@ def choice_rule() -> str:
 def _recipe_rows(arms: dict[str, Any], towers: list[str]) -> list[str]:
     shown = {
         "launch/train.py flags": lambda a: f"`{a['train_flags']}`",
-        "own recipe fields": lambda a: ", ".join(f"{k}={v}" for k, v in a["recipe_fields"].items()),
+        "own recipe fields": lambda a: ", ".join(f"{k}={'(default)' if v is None else v}"
+                                                 for k, v in a["recipe_fields"].items()),
         "towers": lambda a: ", ".join(f"{k}={v}" for k, v in a["towers"].items()),
         "recipe_sha256 by seed": lambda a: "<br>".join(f"seed {seed}: `{sha}`"
                                                        for seed, sha in a["recipe_sha256_by_seed"].items()),
@@ -247,7 +248,7 @@ def markdown(summary: dict[str, Any]) -> str:
         if not arms[t]["seed_sd_df"]:
             lines.append(f"- {name}: no seed sd yet (it needs a finished, eligible config).")
             continue
-        pooled = ", ".join(arms[t]["seed_sd_pooled_over"])
+        pooled = "; ".join(arms[t]["seed_sd_pooled_over"])
         lines.append(f"- {name}: seed sd of seen top-1 {arms[t]['seed_sd']:.2f} points, pooled within "
                      f"configs over {pooled} ({arms[t]['seed_sd_df']} df).")
     power = summary["power"]
