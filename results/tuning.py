@@ -164,9 +164,9 @@ def headline_commands(chosen: dict[str, Measured], n: int, out: str) -> list[str
     commands = [shlex.join(["python", "-m", "results.reference", "--towers", tower, "--seeds", *seeds,
                             "--out", out, "--train-flags", m.cell.train_flags(), "--no-report"])
                 for tower, m in chosen.items()]
-    # the arms' recipes differ (lr, warmup, init) by design: the report keeps them apart and says so
+    # each arm at its own tuned recipe: the report groups runs by tower pair and states each arm's recipe
     return commands + [f"python -m results.report {out}/runs/* --scores {out}/scores --out {out}/report "
-                       "--allow-mixed --primary toy_top1_seen"]
+                       "--recipe-per-arm --primary toy_top1_seen"]
 
 
 def _seen_cell(row: dict[str, Any], stage2: bool) -> str:

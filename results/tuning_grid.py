@@ -8,7 +8,6 @@ there (its module docstring) and in docs/toy-protocol.md#equal-tuning.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from scipy import stats
 
 from results.runs import ReportInputError, Run, load_run
 from results.significance import CONFIDENCE
+from results.tables import seedless_sha256
 from runfolder import RunFolder
 
 TOWERS = ("transformer", "mixer")
@@ -198,13 +198,6 @@ def seeds_for_half_width(sd_a: float, sd_b: float, half_width: float = HALF_WIDT
     return low
 
 
-def seed_free_sha256(identity: dict[str, Any]) -> str:
-    """sha256 of a run's recorded recipe_identity without its seed (canonical JSON, as Recipe.sha256
-    hashes the whole identity): one hash for every seed of one recipe."""
-    rest = {key: value for key, value in identity.items() if key != "seed"}
-    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def headline_recipe(chosen: dict[str, Measured]) -> dict[str, Any]:
     """Each arm's recipe as its chosen config's runs recorded it (config.json: experiment, recipe_identity,
     recipe_sha256), split into the fields both arms share and each arm's own."""
@@ -227,6 +220,6 @@ def headline_recipe(chosen: dict[str, Measured]) -> dict[str, Any]:
             "towers": {key: experiment.get(key)
                        for key in ("image_tower", "text_tower", "variant", "token_mixing")},
             "recipe_sha256_by_seed": {str(run.seed): run.recipe_sha256 for run in m.runs},
-            "recipe_sha256_without_seed": seed_free_sha256(identities[tower]),
+            "recipe_sha256_without_seed": seedless_sha256(identities[tower]),
         }
     return {"shared": shared, "arms": arms}
