@@ -220,10 +220,11 @@ python -m results.scaling_sweep chain --spec {shlex.quote(str(spec_path))} --tar
     submit = out / "submit.sh"
     submit.write_text(f"""#!/bin/bash
 # Submit the sweep: tuning, then the grid and the branch check once tuning has finished.
+# Arguments go on to every chain (`bash submit.sh --allow-dirty`).
 set -euo pipefail
-tune=$(sbatch --parsable {out / 'tune.sbatch'})
-sbatch --dependency=afterok:$tune {out / 'grid.sbatch'}
-sbatch --dependency=afterok:$tune {out / 'check.sbatch'}
+tune=$(sbatch --parsable {out / 'tune.sbatch'} "$@")
+sbatch --dependency=afterok:$tune {out / 'grid.sbatch'} "$@"
+sbatch --dependency=afterok:$tune {out / 'check.sbatch'} "$@"
 """)
     submit.chmod(0o755)
     return [*written, submit]
