@@ -77,7 +77,7 @@ def test_more_than_three_changed_files_are_counted_not_listed(repo):
     assert code_version.tree_changes() == [f"f{k}.py" for k in range(5)]
 
 
-@pytest.mark.slow  # trains 2 steps in this process: ~8 s on a quiet 2-core CPU, 29 s under load
+@pytest.mark.slow  # trains 2 steps in this process: 29 s on the 2-core EPYC with both cores busy
 def test_allow_dirty_trains_and_each_run_stamps_the_sha256_of_its_diff(repo, tmp_path, monkeypatch, capsys):
     from launch import train  # torch: imported here, the refusal tests need none of it
 
