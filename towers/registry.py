@@ -24,11 +24,12 @@ from typing import Any
 
 from torch import nn
 
-from towers import mixer, transformer
+from towers import cnn, mixer, transformer
 
 FAMILIES: dict[str, ModuleType | Any] = {
     "transformer": transformer,
     "mixer": mixer,
+    "cnn": cnn,
 }
 MODALITIES = ("image", "text")
 ENTRY_POINT_GROUP = "mixclip.towers"
