@@ -13,7 +13,7 @@ average-pooled features of the last stage, `width` = its channels (x4 with Bottl
   CLIP's ModifiedResNet's stem; timm's 7x7 stem has 64 channels whatever the width) without its max-pool:
   /16 in all, a 4x4 map at 64 px. A ResNet's usual /32 would leave 2x2, its last stage's 3x3 convs then
   mostly padding; a stride-1 stem (/8, the ViT's 8x8 patch grid) would cost 2.5x the ViT's FLOPs, where
-  /16 costs 0.6x (docs/design.md has the counts).
+  /16 costs 0.6x (docs/usage.md has the counts).
 - `S/32`, `B/32`, `B/16` are timm's resnet18, resnet34 and resnet50 trunks exactly (7x7 stem, max-pool,
   /32: 7x7 at 224 px), widths 512, 512 and 2048.
 
