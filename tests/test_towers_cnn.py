@@ -161,6 +161,47 @@ def test_eval_mode_uses_running_statistics_and_train_mode_the_batchs():
     assert stem.num_batches_tracked.item() == before[1] + 2
 
 
+def test_finite_batch_norm_trains_as_torchs_batch_norm():
+    torch.manual_seed(0)
+    ours, reference = cnn.FiniteBatchNorm2d(6), torch.nn.BatchNorm2d(6)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5), ours.bias.uniform_(-1, 1)
+    reference.load_state_dict(ours.state_dict())
+    for seed in range(3):
+        x = torch.randn(5, 6, 4, 4, generator=torch.Generator().manual_seed(seed)) * 3 + 1
+        x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_ours, out_ref = ours(x_ours), reference(x_ref)
+        (out_ours * torch.arange(16.0).reshape(4, 4)).sum().backward()
+        (out_ref * torch.arange(16.0).reshape(4, 4)).sum().backward()
+        assert torch.equal(out_ours, out_ref) and torch.equal(x_ours.grad, x_ref.grad)
+        theirs = reference.state_dict()
+        assert all(torch.equal(value, theirs[key]) for key, value in ours.state_dict().items())
+    assert torch.equal(ours.weight.grad, reference.weight.grad) and ours.num_batches_tracked.item() == 3
+    ours.eval(), reference.eval()
+    assert torch.equal(ours(x), reference(x))
+
+
+def test_a_non_finite_batch_leaves_the_running_statistics_as_they_were():
+    torch.manual_seed(0)
+    tower = towers.build_tower("cnn", "image", "w64").train()
+    bad = torch.rand(4, 3, 64, 64)
+    bad[1, :, 5, 5] = math.nan
+    plain = torch.nn.BatchNorm2d(3).train()
+    plain(bad)
+    assert plain.running_mean.isnan().all()  # what a plain BatchNorm keeps after such a step
+    with torch.no_grad():
+        tower(torch.rand(4, 3, 64, 64))
+        before = {name: (m.running_mean.clone(), m.running_var.clone())
+                  for name, m in _batch_norms(tower).items()}
+        tower(bad)
+        for name, norm in _batch_norms(tower).items():
+            assert torch.equal(norm.running_mean, before[name][0]) and torch.equal(norm.running_var,
+                                                                                   before[name][1]), name
+        tower(torch.rand(4, 3, 64, 64))  # a finite batch moves them again
+    assert not torch.equal(tower.bn1.running_mean, before["bn1"][0])
+    assert all(torch.isfinite(m.running_var).all() for m in _batch_norms(tower).values())
+
+
 def _assert_same_statistics(first: towers.CLIP, second: towers.CLIP) -> None:
     norms = _batch_norms(first.visual)
     assert norms and norms.keys() == _batch_norms(second.visual).keys()

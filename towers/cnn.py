@@ -38,6 +38,8 @@ BatchNorm (the only family with batch statistics):
 - eval (`model.eval()`: what `towers.load` returns and what the zero-shot encoder sets): the running
   statistics, so an image's features do not depend on the batch it is scored in. They are buffers in
   the state dict, saved and restored with the weights by checkpoints and `towers.export`.
+- a forward with a non-finite batch statistic (a step the trainer then skips) leaves the running
+  statistics as they were (`FiniteBatchNorm2d`), so one bad step cannot spoil every later evaluation.
 
     tower = towers.build_tower("cnn", "image", "w96")        # (B, 3, 64, 64) -> (B, 96)
     model = towers.create_model("cnn-B-32")                  # resnet34 + ViT-B/32's text Transformer
@@ -46,6 +48,7 @@ BatchNorm (the only family with batch statistics):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from open_clip.transformer import AttentionalPooler
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
@@ -81,6 +84,29 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+class FiniteBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose running statistics keep their last finite values. The trainer skips a step with
+    a non-finite loss or gradient and goes on; without this, that step's forward would already have
+    written NaN or inf into statistics that every later evaluation and checkpoint reads, for good. Costs
+    two copies of 2 x C values a layer a step, and no host sync."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.track_running_stats):
+            return super().forward(x)
+        self._check_input_dim(x)
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        # batch_norm updates these copies in place and saves them for the backward pass, so the
+        # buffers are set from them after (setting the saved tensors would break the backward)
+        mean, var = self.running_mean.clone(), self.running_var.clone()
+        out = F.batch_norm(x, mean, var, self.weight, self.bias, True, momentum, self.eps)
+        with torch.no_grad():
+            finite = torch.isfinite(mean).all() & torch.isfinite(var).all()
+            self.running_mean.copy_(torch.where(finite, mean, self.running_mean))
+            self.running_var.copy_(torch.where(finite, var, self.running_var))
+        return out
+
+
 class ResNetImageTower(ResNet):
     """timm's ResNet without a head: (B, 3, H, W) -> (B, width) pooled features of the last stage."""
 
@@ -92,7 +118,7 @@ class ResNetImageTower(ResNet):
                              f"of {list(IMAGE_INITS)} / {list(IMAGE_POOLS)} / {list(BLOCKS)}")
         super().__init__(BLOCKS[block], tuple(layers), num_classes=0, channels=tuple(channels),
                          stem_type="deep" if deep_stem else "", stem_width=stem_width, global_pool="avg",
-                         drop_path_rate=drop_path_rate)
+                         norm_layer=FiniteBatchNorm2d, drop_path_rate=drop_path_rate)
         if not stem_pool:  # the name `maxpool` stays timm's, so its state dict keys do too
             self.maxpool = nn.Identity()
         self.width = self.num_features
