@@ -252,3 +252,23 @@ def test_two_step_training_run(tmp_path):
     # one update per training step: the evaluation ran in eval mode and left the statistics alone
     assert state["visual.bn1.num_batches_tracked"].item() == 2
     assert not state["visual.bn1.running_var"].eq(1).all()
+
+
+def test_grad_checkpointing_gives_the_same_gradients_and_recomputes_the_blocks():
+    from open_clip.loss import ClipLoss
+
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    tokens = towers.tokenize([f"shape {i}" for i in range(8)], 16)
+    models = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = towers.create_model("cnn-w64", text_overrides={"context_length": 16}).train()
+        model.set_grad_checkpointing(checkpointing)
+        ClipLoss()(*model(images, tokens)).backward()
+        models.append(model)
+    plain, checkpointed = models
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-6, msg=name)
+    # the recompute runs each block's BatchNorms a second time (the docstring's "counts that batch twice")
+    assert plain.visual.layer1[0].bn1.num_batches_tracked.item() == 1
+    assert checkpointed.visual.layer1[0].bn1.num_batches_tracked.item() == 2
