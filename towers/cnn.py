@@ -35,6 +35,8 @@ BatchNorm (the only family with batch statistics):
   each process normalises with its own per-process batch (no SyncBatchNorm, as CLIP trained its ResNets)
   and the trainer does not broadcast buffers, so each process keeps its own running statistics; the
   checkpoint holds process 0's. Accumulation is therefore not exactly a larger batch for this family.
+  At B/32 on 16 GPUs x 256 a process's BatchNorm sees 256 images (7 x 7 positions each in the last
+  stage) a step, and its running statistics average about the last 10 steps of that process.
 - eval (`model.eval()`: what `towers.load` returns and what the zero-shot encoder sets): the running
   statistics, so an image's features do not depend on the batch it is scored in. They are buffers in
   the state dict, saved and restored with the weights by checkpoints and `towers.export`.
