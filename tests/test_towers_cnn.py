@@ -227,6 +227,8 @@ def test_checkpoint_and_export_round_trip_the_batch_norm_statistics(tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "open_clip cannot hold the cnn image tower" in err
     exported, _ = towers.load(tmp_path / "out")
+    # the cnn family's text tower is open_clip's text Transformer: with a ViT image tower it exports
+    assert export.open_clip_refusal(towers.create_model("transformer+cnn-tiny").model_config) is None
     for back in (loaded, exported):
         _assert_same_statistics(model, back)
         with torch.no_grad():
