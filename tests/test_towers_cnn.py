@@ -236,7 +236,7 @@ def test_checkpoint_and_export_round_trip_the_batch_norm_statistics(tmp_path, ca
             assert torch.equal(back.encode_text(tokens), model.encode_text(tokens))
 
 
-@pytest.mark.slow  # 2 steps + an eval in this process: 38-85 s on the busy 2-core EPYC, toy set made
+@pytest.mark.slow  # 2 steps + an eval in this process: 38-85 s on the busy 2-core EPYC with the toy set made
 def test_two_step_training_run(tmp_path):
     args = ["--tower", "cnn", "--steps", "2", "--warmup-steps", "1", "--batch-size", "16", "--eval-samples",
             "32", "--workers", "1", "--log-every", "1", "--runs-dir", str(tmp_path), "--name", "cnn-seed0"]
