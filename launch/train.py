@@ -39,7 +39,7 @@ from benchmarks.data.files import InputError
 from benchmarks.data.shards import SKIP_KINDS, ShardSpecError
 from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import eval_set, zero_shot_eval
-from benchmarks.provenance import command_line, git_commit, library_versions, write_json
+from benchmarks.provenance import code_version, command_line, library_versions, write_json
 from benchmarks.toy_zeroshot import summary_line
 from launch.checkpointing import WRITING, CheckpointWriter, capture_rng_state
 from launch.config import (
@@ -160,7 +160,7 @@ class TrainingRun(RunResume):
             "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe_sha256,
             "recipe_identity": self.identity["recipe"], "run_options": dataclasses.asdict(self.options),
             "command": command_line(),
-            "git_commit": git_commit(), "versions": library_versions(), "world_size": world,
+            **code_version(), "versions": library_versions(), "world_size": world,
             "global_batch_size": self.recipe.batch_size * world * self.recipe.accum,
             "device": str(self.accelerator.device), "torch_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "precision": self.precision,

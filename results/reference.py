@@ -30,6 +30,7 @@ from pathlib import Path
 
 from results.report import write_report
 from runfolder import RunFolder
+from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 
 REPO = Path(__file__).resolve().parents[1]
 # Design choices (token mixing, text mask, steps) were made on seeds 0-2; the headline comparison runs on
@@ -84,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-prefix", default=None,
                         help="name the runs <prefix>-seed<k> instead of <tower>-seed<k> (one tower only), so "
                         "the arms of a sweep share one --out, e.g. --run-prefix mixer-caption")
+    parser.add_argument("--allow-dirty", action="store_true", help=ALLOW_DIRTY_HELP)
     args = parser.parse_args(argv)
+    if not args.skip_training:
+        require_clean_tree(args.allow_dirty)
     if args.run_prefix and len(args.towers) != 1:
         parser.error(f"--run-prefix {args.run_prefix}: expected one --towers entry, got {args.towers}")
     out = args.out
