@@ -13,7 +13,7 @@ readable one. Zero-shot accuracy on that toy set's val split (when training on t
 (`--imagenet-val PATH`: ILSVRC or ImageNetV2 folder, or shards with `.cls`) is scored at the end and
 every `--eval-every` steps by `benchmarks.imagenet_zeroshot`, every process scoring its share.
 
-    accelerate launch launch/train.py --tower transformer                 # the default run (README: its time)
+    accelerate launch launch/train.py --tower transformer        # the default run (its time: docs/results.md)
     accelerate launch --config_file launch/accelerate/cpu.yaml launch/train.py --tower mixer --steps 20
     accelerate launch launch/train.py --tower mixer --imagenet-val /data/imagenet/val --eval-every 150
     python launch/train.py --help

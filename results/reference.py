@@ -5,7 +5,7 @@ the benchmarks score every run (STS on the 7 local sets, the toy word-order task
 val split comes from the run's own final evaluation), throughput is timed for both tower pairs, and
 `results.report` writes the report. Commands run as subprocesses: `results` imports no model code.
 
-    python -m results.reference                      # all of it (README: how long it takes)
+    python -m results.reference                      # all of it (docs/results/reference.md: how long)
     python -m results.reference --seeds 0 --towers mixer transformer --out /tmp/ref
     python -m results.reference --seeds 0 --out results/lr_sweep/lr5e-4 --train-flags "--lr 5e-4" \
         --skip-sts --skip-word-order --skip-throughput --no-report   # one point of an lr sweep
