@@ -40,7 +40,8 @@ from runfolder.errors import OneLineParser, run_main
 RECIPE = REPO_ROOT / "launch" / "configs" / "laion400m-b32.yaml"
 SHARED_IMAGENET = REPO_ROOT.parent / "shared" / "data" / "imagenet_samples"  # 1,000 ILSVRC val images
 TOWERS = ("mixer", "transformer")
-# Sizes: on a GPU the (batch 256, ~120 steps, B/32); on CPU the least that exercises each stage.
+# Sizes: on a GPU the comparison's own step (B/32, batch 256) for ~120 steps; on CPU the least that
+# exercises each stage.
 GPU_SIZE = {"variant": "B/32", "batch": 256, "steps": 120, "every": 60, "samples": 8192, "side": 256}
 CPU_SIZE = {"variant": "tiny", "batch": 8, "steps": 6, "every": 2, "samples": 64, "side": 64}
 LOSS_CLOSE = 0.05  # resumed vs uninterrupted, relative: bf16, cuBLAS and SDPA are not deterministic

@@ -22,14 +22,13 @@ import math
 import platform
 import re
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.data.files import REPO_ROOT, InputError
+from benchmarks.data.files import InputError
 from benchmarks.encoder import Encoder, load_encoder
 from benchmarks.runner_flags import (  # noqa: F401 - the runners' flags, re-exported
     add_model_arguments,
@@ -37,6 +36,7 @@ from benchmarks.runner_flags import (  # noqa: F401 - the runners' flags, re-exp
     resolve_precision,
 )
 from runfolder import atomic_write_text
+from runfolder.code_version import code_version, git_commit  # noqa: F401 - re-exported
 from runfolder.errors import fail  # noqa: F401 - re-exported: the runners' one-line exit 2
 
 # Bump a runner's version whenever a change could move its numbers (data, protocol, metric).
@@ -80,19 +80,6 @@ def encoder_from_args(args: argparse.Namespace) -> Encoder:
         fail(f"--model {args.model or args.open_clip}: {exc}")
 
 
-def git_commit() -> str | None:
-    """Commit of this code, with ``-dirty`` when the work tree has changes; None outside a git checkout."""
-    def git(*argv: str) -> str:
-        return subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
-
-
 def library_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in _VERSIONED_PACKAGES:
@@ -127,7 +114,7 @@ def stamp(benchmark: str, metrics: dict[str, Any], encoder: Encoder | None = Non
         "model": info,
         "checkpoint_sha256": info.get("checkpoint_sha256"),
         "recipe_sha256": info.get("recipe_sha256"),
-        "git_commit": git_commit(),
+        **code_version(),
         "versions": library_versions(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command_line(),

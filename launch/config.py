@@ -48,7 +48,7 @@ COOLDOWN_FRACTION = 0.2  # the default cooldown, as in the scaling sweep (Hägel
 # The default warmup: the default run's 40 of its 640 steps, so it follows --steps (1 step: none, 20: 1);
 # the committed runs that left it out and still replay trained 640 steps: their hashes are unchanged.
 WARMUP_FRACTION = 1 / 16
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the committed recipes (README: Training)
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the committed recipes (docs/usage.md: Training)
 # Fields added after runs were committed: hashed only when set away from their default, so every
 # committed run's recipe_sha256 stays what it was.
 HASHED_WHEN_SET = {"image_init": "library", "image_pool": "library"}

@@ -13,7 +13,7 @@ readable one. Zero-shot accuracy on that toy set's val split (when training on t
 (`--imagenet-val PATH`: ILSVRC or ImageNetV2 folder, or shards with `.cls`) is scored at the end and
 every `--eval-every` steps by `benchmarks.imagenet_zeroshot`, every process scoring its share.
 
-    accelerate launch launch/train.py --tower transformer                 # the default run (README: its time)
+    accelerate launch launch/train.py --tower transformer        # the default run (its time: docs/results.md)
     accelerate launch --config_file launch/accelerate/cpu.yaml launch/train.py --tower mixer --steps 20
     accelerate launch launch/train.py --tower mixer --imagenet-val /data/imagenet/val --eval-every 150
     python launch/train.py --help
@@ -39,7 +39,7 @@ from benchmarks.data.files import InputError
 from benchmarks.data.shards import SKIP_KINDS, ShardSpecError
 from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import eval_set, zero_shot_eval
-from benchmarks.provenance import command_line, git_commit, library_versions, write_json
+from benchmarks.provenance import code_version, command_line, library_versions, write_json
 from benchmarks.toy_zeroshot import summary_line
 from launch.checkpointing import WRITING, CheckpointWriter, capture_rng_state
 from launch.config import (
@@ -161,7 +161,7 @@ class TrainingRun(RunResume):
             "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe_sha256,
             "recipe_identity": self.identity["recipe"], "run_options": dataclasses.asdict(self.options),
             "command": command_line(),
-            "git_commit": git_commit(), "versions": library_versions(), "world_size": world,
+            **code_version(), "versions": library_versions(), "world_size": world,
             "global_batch_size": self.recipe.batch_size * world * self.recipe.accum,
             "device": str(self.accelerator.device), "torch_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "precision": self.precision,

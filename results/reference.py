@@ -5,7 +5,7 @@ the benchmarks score every run (STS on the 7 local sets, the toy word-order task
 val split comes from the run's own final evaluation), throughput is timed for both tower pairs, and
 `results.report` writes the report. Commands run as subprocesses: `results` imports no model code.
 
-    python -m results.reference                      # all of it (README: how long it takes)
+    python -m results.reference                      # all of it (docs/results/reference.md: how long)
     python -m results.reference --seeds 0 --towers mixer transformer --out /tmp/ref
     python -m results.reference --seeds 0 --out results/lr_sweep/lr5e-4 --train-flags "--lr 5e-4" \
         --skip-sts --skip-word-order --skip-throughput --no-report   # one point of an lr sweep
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from results.report import write_report
 from runfolder import RunFolder
+from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 from runfolder.errors import OneLineParser, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-prefix", default=None,
                         help="name the runs <prefix>-seed<k> instead of <tower>-seed<k> (one tower only), so "
                         "the arms of a sweep share one --out, e.g. --run-prefix mixer-caption")
+    parser.add_argument("--allow-dirty", action="store_true", help=ALLOW_DIRTY_HELP)
     args = parser.parse_args(argv)
+    if not args.skip_training:
+        require_clean_tree(args.allow_dirty)
     if args.run_prefix and len(args.towers) != 1:
         parser.error(f"--run-prefix {args.run_prefix}: expected one --towers entry, got {args.towers}")
     out = args.out

@@ -50,7 +50,8 @@ def command_for(run_dirs: list[str], scores_dir: str | Path | None, out_dir: str
                 allow_mixed: bool, options: list[str] | None = None) -> str:
     """The command that regenerates the report, wrapped at 100 characters with shell continuations."""
     argv = ["python", "-m", "results.report", *run_dirs]
-    if scores_dir is not None:
+    # a default folder that does not exist was not read: naming it would make the command fail
+    if scores_dir is not None and Path(scores_dir).is_dir():
         argv += ["--scores", str(scores_dir)]
     argv += ["--out", str(out_dir)] + (["--allow-mixed"] if allow_mixed else []) + (options or [])
     lines, line = [], ""

@@ -44,6 +44,7 @@ from results.scaling_spec import (
     train_flags,
 )
 from runfolder import atomic_write_text
+from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 from runfolder.errors import OneLineParser, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,10 +221,11 @@ python -m results.scaling_sweep chain --spec {shlex.quote(str(spec_path))} --tar
     submit = out / "submit.sh"
     submit.write_text(f"""#!/bin/bash
 # Submit the sweep: tuning, then the grid and the branch check once tuning has finished.
+# Arguments go on to every chain (`bash submit.sh --allow-dirty`).
 set -euo pipefail
-tune=$(sbatch --parsable {out / 'tune.sbatch'})
-sbatch --dependency=afterok:$tune {out / 'grid.sbatch'}
-sbatch --dependency=afterok:$tune {out / 'check.sbatch'}
+tune=$(sbatch --parsable {out / 'tune.sbatch'} "$@")
+sbatch --dependency=afterok:$tune {out / 'grid.sbatch'} "$@"
+sbatch --dependency=afterok:$tune {out / 'check.sbatch'} "$@"
 """)
     submit.chmod(0o755)
     return [*written, submit]
@@ -248,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1,
                         help="`run`: chains trained at once, each run with its share of the cores "
                              "(small sizes leave cores idle in one process)")
+    parser.add_argument("--allow-dirty", action="store_true", help=f"`run`, `chain`: {ALLOW_DIRTY_HELP}")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: expected a whole number >= 1")
@@ -269,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             from results.scaling_estimate import estimate
             estimate(spec, t, out, launcher, args.estimate_steps)
             return 0
+        if not args.dry_run:  # `estimate` times a few steps and `slurm` writes scripts: neither commits runs
+            require_clean_tree(args.allow_dirty)
         runs_dir.mkdir(parents=True, exist_ok=True)
         executor = Executor(t, runs_dir, launcher, out / "commands.log", args.keep_checkpoints, args.dry_run,
                             timings_file=None if args.dry_run else out / "timings.json", jobs=args.jobs)

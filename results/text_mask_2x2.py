@@ -28,6 +28,7 @@ from pathlib import Path
 
 from results import reference
 from results.report import write_report
+from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 from runfolder.errors import OneLineParser, run_main
 
 FAMILIES = ("transformer", "mixer")
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--matched-runs", type=Path, default=None,
                         help="a runs folder (e.g. results/reference/runs) whose same-family runs are the "
                         "matched cells: train only the cross cells, report them together")
+    parser.add_argument("--allow-dirty", action="store_true", help=ALLOW_DIRTY_HELP)
     return parser
 
 
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         matched = matched_runs(args.matched_runs, args.text_masks) if args.matched_runs else []
     except ValueError as error:
         parser.error(str(error))
+    require_clean_tree(args.allow_dirty)
     run_dirs = []
     for text, mask, image in arms(args.text_families, args.text_masks, args.image_families):
         if args.matched_runs and text == image:
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                         "--run-prefix", name, "--train-flags", flags, "--skip-throughput", "--no-report",
                         *(["--skip-sts"] if args.skip_sts else []),
                         *(["--skip-word-order"] if args.skip_word_order else []),
-                        *(["--keep-checkpoints"] if args.keep_checkpoints else [])])
+                        *(["--keep-checkpoints"] if args.keep_checkpoints else []),
+                        *(["--allow-dirty"] if args.allow_dirty else [])])
         run_dirs += [args.out / "runs" / f"{name}-seed{seed}" for seed in args.seeds]
     run_dirs += matched
     if args.no_report:

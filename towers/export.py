@@ -61,6 +61,9 @@ def open_clip_refusal(model_config: dict) -> str | None:
                              if f == "mixer")
         return (f"open_clip cannot hold the Mixer {which}: its model configs build ViT, ConvNeXt or timm "
                 "image towers behind open_clip's own heads and Transformer text towers only")
+    if families[0] != "transformer":  # e.g. cnn: a ResNet of our sizes, not a timm model open_clip names
+        return (f"open_clip cannot hold the {families[0]} image tower: its model configs build ViT, "
+                "ConvNeXt, ModifiedResNet or named timm image towers behind open_clip's own heads")
     text = model_config.get("text_overrides") or {}
     for key, value in text.items():  # a text-mask option (causal | caption), where a run has one
         if "mask" in key and value not in (None, "causal"):

@@ -1,7 +1,7 @@
 """The tower registry: family name -> the module (or object) that builds its towers.
 
 A family defines `VARIANTS` (variant name -> {"embed_dim", "image": {...}, "text": {...}}),
-`build(modality, **config)` and `text_mask_overrides(text_mask, token_mixing)`. The two built-in
+`build(modality, **config)` and `text_mask_overrides(text_mask, token_mixing)`. The three built-in
 families are listed here; any other is added without editing this file, like timm's `register_model`:
 
     import towers, my_family                    # my_family.py: VARIANTS, build, text_mask_overrides
@@ -24,11 +24,12 @@ from typing import Any
 
 from torch import nn
 
-from towers import mixer, transformer
+from towers import cnn, mixer, transformer
 
 FAMILIES: dict[str, ModuleType | Any] = {
     "transformer": transformer,
     "mixer": mixer,
+    "cnn": cnn,
 }
 MODALITIES = ("image", "text")
 ENTRY_POINT_GROUP = "mixclip.towers"

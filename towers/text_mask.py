@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 
 TEXT_MASKS = ("causal", "caption")
-# Provisional (docs/text-mask.md): the integrator's choice so that the headline comparison pairs text
-# towers that read captions the same way, until the 2x2 on seeds of its own chooses.
+# The text-mask 2x2 chose it (docs/results/text_mask.md): never worse in any cell, and both text towers
+# of the headline comparison then read a caption the same way.
 DEFAULT_TEXT_MASK = "caption"
 # The mask each Mixer token-mixing mode reads with; `full` is the caption read with its padding too
 # (the seed paper's mode, kept for replication).
