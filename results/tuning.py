@@ -62,6 +62,7 @@ from results.tuning_grid import (
 )
 from runfolder import atomic_write_text
 from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
+from runfolder.errors import OneLineParser, run_main
 
 NAMES = {"transformer": "Transformer", "mixer": "Mixer"}
 HEADLINE_OUT = "results/reference_tuned"
@@ -281,8 +282,8 @@ def write(summary: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.tuning", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m results.tuning", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/tuning"), help="the grid's folder")
     parser.add_argument("--towers", nargs="+", choices=TOWERS, default=list(TOWERS), help="arms to tune")
     mode = parser.add_mutually_exclusive_group()
@@ -326,4 +327,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

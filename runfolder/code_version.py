@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from runfolder.errors import fail
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # git status/diff of a checkout with thousands of committed run files takes well under a second; 10 s
 # leaves room for a cold network filesystem on a cluster's login node
@@ -85,7 +87,6 @@ def require_clean_tree(allow_dirty: bool) -> None:
         return
     shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
     if not allow_dirty:
-        print(f"error: the work tree has uncommitted changes to tracked files ({shown}); commit them, or "
-              "pass --allow-dirty to train anyway (each run then records the diff's sha256)", file=sys.stderr)
-        raise SystemExit(2)
+        fail(f"the work tree has uncommitted changes to tracked files ({shown}); commit them, or pass "
+             "--allow-dirty to train anyway (each run then records the diff's sha256)")
     _note_once(f"training from a dirty tree ({shown}): each run's config.json records git_diff_sha256")
