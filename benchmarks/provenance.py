@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import math
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -36,7 +33,13 @@ from benchmarks.runner_flags import (  # noqa: F401 - the runners' flags, re-exp
     add_output_arguments,
     resolve_precision,
 )
-from runfolder import atomic_write_text
+from runfolder.records import json_safe, write_json  # noqa: F401 - re-exported to the runners
+from runfolder.score_records import (  # noqa: F401 - re-exported to the runners
+    result_name,
+    safe_model_id,
+    score_record,
+)
+from runfolder.score_records import write_score_record as write_result
 
 # Bump a runner's version whenever a change could move its numbers (data, protocol, metric).
 BENCHMARK_VERSIONS = {
@@ -108,11 +111,6 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def safe_model_id(model_id: str) -> str:
-    """A file-name-safe model id (keeps letters, digits and ``._+-``)."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", model_id).strip("._") or "model"
-
-
 def command_line() -> str:
     """How this process was started (``python -m benchmarks.sts ...``, ``python launch/train.py ...``):
     the interpreter's own command line, so ``-m`` and script paths show as they were typed."""
@@ -125,40 +123,9 @@ def stamp(benchmark: str, metrics: dict[str, Any], encoder: Encoder | None = Non
     """The result record: provenance first, then the run's settings and metrics."""
     info = dict(encoder.info) if encoder is not None else {}
     info.update(model_info or {})
-    return {
-        "benchmark": benchmark,
-        "benchmark_version": BENCHMARK_VERSIONS[benchmark],
-        "model_id": info.get("model_id"),
-        "model": info,
-        "checkpoint_sha256": info.get("checkpoint_sha256"),
-        "recipe_sha256": info.get("recipe_sha256"),
-        "git_commit": git_commit(),
-        "versions": library_versions(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command_line(),
-        "settings": settings or {},
-        "metrics": metrics,
-    }
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None (strict JSON), tuples -> lists, Paths -> str, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: str | Path, data: dict[str, Any] | list[Any]) -> Path:
-    """Write ``data`` as strict JSON (NaN -> null), atomically: a reader never sees half a file."""
-    return atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+    return score_record(benchmark, BENCHMARK_VERSIONS[benchmark], info, git_commit(), library_versions(),
+                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), command_line(),
+                        settings or {}, metrics)
 
 
 # Folder names too generic to tell two data sets apart: the parent's name goes in front ("imagenet-val").
@@ -182,21 +149,8 @@ def data_label(data: str | Path | None, default: str) -> str:
     return safe_model_id(name)
 
 
-def result_name(model_id: str, *parts: str | None) -> str:
-    """``<model-id>[__<part>...]``: the parts (data set, non-default settings) that make this
-    measurement differ from another of the same model; empty parts are left out."""
-    return "__".join([safe_model_id(str(model_id)), *(safe_model_id(str(p)) for p in parts if p)])
-
-
 def limit_part(limit: int | None) -> str | None:
     return f"limit{limit}" if limit is not None else None
-
-
-def write_result(record: dict[str, Any], results_dir: str | Path = "results/scores",
-                 name: str | None = None) -> Path:
-    """Write ``record`` to ``<results_dir>/<benchmark>/<name or model-id>.json``; returns the path."""
-    name = name or safe_model_id(str(record["model_id"]))
-    return write_json(Path(results_dir) / record["benchmark"] / f"{name}.json", record)
 
 
 def finish(benchmark: str, metrics: dict[str, Any], args: argparse.Namespace,

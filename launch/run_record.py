@@ -28,6 +28,7 @@ from accelerate.tracking import GeneralTracker, TensorBoardTracker, WandBTracker
 from benchmarks.provenance import command_line
 from launch.flag_help import tracker_names
 from runfolder import TENSORBOARD, RunFolder
+from runfolder.records import metrics_line, stamped
 
 TENSORBOARD_FOLDER = TENSORBOARD  # RUN/tensorboard/ (runfolder owns the layout)
 
@@ -145,10 +146,8 @@ class MetricsLog:
         accelerator.init_trackers(run_dir.name, config=flat_config(config))
 
     def log(self, record: dict) -> None:
-        now = time.time()
-        wall = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat(timespec="seconds")
-        record = {**record, "time": wall, "elapsed_s": round(now - self.started, 3)}
-        self.file.write(json.dumps(record, sort_keys=True) + "\n")
+        record = stamped(record, time.time(), self.started)
+        self.file.write(metrics_line(record))
         self.file.flush()
         numbers = flat_numbers(record)
         step = numbers.pop("step")

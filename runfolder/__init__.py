@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from runfolder.atomic import atomic_write, atomic_write_text  # noqa: F401 - re-exported
+from runfolder.records import MetricRows, RunConfig, read_config, read_final_eval, read_metric_rows
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -52,39 +53,6 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
     be missing (callers say so in their own words)."""
     pointer = Path(folder) / LATEST
     return Path(folder) / pointer.read_text().strip() if pointer.is_file() else None
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write a file through `write(binary file)` to a temporary file in the same folder, fsync it and
-    rename it over `path`: a reader, or a run killed at any instant, sees the old file or the new one,
-    never half of one. Creates the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """`atomic_write` of UTF-8 text."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def point_latest(folder: str | os.PathLike, path: Path | None) -> None:
@@ -145,14 +113,23 @@ class RunFolder:
         """config.json's contents (raises OSError / json.JSONDecodeError as json.loads does)."""
         return json.loads(self.config.read_text(encoding="utf-8"))
 
+    def read_run_config(self) -> RunConfig:
+        """config.json, typed (runfolder.records.RunConfig; RecordError, one line, when bad)."""
+        return read_config(self.config)
+
     def read_metrics(self) -> list[Any]:
         """metrics.jsonl's lines, parsed; a blank line is skipped (raises json.JSONDecodeError on a bad
         one, with its line number in the message)."""
         lines = self.metrics.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
+    def read_metric_rows(self) -> MetricRows:
+        """metrics.jsonl as training and evaluation rows, one per step (runfolder.records)."""
+        return read_metric_rows(self.metrics)
+
     def read_final_eval(self) -> Any | None:
-        return json.loads(self.final_eval.read_text(encoding="utf-8")) if self.final_eval.is_file() else None
+        """final_eval.json, or None when the run has none."""
+        return read_final_eval(self.final_eval)
 
     @classmethod
     def of_checkpoint(cls, checkpoint: str | os.PathLike) -> RunFolder | None:
