@@ -84,7 +84,6 @@ from launch.trainer import (
 from runfolder import RunFolder
 from runfolder.records import ConfigRecord, final_eval_record, flops_per_sample, write_json
 from runfolder.vocabulary import LOGGED_EVAL_KEYS, eval_key
-from towers.checkpoints import latest_checkpoint
 from towers.precision import MIXED_PRECISION
 
 # Without a terminal (a SLURM log) a progress line this often: ~60 lines an hour, whatever the step time
@@ -199,14 +198,14 @@ class TrainingRun(RunResume):
         return None if outcome == WRITING else outcome
 
     def _latest_named(self) -> str:
-        latest = latest_checkpoint(self.checkpoints) if (self.checkpoints / "latest").is_file() else None
+        latest = self.folder.latest()
         return f"`latest` names {latest.name}" if latest else "no checkpoint yet (`latest` absent)"
 
     def _stop_here(self, saved: bool) -> None:
         """Every process agreed to stop at this step: say so, leave the marker the sbatch script
         requeues on, and end with Preempted (exit status 75)."""
         if self.main:
-            latest = latest_checkpoint(self.checkpoints) if (self.checkpoints / "latest").is_file() else None
+            latest = self.folder.latest()
             write_preempted(self.run_dir, self.step, self.stop.received, latest.name if latest else None)
         self.accelerator.wait_for_everyone()
         saved_text = f"checkpoint step {self.step} written" if saved else \

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from results.published import PACKAGED, load_table, select, value_at
+from runfolder import RunFolder
+from runfolder.vocabulary import eval_key
 
 # Flag a Transformer arm more than max(3 points, 20% of the published value) under the published curve: a
 # published row is the best run over its learning rates and a replication on other shards (LAION-400M
@@ -132,9 +134,10 @@ def anchor_run(config: dict, score: float | None, table: Path = PACKAGED, datase
 def anchor_run_dir(run_dir: str | Path, table: Path = PACKAGED) -> Anchor:
     """The anchor of a finished run folder (config.json + final_eval.json's eval/imagenet_top1)."""
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    final = run_dir / "final_eval.json"
-    score = json.loads(final.read_text()).get("eval/imagenet_top1") if final.is_file() else None
+    folder = RunFolder(run_dir)
+    config = folder.read_config()
+    final = folder.read_final_eval()
+    score = final.get(eval_key("imagenet", "top1")) if final is not None else None
     return anchor_run(config, score, table)
 
 
