@@ -31,7 +31,6 @@ from benchmarks.encoder import Encoder, load_encoder
 from benchmarks.runner_flags import (  # noqa: F401 - the runners' flags, re-exported
     add_model_arguments,
     add_output_arguments,
-    resolve_precision,
 )
 from runfolder.records import json_safe, write_json  # noqa: F401 - re-exported to the runners
 from runfolder.score_records import (  # noqa: F401 - re-exported to the runners
@@ -40,6 +39,7 @@ from runfolder.score_records import (  # noqa: F401 - re-exported to the runners
     score_record,
 )
 from runfolder.score_records import write_score_record as write_result
+from towers.precision import resolve_precision
 
 # Bump a runner's version whenever a change could move its numbers (data, protocol, metric).
 BENCHMARK_VERSIONS = {
@@ -70,7 +70,7 @@ def _precision(args: argparse.Namespace) -> str:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_precision(args.precision, torch.device(device).type)
+    return resolve_precision(args.precision, torch.device(device).type)[0]  # as training resolves it
 
 
 def encoder_from_args(args: argparse.Namespace) -> Encoder:

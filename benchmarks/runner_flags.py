@@ -22,8 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PRECISIONS = ("auto", "fp32", "bf16")
-TEMPLATE_SET_NAMES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
+from runfolder.vocabulary import SCORING_PRECISIONS, TEMPLATE_SET_NAMES
 
 
 class RunnerParser(argparse.ArgumentParser):
@@ -33,16 +32,8 @@ class RunnerParser(argparse.ArgumentParser):
         self.exit(2, f"error: {' '.join(message.split())}\n")
 
 
-def resolve_precision(precision: str, device_type: str) -> str:
-    """`auto` -> bf16 where the device runs it natively, fp32 elsewhere, as training resolves it
-    (towers.precision); fp32 and bf16 stay."""
-    from towers.precision import resolve_precision as resolve
-
-    return resolve(precision, device_type)[0]
-
-
 def add_precision_argument(parser: argparse.ArgumentParser | Any, default: str = "auto") -> None:
-    parser.add_argument("--precision", choices=PRECISIONS, default=default,
+    parser.add_argument("--precision", choices=SCORING_PRECISIONS, default=default,
                         help="auto: bf16 autocast where the device runs bf16 natively, else fp32; bf16 runs "
                              "the towers under autocast "
                              "(default: %(default)s)")

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from runfolder.vocabulary import PRECISIONS
+
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # Accelerate's names
 
 
