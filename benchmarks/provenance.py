@@ -39,20 +39,8 @@ from runfolder.score_records import (  # noqa: F401 - re-exported to the runners
     score_record,
 )
 from runfolder.score_records import write_score_record as write_result
+from runfolder.vocabulary import BENCHMARK_VERSIONS
 from towers.precision import resolve_precision
-
-# Bump a runner's version whenever a change could move its numbers (data, protocol, metric).
-BENCHMARK_VERSIONS = {
-    "imagenet_zeroshot": "1.0",
-    "toy_zeroshot": "1.0",
-    "sts": "1.0",
-    "retrieval": "1.0",
-    "word_order": "1.0",
-    "word_order_captions": "1.0",
-    "word_order_sugarcrepe": "1.0",
-    "throughput": "1.0",
-    "gpu_check": "1.0",
-}
 
 _VERSIONED_PACKAGES = (
     "mixclip-bench", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "scipy",

@@ -3,7 +3,7 @@
 Standard library only, so `results/` can import them beside `launch/` and `towers/` (one definition,
 no copies). Each tuple lists the accepted values, the default first.
 
-    from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, TOY_TASKS
+    from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, TOY_TASKS, eval_key, legacy_text_reading
 """
 
 from __future__ import annotations
@@ -63,3 +63,18 @@ def legacy_text_reading(text_family: str, token_mixing: str | None) -> tuple[str
     if text_family == "mixer" and token_mixing in TOKEN_MIXING_TEXT_MASK:
         return TOKEN_MIXING_TEXT_MASK[token_mixing], token_mixing
     return "causal", MIXER_TOKEN_MIXING["causal"]
+
+
+# Every benchmark's name and version, stamped into its score records (runfolder.score_records). Bump a
+# runner's version whenever a change could move its numbers (data, protocol, metric).
+BENCHMARK_VERSIONS = {
+    "imagenet_zeroshot": "1.0",
+    "toy_zeroshot": "1.0",
+    "sts": "1.0",
+    "retrieval": "1.0",
+    "word_order": "1.0",
+    "word_order_captions": "1.0",
+    "word_order_sugarcrepe": "1.0",
+    "throughput": "1.0",
+    "gpu_check": "1.0",
+}
