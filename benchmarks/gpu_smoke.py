@@ -35,6 +35,7 @@ from benchmarks.data.jpeg_shards import make_image, write_jpeg_shards
 from benchmarks.provenance import fail, git_commit, library_versions, write_json
 from launch.faults import PREEMPTED_EXIT_STATUS
 from runfolder import LATEST, RunFolder
+from runfolder.records import is_eval_line
 
 RECIPE = REPO_ROOT / "launch" / "configs" / "laion400m-b32.yaml"
 SHARED_IMAGENET = REPO_ROOT.parent / "shared" / "data" / "imagenet_samples"  # 1,000 ILSVRC val images
@@ -142,7 +143,7 @@ def training_run(tower: str, args: argparse.Namespace, size: dict) -> dict[str, 
     lines = RunFolder(run_dir).read_metrics() if RunFolder(run_dir).metrics.exists() else []
     steps = [line for line in lines if "loss" in line]
     steady = steps[1:] or steps  # the first interval holds start-up
-    evals = [line for line in lines if any(key.startswith("eval/") for key in line)]
+    evals = [line for line in lines if is_eval_line(line)]
     result = {"status": "ran" if code == 0 else "failed", "exit": code,
               "wall_s": time.perf_counter() - started, "log": str(run_dir) + ".log",
               "steps": steps[-1]["step"] if steps else 0,

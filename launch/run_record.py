@@ -29,6 +29,7 @@ from benchmarks.provenance import command_line
 from launch.flag_help import tracker_names
 from runfolder import TENSORBOARD, RunFolder
 from runfolder.records import metrics_line, stamped
+from runfolder.vocabulary import EVAL_PREFIX
 
 TENSORBOARD_FOLDER = TENSORBOARD  # RUN/tensorboard/ (runfolder owns the layout)
 
@@ -97,7 +98,7 @@ EVAL_SET_SIZE = re.compile(r"eval/.+_n(_seen|_held_out)?")  # the same at every 
 
 def tracker_tag(key: str) -> str:
     """The tracker name of a metrics.jsonl number: `eval/...` as it is, the rest under `train/`."""
-    return key if key.startswith("eval/") else f"train/{key}"
+    return key if key.startswith(EVAL_PREFIX) else f"train/{key}"
 
 
 def tracker_values(numbers: dict, logged: dict) -> dict:

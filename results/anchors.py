@@ -208,7 +208,7 @@ def report_anchors(runs: list, out: Path) -> tuple[list[str], list[tuple[str, ob
     """For results.report: the warnings its opening lists (one per flagged run) and its blocks (kind,
     content): a section with every run's anchor and, when a run is anchored, the figure (out/anchors.png).
     `runs`: results.runs.Run objects; the score is the run's final in-training ImageNet top-1."""
-    anchors = [anchor_run(run.config, run.final_eval.get("eval/imagenet_top1")) for run in runs]
+    anchors = [anchor_run(run.config, run.final_eval.get("imagenet_top1")) for run in runs]  # Run: no eval/
     import pandas as pd
 
     blocks: list[tuple[str, object]] = [("h2", "Anchors: each run against published open CLIP runs")]

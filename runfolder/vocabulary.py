@@ -64,6 +64,10 @@ def legacy_text_reading(text_family: str, token_mixing: str | None) -> tuple[str
         return TOKEN_MIXING_TEXT_MASK[token_mixing], token_mixing
     return "causal", MIXER_TOKEN_MIXING["causal"]
 
+# Two names of one size variant: `tiny` is `w128` (the toy ladder's width-128 row), kept readable for the
+# runs, checkpoints and model names that spell it (`mixer-tiny`). A family's table holds the row once.
+VARIANT_ALIASES = {"tiny": "w128"}
+
 
 # Every benchmark's name and version, stamped into its score records (runfolder.score_records). Bump a
 # runner's version whenever a change could move its numbers (data, protocol, metric).
