@@ -12,6 +12,11 @@ every layer (towers, benchmarks, launch, results) names a run's files through th
     from runfolder import RunFolder
     run = RunFolder("runs/mixer-tiny-seed0")
     run.latest(), run.step_files(), run.read_config()["recipe_sha256"]
+    run.read_run_config().recipe, run.read_metric_rows().evals, run.read_final_eval()
+
+The files' contents have one owner each beside it: `runfolder.records` (config.json, metrics.jsonl,
+final_eval.json), `runfolder.score_records` (the benchmarks' score JSON), `runfolder.vocabulary` (the
+names every layer shares), `runfolder.atomic` (atomic writes).
 """
 
 from __future__ import annotations
