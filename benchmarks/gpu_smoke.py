@@ -175,7 +175,7 @@ def preemption(args: argparse.Namespace, size: dict, reference: dict) -> dict[st
         time.sleep(0.05)
     first.send_signal(signal.SIGUSR1)
     stopped_exit = _wait(first, args.run_timeout)
-    marker = run_dir / "preempted.json"
+    marker = RunFolder(run_dir).preempted
     stopped = json.loads(marker.read_text())["step"] if marker.exists() else None
     latest = RunFolder(run_dir).checkpoints / LATEST
     latest_at_stop = latest.read_text().strip() if latest.exists() else None

@@ -8,6 +8,7 @@ every layer (towers, benchmarks, launch, results) names a run's files through th
     runs/<name>/checkpoints/       step_00001000.pt ... and `latest`, a text file naming the newest
     runs/<name>/tensorboard/       TensorBoard events
     runs/<name>/out.log            what the run printed, appended by every launch (requeues too)
+    runs/<name>/preempted.json     present while the run stopped on a signal and wants requeueing
 
     from runfolder import RunFolder
     run = RunFolder("runs/mixer-tiny-seed0")
@@ -37,6 +38,7 @@ FINAL_EVAL = "final_eval.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 OUT_LOG = "out.log"
+PREEMPTED = "preempted.json"  # launch/faults.py writes it; launch/slurm/train.sbatch requeues on it
 LATEST = "latest"  # checkpoints/latest: a text file naming the newest checkpoint
 STEP_FILE = re.compile(r"step_(\d{8})\.pt")
 
@@ -100,6 +102,10 @@ class RunFolder:
     @property
     def out_log(self) -> Path:
         return self.path / OUT_LOG
+
+    @property
+    def preempted(self) -> Path:
+        return self.path / PREEMPTED
 
     def is_run(self) -> bool:
         """Whether a trainer wrote this folder (it has a config.json)."""
