@@ -22,7 +22,6 @@ names every layer shares), `runfolder.atomic` (atomic writes).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -30,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from runfolder.atomic import atomic_write, atomic_write_text  # noqa: F401 - re-exported
-from runfolder.records import MetricRows, RunConfig, read_config, read_final_eval, read_metric_rows
+from runfolder.records import (
+    MetricRows,
+    RunConfig,
+    read_config,
+    read_final_eval,
+    read_metric_lines,
+    read_metric_rows,
+)
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -120,19 +126,19 @@ class RunFolder:
     def step_files(self) -> list[tuple[int, Path]]:
         return step_files(self.checkpoints)
 
-    def read_config(self) -> Any:
-        """config.json's contents (raises OSError / json.JSONDecodeError as json.loads does)."""
-        return json.loads(self.config.read_text(encoding="utf-8"))
+    def read_config(self) -> dict[str, Any]:
+        """config.json's object as a dict (`read_run_config().data`)."""
+        return self.read_run_config().data
 
     def read_run_config(self) -> RunConfig:
-        """config.json, typed (runfolder.records.RunConfig; RecordError, one line, when bad)."""
+        """config.json, typed (runfolder.records.RunConfig; a missing or malformed file raises
+        RecordError, a ValueError whose one line names the file)."""
         return read_config(self.config)
 
     def read_metrics(self) -> list[Any]:
-        """metrics.jsonl's lines, parsed; a blank line is skipped (raises json.JSONDecodeError on a bad
-        one, with its line number in the message)."""
-        lines = self.metrics.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        """metrics.jsonl's lines as written, parsed; a blank line is skipped (a bad one raises
+        RecordError naming the file and line)."""
+        return [record for _, record in read_metric_lines(self.metrics)]
 
     def read_metric_rows(self) -> MetricRows:
         """metrics.jsonl as training and evaluation rows, one per step (runfolder.records)."""

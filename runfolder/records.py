@@ -56,7 +56,7 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     """A JSON file's contents; `what` it should be goes into the one-line error."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecordError(f"{path}: missing; expected the {what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -210,25 +210,33 @@ class MetricRows:
     evals: list[dict[str, Any]]  # step, samples_seen, <set>_<key> numbers, <set>_<key>_ci_lo/hi
 
 
-def read_metric_rows(path: str | os.PathLike) -> MetricRows:
+def read_metric_lines(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """(line number, parsed line) of every non-blank metrics.jsonl line, as written."""
     path = Path(path)
-    train: dict[int, dict[str, Any]] = {}
-    evals: dict[int, dict[str, Any]] = {}
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise RecordError(f"{path}: missing; expected the run's metrics.jsonl (one JSON object per "
                           "line)") from None
     except UnicodeDecodeError as exc:
         raise RecordError(f"{path}: not UTF-8 text ({exc})") from None
+    parsed = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            parsed.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
             raise RecordError(f"{path}:{number}: malformed line ({exc.msg}); expected one JSON "
                               "object per line") from None
+    return parsed
+
+
+def read_metric_rows(path: str | os.PathLike) -> MetricRows:
+    path = Path(path)
+    train: dict[int, dict[str, Any]] = {}
+    evals: dict[int, dict[str, Any]] = {}
+    for number, record in read_metric_lines(path):
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             raise RecordError(f"{path}:{number}: expected a JSON object with an integer 'step'")
         if is_eval_line(record):
