@@ -1,7 +1,10 @@
-"""Names the layers share: the values of recipe fields that towers, training and the report all read.
+"""Names the layers share: the values of recipe fields (image init and pool, toy task, precision, template
+set, size-variant aliases), the temperature cap, the evaluation keys runs log, the word-order tasks,
+the text-mask rule of runs recorded before the text mask, and every benchmark's version.
 
 Standard library only, so `results/` can import them beside `launch/` and `towers/` (one definition,
-no copies). Each tuple lists the accepted values, the default first.
+no copies; tests/test_records.py fails on a second assignment). Each tuple lists the accepted values,
+the default first.
 
     from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, TOY_TASKS, eval_key, legacy_text_reading
 """
