@@ -190,17 +190,6 @@ def is_eval_line(record: dict[str, Any]) -> bool:
     return any(key.startswith(EVAL_PREFIX) for key in record)
 
 
-def final_eval_row(record: dict[str, Any]) -> dict[str, Any]:
-    """final_eval.json's values without the `eval/` prefix, each `<metric>_ci95` pair split into
-    `<metric>_ci_lo` and `<metric>_ci_hi` (the names of the evaluation rows); other keys kept."""
-    row = {key[len(EVAL_PREFIX):] if key.startswith(EVAL_PREFIX) else key: value
-           for key, value in record.items()}
-    for key in [key for key in row if key.endswith(CI_SUFFIX)]:  # toy_top1_ci95, imagenet_top1_ci95
-        if isinstance(row[key], list) and len(row[key]) == 2:
-            row[f"{key[:-len(CI_SUFFIX)]}_ci_lo"], row[f"{key[:-len(CI_SUFFIX)]}_ci_hi"] = row.pop(key)
-    return row
-
-
 @dataclass(frozen=True)
 class MetricRows:
     """metrics.jsonl as rows, one per step each, in step order; a resumed run re-logs the steps after its
@@ -277,3 +266,14 @@ def read_final_eval(path: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise RecordError(f"{path}: expected a JSON object")
     return data
+
+
+def final_eval_row(record: dict[str, Any]) -> dict[str, Any]:
+    """final_eval.json's values without the `eval/` prefix, each `<metric>_ci95` pair split into
+    `<metric>_ci_lo` and `<metric>_ci_hi` (the names of the evaluation rows); other keys kept."""
+    row = {key[len(EVAL_PREFIX):] if key.startswith(EVAL_PREFIX) else key: value
+           for key, value in record.items()}
+    for key in [key for key in row if key.endswith(CI_SUFFIX)]:  # toy_top1_ci95, imagenet_top1_ci95
+        if isinstance(row[key], list) and len(row[key]) == 2:
+            row[f"{key[:-len(CI_SUFFIX)]}_ci_lo"], row[f"{key[:-len(CI_SUFFIX)]}_ci_hi"] = row.pop(key)
+    return row
