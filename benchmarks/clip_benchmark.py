@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.data.files import InputError
+from runfolder import CHECKPOINTS, RunFolder
 from runfolder.errors import OneLineParser, run_main
 
 MODEL_TYPE = "mixclip"
@@ -74,13 +75,13 @@ def named_model(spec: str) -> str:
     if path.is_dir() and ((path / OUR_CONFIG).is_file() or (path / OPEN_CLIP_CONFIG).is_file()):
         name, target = path.resolve().name, str(path)  # an exported folder
     elif path.is_dir():
-        checkpoint = towers.checkpoints.latest_checkpoint(path / "checkpoints")
+        checkpoint = RunFolder(path).latest()
         if checkpoint is None or not checkpoint.is_file():
             raise InputError(f"--model {spec}: run dir without a readable checkpoints/latest, and not a "
                              "folder python -m towers.export wrote")
         name, target = f"{path.resolve().name}-{checkpoint.stem}", str(checkpoint)
     elif path.is_file():
-        in_run = path.resolve().parent.name == "checkpoints"
+        in_run = path.resolve().parent.name == CHECKPOINTS
         name = f"{path.resolve().parent.parent.name}-{path.stem}" if in_run else path.stem
         target = str(path)
     elif spec in towers.available_models():

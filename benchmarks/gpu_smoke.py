@@ -34,8 +34,9 @@ from benchmarks.data.files import REPO_ROOT
 from benchmarks.data.jpeg_shards import make_image, write_jpeg_shards
 from benchmarks.provenance import fail, git_commit, library_versions, write_json
 from launch.faults import PREEMPTED_EXIT_STATUS
-from runfolder import RunFolder
+from runfolder import LATEST, RunFolder
 from runfolder.errors import OneLineParser, run_main
+from runfolder.records import is_eval_line
 
 RECIPE = REPO_ROOT / "launch" / "configs" / "laion400m-b32.yaml"
 SHARED_IMAGENET = REPO_ROOT.parent / "shared" / "data" / "imagenet_samples"  # 1,000 ILSVRC val images
@@ -133,22 +134,22 @@ def _wait(process: subprocess.Popen, timeout: float) -> int | None:
 
 
 def _trained(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [line for line in RunFolder(run_dir).read_metrics() if "loss" in line] if path.exists() else []
+    run = RunFolder(run_dir)
+    return [line for line in run.read_metrics() if "loss" in line] if run.metrics.exists() else []
 
 
 def training_run(tower: str, args: argparse.Namespace, size: dict) -> dict[str, Any]:
     started = time.perf_counter()
     code = _wait(_launch(f"smoke-{tower}", tower, args, size, []), args.run_timeout)
     run_dir = args.out / "runs" / f"smoke-{tower}"
-    lines = RunFolder(run_dir).read_metrics() if (run_dir / "metrics.jsonl").exists() else []
+    lines = RunFolder(run_dir).read_metrics() if RunFolder(run_dir).metrics.exists() else []
     steps = [line for line in lines if "loss" in line]
     steady = steps[1:] or steps  # the first interval holds start-up
-    evals = [line for line in lines if any(key.startswith("eval/") for key in line)]
+    evals = [line for line in lines if is_eval_line(line)]
     result = {"status": "ran" if code == 0 else "failed", "exit": code,
               "wall_s": time.perf_counter() - started, "log": str(run_dir) + ".log",
               "steps": steps[-1]["step"] if steps else 0,
-              "checkpoints": sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt")),
+              "checkpoints": sorted(p.name for _, p in RunFolder(run_dir).step_files()),
               "eval_steps": [line["step"] for line in evals]}
     if steady:
         result.update(final_loss=steps[-1]["loss"],
@@ -176,9 +177,9 @@ def preemption(args: argparse.Namespace, size: dict, reference: dict) -> dict[st
         time.sleep(0.05)
     first.send_signal(signal.SIGUSR1)
     stopped_exit = _wait(first, args.run_timeout)
-    marker = run_dir / "preempted.json"
+    marker = RunFolder(run_dir).preempted
     stopped = json.loads(marker.read_text())["step"] if marker.exists() else None
-    latest = run_dir / "checkpoints" / "latest"
+    latest = RunFolder(run_dir).checkpoints / LATEST
     latest_at_stop = latest.read_text().strip() if latest.exists() else None
     resumed_exit = _wait(_launch("smoke-preempted", "mixer", args, size, ["--resume", "auto"]),
                          args.run_timeout)

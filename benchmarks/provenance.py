@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import math
 import platform
-import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -33,24 +30,18 @@ from benchmarks.encoder import Encoder, load_encoder
 from benchmarks.runner_flags import (  # noqa: F401 - the runners' flags, re-exported
     add_model_arguments,
     add_output_arguments,
-    resolve_precision,
 )
-from runfolder import atomic_write_text
 from runfolder.code_version import code_version, git_commit  # noqa: F401 - re-exported
 from runfolder.errors import fail  # noqa: F401 - re-exported: the runners' one-line exit 2
-
-# Bump a runner's version whenever a change could move its numbers (data, protocol, metric).
-BENCHMARK_VERSIONS = {
-    "imagenet_zeroshot": "1.0",
-    "toy_zeroshot": "1.0",
-    "sts": "1.0",
-    "retrieval": "1.0",
-    "word_order": "1.0",
-    "word_order_captions": "1.0",
-    "word_order_sugarcrepe": "1.0",
-    "throughput": "1.0",
-    "gpu_check": "1.0",
-}
+from runfolder.records import json_safe, write_json  # noqa: F401 - re-exported to the runners
+from runfolder.score_records import (  # noqa: F401 - re-exported to the runners
+    result_name,
+    safe_model_id,
+    score_record,
+)
+from runfolder.score_records import write_score_record as write_result
+from runfolder.vocabulary import BENCHMARK_VERSIONS
+from towers.precision import resolve_precision
 
 _VERSIONED_PACKAGES = (
     "mixclip-bench", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "scipy",
@@ -62,7 +53,7 @@ def _precision(args: argparse.Namespace) -> str:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_precision(args.precision, torch.device(device).type)
+    return resolve_precision(args.precision, torch.device(device).type)[0]  # as training resolves it
 
 
 def encoder_from_args(args: argparse.Namespace) -> Encoder:
@@ -90,11 +81,6 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def safe_model_id(model_id: str) -> str:
-    """A file-name-safe model id (keeps letters, digits and ``._+-``)."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", model_id).strip("._") or "model"
-
-
 def command_line() -> str:
     """How this process was started (``python -m benchmarks.sts ...``, ``python launch/train.py ...``):
     the interpreter's own command line, so ``-m`` and script paths show as they were typed."""
@@ -107,40 +93,9 @@ def stamp(benchmark: str, metrics: dict[str, Any], encoder: Encoder | None = Non
     """The result record: provenance first, then the run's settings and metrics."""
     info = dict(encoder.info) if encoder is not None else {}
     info.update(model_info or {})
-    return {
-        "benchmark": benchmark,
-        "benchmark_version": BENCHMARK_VERSIONS[benchmark],
-        "model_id": info.get("model_id"),
-        "model": info,
-        "checkpoint_sha256": info.get("checkpoint_sha256"),
-        "recipe_sha256": info.get("recipe_sha256"),
-        **code_version(),
-        "versions": library_versions(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command_line(),
-        "settings": settings or {},
-        "metrics": metrics,
-    }
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None (strict JSON), tuples -> lists, Paths -> str, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: str | Path, data: dict[str, Any] | list[Any]) -> Path:
-    """Write ``data`` as strict JSON (NaN -> null), atomically: a reader never sees half a file."""
-    return atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+    return score_record(benchmark, BENCHMARK_VERSIONS[benchmark], info, code_version(), library_versions(),
+                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), command_line(),
+                        settings or {}, metrics)
 
 
 # Folder names too generic to tell two data sets apart: the parent's name goes in front ("imagenet-val").
@@ -164,21 +119,8 @@ def data_label(data: str | Path | None, default: str) -> str:
     return safe_model_id(name)
 
 
-def result_name(model_id: str, *parts: str | None) -> str:
-    """``<model-id>[__<part>...]``: the parts (data set, non-default settings) that make this
-    measurement differ from another of the same model; empty parts are left out."""
-    return "__".join([safe_model_id(str(model_id)), *(safe_model_id(str(p)) for p in parts if p)])
-
-
 def limit_part(limit: int | None) -> str | None:
     return f"limit{limit}" if limit is not None else None
-
-
-def write_result(record: dict[str, Any], results_dir: str | Path = "results/scores",
-                 name: str | None = None) -> Path:
-    """Write ``record`` to ``<results_dir>/<benchmark>/<name or model-id>.json``; returns the path."""
-    name = name or safe_model_id(str(record["model_id"]))
-    return write_json(Path(results_dir) / record["benchmark"] / f"{name}.json", record)
 
 
 def finish(benchmark: str, metrics: dict[str, Any], args: argparse.Namespace,

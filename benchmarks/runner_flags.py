@@ -23,24 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from runfolder.errors import OneLineParser
-
-PRECISIONS = ("auto", "fp32", "bf16")
-TEMPLATE_SET_NAMES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
-
+from runfolder.vocabulary import SCORING_PRECISIONS, TEMPLATE_SET_NAMES
 
 RunnerParser = OneLineParser  # the old name, kept one release: use runfolder.errors.OneLineParser
 
 
-def resolve_precision(precision: str, device_type: str) -> str:
-    """`auto` -> bf16 where the device runs it natively, fp32 elsewhere, as training resolves it
-    (towers.precision); fp32 and bf16 stay."""
-    from towers.precision import resolve_precision as resolve
-
-    return resolve(precision, device_type)[0]
-
-
 def add_precision_argument(parser: argparse.ArgumentParser | Any, default: str = "auto") -> None:
-    parser.add_argument("--precision", choices=PRECISIONS, default=default,
+    parser.add_argument("--precision", choices=SCORING_PRECISIONS, default=default,
                         help="auto: bf16 autocast where the device runs bf16 natively, else fp32; bf16 runs "
                              "the towers under autocast "
                              "(default: %(default)s)")

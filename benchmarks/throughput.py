@@ -34,11 +34,11 @@ from benchmarks.provenance import add_output_arguments, fail, finish
 from benchmarks.runner_flags import (
     add_device_argument,
     add_precision_argument,
-    resolve_precision,
 )
 from launch.config import Recipe
 from launch.trainer import ContrastiveStep, build_optimizer
 from runfolder.errors import OneLineParser, run_main
+from towers.precision import resolve_precision
 from towers.profile import image_size_of
 
 MODES = ("train", "infer")
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.reference != "none" and args.reference not in open_clip.list_models():
         fail(f"--reference {args.reference}: not an open_clip architecture (e.g. ViT-B-32) or 'none'")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precision = resolve_precision(args.precision, device.type)
+    precision = resolve_precision(args.precision, device.type)[0]
 
     torch.manual_seed(args.seed)
     ours = towers.create_model(name)

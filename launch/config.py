@@ -33,15 +33,15 @@ import yaml
 from launch.decoders import DECODERS
 from launch.flag_help import PRECISION_HELP, field_help, precision_value, tracker_names
 from runfolder.errors import OneLineParser
-from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, TOY_TASKS
-from towers.precision import PRECISIONS, resolve_precision
+from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, PRECISIONS, TOY_TASKS
+from runfolder.vocabulary import TEMPLATE_SET_NAMES as EVAL_TEMPLATES
+from towers.precision import resolve_precision
 from towers.registry import FAMILIES, canonical_variant, model_kwargs, variant_table
 from towers.text_mask import DEFAULT_TEXT_MASK, TEXT_MASKS, legacy_text_reading, resolve_token_mixing
 from towers.token_mixing import TOKEN_MIXING_MODES
 
 LR_SCHEDULES = ("cosine", "constant")
 LOADER_START_METHODS = ("fork", "forkserver", "spawn")  # multiprocessing's, for the DataLoader workers
-EVAL_TEMPLATES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
 TOY_CONTEXT_LENGTH = 32
 CLIP_CONTEXT_LENGTH = 77
 COOLDOWN_FRACTION = 0.2  # the default cooldown, as in the scaling sweep (Hägele et al. 2024)

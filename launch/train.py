@@ -39,7 +39,7 @@ from benchmarks.data.files import InputError
 from benchmarks.data.shards import SKIP_KINDS, ShardSpecError
 from benchmarks.encoder import ModelEncoder
 from benchmarks.imagenet_zeroshot import eval_set, zero_shot_eval
-from benchmarks.provenance import code_version, command_line, library_versions, write_json
+from benchmarks.provenance import code_version, command_line, library_versions
 from benchmarks.toy_zeroshot import summary_line
 from launch.checkpointing import WRITING, CheckpointWriter, capture_rng_state
 from launch.config import (
@@ -83,17 +83,12 @@ from launch.trainer import (
 )
 from runfolder import RunFolder
 from runfolder.errors import run_main
-from towers.checkpoints import latest_checkpoint
+from runfolder.records import ConfigRecord, final_eval_record, flops_per_sample, write_json
+from runfolder.vocabulary import LOGGED_EVAL_KEYS, eval_key
 from towers.precision import MIXED_PRECISION
 
 # Without a terminal (a SLURM log) a progress line this often: ~60 lines an hour, whatever the step time
 PROGRESS_LINE_SECONDS = 60.0
-# What each in-training evaluation logs (metrics.jsonl, TensorBoard, final_eval.json), as eval/<set>_<key>
-LOGGED_EVAL_KEYS = (
-    "top1", "top5", "mean_per_class_recall", "top1_ci95", "n", "colour_acc", "shape_acc",
-    "top1_seen", "top1_seen_ci95", "n_seen", "top1_held_out", "top1_held_out_ci95", "n_held_out",
-    "colour_acc_held_out", "shape_acc_held_out", "robust_top1", "i2t_r1", "t2i_r1", "val_loss",
-)
 
 
 class CheckpointNotWritten(Exception):
@@ -156,24 +151,20 @@ class TrainingRun(RunResume):
         with torch.device("meta"):
             cost = towers.profile(towers.build_model(**self.experiment.model_kwargs()))
         world = self.accelerator.num_processes
-        config = {
-            "name": self.run_dir.name, "model_name": self.model.model_name,
-            "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe_sha256,
-            "recipe_identity": self.identity["recipe"], "run_options": dataclasses.asdict(self.options),
-            "command": command_line(),
-            **code_version(), "versions": library_versions(), "world_size": world,
-            "global_batch_size": self.recipe.batch_size * world * self.recipe.accum,
-            "device": str(self.accelerator.device), "torch_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "precision": self.precision,
-            "device_settings": device_settings(self.accelerator.device, self.ddp_model),
-            "params": {k: cost[k] for k in ("image_params", "text_params", "total_params")},
-            "flops_per_sample": {"image_gflops": cost["image_gflops"], "text_gflops": cost["text_gflops"],
-                                 # forward + backward = 3 x forward, the usual estimate
-                                 "train_gflops": 3 * (cost["image_gflops"] + cost["text_gflops"])},
-            "resumed_from": getattr(self, "resumed_from", None),
-            "branched_from": getattr(self, "branched_from", None),
-        }
-        write_json(self.folder.config, config)
+        config = ConfigRecord(
+            name=self.run_dir.name, model_name=self.model.model_name,
+            experiment=experiment_dict(self.experiment), recipe_sha256=self.recipe_sha256,
+            recipe_identity=self.identity["recipe"], run_options=dataclasses.asdict(self.options),
+            command=command_line(), **code_version(), versions=library_versions(), world_size=world,
+            global_batch_size=self.recipe.batch_size * world * self.recipe.accum,
+            device=str(self.accelerator.device), torch_threads=torch.get_num_threads(),
+            cpu_capability=torch.backends.cpu.get_cpu_capability(), precision=self.precision,
+            device_settings=device_settings(self.accelerator.device, self.ddp_model),
+            params={k: cost[k] for k in ("image_params", "text_params", "total_params")},
+            flops_per_sample=flops_per_sample(cost["image_gflops"], cost["text_gflops"]),
+            resumed_from=getattr(self, "resumed_from", None),
+            branched_from=getattr(self, "branched_from", None),
+        ).write(self.folder.config)
         return config
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -208,14 +199,14 @@ class TrainingRun(RunResume):
         return None if outcome == WRITING else outcome
 
     def _latest_named(self) -> str:
-        latest = latest_checkpoint(self.checkpoints) if (self.checkpoints / "latest").is_file() else None
+        latest = self.folder.latest()
         return f"`latest` names {latest.name}" if latest else "no checkpoint yet (`latest` absent)"
 
     def _stop_here(self, saved: bool) -> None:
         """Every process agreed to stop at this step: say so, leave the marker the sbatch script
         requeues on, and end with Preempted (exit status 75)."""
         if self.main:
-            latest = latest_checkpoint(self.checkpoints) if (self.checkpoints / "latest").is_file() else None
+            latest = self.folder.latest()
             write_preempted(self.run_dir, self.step, self.stop.received, latest.name if latest else None)
         self.accelerator.wait_for_everyone()
         saved_text = f"checkpoint step {self.step} written" if saved else \
@@ -256,7 +247,7 @@ class TrainingRun(RunResume):
                                         **chosen, **share)
             except InputError as error:
                 raise RunError(str(error)) from None
-            result.update({f"eval/{name}_{k}": v for k, v in scores.items() if k in LOGGED_EVAL_KEYS})
+            result.update({eval_key(name, k): v for k, v in scores.items() if k in LOGGED_EVAL_KEYS})
             shown.append(summary_line(scores) if name == "toy" else
                          f"{name} zero-shot top-1 {scores['top1']:.1f}%, top-5 {scores['top5']:.1f}%")
         if self.main and result:
@@ -359,7 +350,7 @@ class TrainingRun(RunResume):
                                            "--resume auto")
             final = self.evaluate()
             if self.main:
-                write_json(self.folder.final_eval, {"step": self.step, **final})
+                write_json(self.folder.final_eval, final_eval_record(self.step, final))
                 from results.anchors import end_of_run_line  # files only: the published open CLIP curve
                 print(end_of_run_line(self.run_dir), flush=True)
                 print(next_commands(self.run_dir, self.recipe.train_data, self.options.imagenet_val),

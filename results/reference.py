@@ -57,9 +57,11 @@ def _trained_as(run_dirs: list[Path]) -> tuple[str, str, int]:
     so throughput times the towers as they were trained."""
     for run_dir in run_dirs:
         if RunFolder(run_dir).is_run():
-            experiment = RunFolder(run_dir).read_config()["experiment"]
-            precision = "bf16" if experiment["recipe"]["precision"] in ("bf16", "fp16") else "fp32"
-            return precision, experiment["variant"].replace("/", "-"), experiment["recipe"]["batch_size"]
+            config = RunFolder(run_dir).read_run_config()
+            trained = config.require("experiment.recipe.precision")
+            precision = "bf16" if trained in ("bf16", "fp16") else "fp32"
+            return (precision, config.require("experiment.variant").replace("/", "-"),
+                    config.require("experiment.recipe.batch_size"))
     return "fp32", "w96", 128
 
 

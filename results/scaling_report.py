@@ -95,7 +95,7 @@ def collect(spec: dict, t: Target, out: Path, partial: bool = False) -> dict:
     recipe = next(iter(loaded.values())).recipe
     shared = {k: v for k, v in recipe.items() if k not in SWEPT_RECIPE_FIELDS}
     return {"points": {f: list(p.values()) for f, p in points.items()}, "check": check, "choice": choice,
-            "anchors": [anchor_run(run.config, run.final_eval.get("eval/imagenet_top1"))
+            "anchors": [anchor_run(run.config, run.final_eval.get("imagenet_top1"))
                         for run in loaded.values()],
             "shared_recipe": shared, "progress": {"finished": len(finished), "planned": len(planned),
                                                   "first_missing": missing[0] if missing else None}}

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from runfolder import RunFolder
 from runfolder.errors import InputError
 
 DEFAULT_SPEC = Path(__file__).with_name("scaling") / "sweep.yaml"
@@ -174,7 +175,7 @@ def chain(t: Target, family: str, size: str, lr: float, seed: int, runs_dir: Pat
         runs.append(PlannedRun(
             f"{stem}-n{budget}", "branch",
             {**base, "steps": t.steps(budget), "cooldown_steps": t.cooldown(budget),
-             "branch_from": str(runs_dir / trunk.name / "checkpoints" / f"step_{point:08d}.pt")},
+             "branch_from": str(RunFolder(runs_dir / trunk.name).checkpoint(point))},
             family, size, lr, seed, budget, trunk.name, point))
     return runs
 

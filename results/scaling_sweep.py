@@ -43,19 +43,20 @@ from results.scaling_spec import (
     target,
     train_flags,
 )
-from runfolder import atomic_write_text
+from runfolder import RunFolder, atomic_write_text
 from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 from runfolder.errors import OneLineParser, run_main
+from runfolder.vocabulary import EVAL_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_error(run_dir: Path, metric: str) -> float | None:
     """100 - the run's final `eval/<metric>` (an error in points), None while it has not finished."""
-    final = run_dir / "final_eval.json"
-    if not final.is_file():
+    final = RunFolder(run_dir).read_final_eval()
+    if final is None:
         return None
-    value = json.loads(final.read_text()).get(f"eval/{metric}")
+    value = final.get(EVAL_PREFIX + metric)
     return None if value is None else 100.0 - float(value)
 
 
@@ -147,7 +148,7 @@ class Executor:
                 raise
 
     def finished(self, run: PlannedRun) -> bool:
-        return (self.runs_dir / run.name / "final_eval.json").is_file()
+        return RunFolder(self.runs_dir / run.name).final_eval.is_file()
 
     def run_chain(self, runs: list[PlannedRun]) -> None:
         by_name = {run.name: run for run in runs}
@@ -166,7 +167,7 @@ class Executor:
             self._execute(run)
         if not self.keep_checkpoints and not self.dry_run and all(self.finished(r) for r in runs):
             for run in runs:  # the whole folder: a `latest` pointer left behind would name nothing
-                shutil.rmtree(self.runs_dir / run.name / "checkpoints", ignore_errors=True)
+                shutil.rmtree(RunFolder(self.runs_dir / run.name).checkpoints, ignore_errors=True)
 
 
 def _phase_chains(spec: dict, t: Target, phase: str, out: Path, runs_dir: Path) -> list[list[PlannedRun]]:

@@ -23,11 +23,11 @@ Runs are named `<text family>-text-<mask>-<image family>-image-seed<k>` under `-
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from results import reference
 from results.report import write_report
+from runfolder import RunFolder
 from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 from runfolder.errors import OneLineParser, run_main
 
@@ -50,12 +50,13 @@ def matched_runs(runs_dir: Path, text_masks: list[str]) -> list[Path]:
     if not runs_dir.is_dir():
         raise ValueError(f"--matched-runs {runs_dir}: expected a folder of run folders")
     found = []
-    for config_file in sorted(runs_dir.glob("*/config.json")):
-        experiment = json.loads(config_file.read_text())["experiment"]
+    for run in map(RunFolder, sorted(runs_dir.iterdir())):
+        if not run.is_run():
+            continue
+        experiment = run.read_config()["experiment"]
         if (experiment["image_tower"] == experiment["text_tower"]
-                and experiment["recipe"].get("text_mask") in text_masks
-                and (config_file.parent / "final_eval.json").is_file()):
-            found.append(config_file.parent)
+                and experiment["recipe"].get("text_mask") in text_masks and run.final_eval.is_file()):
+            found.append(run.path)
     if not found:
         raise ValueError(f"--matched-runs {runs_dir}: expected finished same-family runs at --text-masks "
                          f"{' '.join(text_masks)}, found none")

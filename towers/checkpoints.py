@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from runfolder import LATEST, latest_checkpoint  # noqa: F401 - re-exported
+from runfolder import LATEST, RunFolder, latest_checkpoint  # noqa: F401 - re-exported
 from runfolder.errors import InputError
 from towers.clip import CLIP, available_models, build_from_config, build_model, create_model
 from towers.preprocess import image_transform
@@ -197,7 +197,7 @@ def model_from_open_clip(name: str, pretrained: str | None = None) -> CLIP:
 
 def checkpoint_of_run(folder: str | os.PathLike) -> Path:
     """The checkpoint a run folder's `checkpoints/latest` names (what every runner's --model scores)."""
-    checkpoint = latest_checkpoint(Path(folder) / "checkpoints")
+    checkpoint = RunFolder(folder).latest()
     if checkpoint is None or not checkpoint.is_file():
         raise CheckpointError(f"{folder}: a run folder without a readable checkpoints/latest, and not a "
                               "folder python -m towers.export wrote")

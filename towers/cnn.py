@@ -72,7 +72,6 @@ def _toy_image(width: int) -> dict:
 
 # The image rows; `embed_dim` and the text rows are the Transformer family's own (shared, not copied).
 _IMAGE_ROWS: dict[str, dict] = {
-    "tiny": _toy_image(128),
     # timm's resnet18, resnet34 and resnet50 trunks (tests/test_towers_cnn.py checks them against timm)
     "S/32": dict(image_size=224, block="basic", layers=(2, 2, 2, 2), channels=RESNET_CHANNELS),
     "B/32": dict(image_size=224, block="basic", layers=(3, 4, 6, 3), channels=RESNET_CHANNELS),

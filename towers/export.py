@@ -24,8 +24,9 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import load_file, save_file
 
+from runfolder import RunFolder
 from runfolder.errors import InputError, OneLineParser, run_main
-from towers.checkpoints import LATEST_POINTER, CheckpointError, latest_checkpoint, read_checkpoint
+from towers.checkpoints import LATEST_POINTER, CheckpointError, read_checkpoint
 from towers.clip import CLIP, build_from_config
 
 OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS = "open_clip_config.json", "open_clip_model.safetensors"
@@ -43,7 +44,7 @@ def checkpoint_of(run: str | os.PathLike) -> Path:
     """The checkpoint a RUN argument names: a run dir (its checkpoints/latest) or a checkpoint file."""
     path = Path(run)
     if path.is_dir():
-        found = latest_checkpoint(path / "checkpoints")
+        found = RunFolder(path).latest()
         if found is None or not found.is_file():
             raise ExportError(f"{run}: run dir without a readable checkpoints/{LATEST_POINTER} "
                               "(expected RUN/checkpoints/latest naming a checkpoint file)")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 
 from runfolder.errors import OneLineParser, run_main
+from runfolder.vocabulary import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # Accelerate's names
 
 
