@@ -21,7 +21,6 @@ name): CLIP_benchmark's own default puts the checkpoint path in the name. Datase
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.data.files import InputError
+from runfolder import CHECKPOINTS, RunFolder
+from runfolder.errors import OneLineParser, run_main
 
 MODEL_TYPE = "mixclip"
 DEFAULT_OUTPUT = "{dataset}_{model}_{language}_{task}.json"
@@ -74,13 +75,13 @@ def named_model(spec: str) -> str:
     if path.is_dir() and ((path / OUR_CONFIG).is_file() or (path / OPEN_CLIP_CONFIG).is_file()):
         name, target = path.resolve().name, str(path)  # an exported folder
     elif path.is_dir():
-        checkpoint = towers.checkpoints.latest_checkpoint(path / "checkpoints")
+        checkpoint = RunFolder(path).latest()
         if checkpoint is None or not checkpoint.is_file():
             raise InputError(f"--model {spec}: run dir without a readable checkpoints/latest, and not a "
                              "folder python -m towers.export wrote")
         name, target = f"{path.resolve().name}-{checkpoint.stem}", str(checkpoint)
     elif path.is_file():
-        in_run = path.resolve().parent.name == "checkpoints"
+        in_run = path.resolve().parent.name == CHECKPOINTS
         name = f"{path.resolve().parent.parent.name}-{path.stem}" if in_run else path.stem
         target = str(path)
     elif spec in towers.available_models():
@@ -95,7 +96,7 @@ def named_model(spec: str) -> str:
 
 def clip_benchmark_argv(argv: list[str]) -> list[str]:
     """Our flags rewritten into CLIP_benchmark's: each --model becomes a --pretrained_model entry."""
-    ours = argparse.ArgumentParser(add_help=False)
+    ours = OneLineParser(add_help=False)
     ours.add_argument("--model", action="extend", nargs="+", default=[])
     known, rest = ours.parse_known_args(argv)
     if not known.model:
@@ -131,4 +132,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -309,8 +309,8 @@ def load_untrained(spec: str, device: str | torch.device | None = None, **kwargs
     run = RunFolder(spec)
     if not run.is_run():
         raise InputError(f"--model {spec} --untrained: expected a run dir with config.json")
-    config = run.read_config()
-    experiment, recipe = config["experiment"], config["experiment"]["recipe"]
+    config = run.read_run_config()
+    experiment, recipe = config.experiment, config.require("experiment.recipe")
     if "text_mask" not in recipe:
         raise InputError(f"--model {spec} --untrained: its config.json records no recipe.text_mask (a run "
                          "from before the text mask); rebuild it from a checkpoint instead")

@@ -22,21 +22,14 @@ from benchmarks import imagenet_scorer, toy_zeroshot
 from benchmarks.data.files import InputError
 from benchmarks.data.imagenet import IMAGEFOLDER_LAYOUT, is_shard_spec
 from benchmarks.encoder import Encoder
-from benchmarks.provenance import BENCHMARK_VERSIONS
-
-# What every classification score logs (metrics.jsonl, TensorBoard, final_eval.json) as eval/<set>_<key>
-CLASSIFICATION_KEYS = ("top1", "top5", "mean_per_class_recall", "top1_ci95", "n")
-TOY_KEYS = CLASSIFICATION_KEYS + (
-    "colour_acc", "shape_acc", "top1_seen", "top1_seen_ci95", "n_seen", "top1_held_out",
-    "top1_held_out_ci95", "n_held_out", "colour_acc_held_out", "shape_acc_held_out", "robust_top1",
-    "i2t_r1", "t2i_r1", "val_loss",
-)
+from runfolder.vocabulary import BENCHMARK_VERSIONS, LOGGED_EVAL_KEYS
 
 
 @dataclass
 class Evaluation:
     """One zero-shot set: how it is scored, the benchmark its results are filed under (its folder in the
-    results dir and its version), what training logs of it and how the trainer prints it."""
+    results dir and its version, `runfolder.vocabulary.BENCHMARK_VERSIONS`), the keys of its scores
+    training logs and how the trainer prints it."""
 
     name: str
     scorer: Callable[..., dict[str, Any]]
@@ -53,10 +46,11 @@ class Evaluation:
 
 
 EVALUATIONS = {
-    "toy": Evaluation("toy", toy_zeroshot.toy_eval, "toy_zeroshot", TOY_KEYS, toy_zeroshot.summary_line),
-    "imagenet": Evaluation("imagenet", imagenet_scorer.imagenet_eval, "imagenet_zeroshot",
-                           CLASSIFICATION_KEYS, imagenet_scorer.summary_line,
-                           settings=("templates", "cache")),
+    # both log the vocabulary's keys (eval/<set>_<key>) that their scores hold: ImageNet the first five
+    "toy": Evaluation("toy", toy_zeroshot.toy_eval, "toy_zeroshot", LOGGED_EVAL_KEYS,
+                      toy_zeroshot.summary_line),
+    "imagenet": Evaluation("imagenet", imagenet_scorer.imagenet_eval, "imagenet_zeroshot", LOGGED_EVAL_KEYS,
+                           imagenet_scorer.summary_line, settings=("templates", "cache")),
 }
 EVAL_SETS = tuple(EVALUATIONS)  # what --dataset and training's --evals name
 

@@ -38,14 +38,15 @@ from benchmarks.provenance import (
     limit_part,
 )
 from benchmarks.result_formats import write_clip_benchmark
-from benchmarks.runner_flags import RunnerParser, add_limit_argument, add_templates_argument
+from benchmarks.runner_flags import add_limit_argument, add_templates_argument
 from benchmarks.toy_zeroshot import add_toy_arguments, runner_toy_data, summary_line
 from runfolder import RunFolder
+from runfolder.errors import OneLineParser, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = RunnerParser(prog="python -m benchmarks.imagenet_zeroshot",
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.imagenet_zeroshot",
+                           description=__doc__.split("\n\n")[0])
     add_model_arguments(parser, text_only_ok=False)
     parser.add_argument("--dataset", choices=sorted(EVAL_SETS), default="imagenet",
                         help="ImageNet-1k classes, or the embedded toy data set's val split "
@@ -160,4 +161,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,39 +17,31 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import math
 import platform
-import re
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from benchmarks.data.files import REPO_ROOT, InputError
+from benchmarks.data.files import InputError
 from benchmarks.encoder import Encoder, load_encoder
 from benchmarks.runner_flags import (  # noqa: F401 - the runners' flags, re-exported
     add_model_arguments,
     add_output_arguments,
-    resolve_precision,
 )
-from runfolder import atomic_write_text
-
-# Bump a runner's version whenever a change could move its numbers (data, protocol, metric).
-BENCHMARK_VERSIONS = {
-    "imagenet_zeroshot": "1.0",
-    "toy_zeroshot": "1.0",
-    "sts": "1.0",
-    "retrieval": "1.0",
-    "word_order": "1.0",
-    "word_order_captions": "1.0",
-    "word_order_sugarcrepe": "1.0",
-    "throughput": "1.0",
-    "gpu_check": "1.0",
-}
+from runfolder.code_version import code_version, git_commit  # noqa: F401 - re-exported
+from runfolder.errors import fail  # noqa: F401 - re-exported: the runners' one-line exit 2
+from runfolder.records import json_safe, write_json  # noqa: F401 - re-exported to the runners
+from runfolder.score_records import (  # noqa: F401 - re-exported to the runners
+    result_name,
+    safe_model_id,
+    score_record,
+)
+from runfolder.score_records import write_score_record as write_result
+from runfolder.vocabulary import BENCHMARK_VERSIONS
+from towers.precision import resolve_precision
 
 _VERSIONED_PACKAGES = (
     "mixclip-bench", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "scipy",
@@ -57,17 +49,11 @@ _VERSIONED_PACKAGES = (
 )
 
 
-def fail(message: str) -> NoReturn:
-    """Print ``error: <message>`` (one line) to stderr and exit with status 2, the bad-input status."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _precision(args: argparse.Namespace) -> str:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_precision(args.precision, torch.device(device).type)
+    return resolve_precision(args.precision, torch.device(device).type)[0]  # as training resolves it
 
 
 def encoder_from_args(args: argparse.Namespace) -> Encoder:
@@ -85,19 +71,6 @@ def encoder_from_args(args: argparse.Namespace) -> Encoder:
         fail(f"--model {args.model or args.open_clip}: {exc}")
 
 
-def git_commit() -> str | None:
-    """Commit of this code, with ``-dirty`` when the work tree has changes; None outside a git checkout."""
-    def git(*argv: str) -> str:
-        return subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
-
-
 def library_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in _VERSIONED_PACKAGES:
@@ -106,11 +79,6 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def safe_model_id(model_id: str) -> str:
-    """A file-name-safe model id (keeps letters, digits and ``._+-``)."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", model_id).strip("._") or "model"
 
 
 def command_line() -> str:
@@ -125,40 +93,9 @@ def stamp(benchmark: str, metrics: dict[str, Any], encoder: Encoder | None = Non
     """The result record: provenance first, then the run's settings and metrics."""
     info = dict(encoder.info) if encoder is not None else {}
     info.update(model_info or {})
-    return {
-        "benchmark": benchmark,
-        "benchmark_version": BENCHMARK_VERSIONS[benchmark],
-        "model_id": info.get("model_id"),
-        "model": info,
-        "checkpoint_sha256": info.get("checkpoint_sha256"),
-        "recipe_sha256": info.get("recipe_sha256"),
-        "git_commit": git_commit(),
-        "versions": library_versions(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command_line(),
-        "settings": settings or {},
-        "metrics": metrics,
-    }
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None (strict JSON), tuples -> lists, Paths -> str, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: str | Path, data: dict[str, Any] | list[Any]) -> Path:
-    """Write ``data`` as strict JSON (NaN -> null), atomically: a reader never sees half a file."""
-    return atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+    return score_record(benchmark, BENCHMARK_VERSIONS[benchmark], info, code_version(), library_versions(),
+                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), command_line(),
+                        settings or {}, metrics)
 
 
 # Folder names too generic to tell two data sets apart: the parent's name goes in front ("imagenet-val").
@@ -182,21 +119,8 @@ def data_label(data: str | Path | None, default: str) -> str:
     return safe_model_id(name)
 
 
-def result_name(model_id: str, *parts: str | None) -> str:
-    """``<model-id>[__<part>...]``: the parts (data set, non-default settings) that make this
-    measurement differ from another of the same model; empty parts are left out."""
-    return "__".join([safe_model_id(str(model_id)), *(safe_model_id(str(p)) for p in parts if p)])
-
-
 def limit_part(limit: int | None) -> str | None:
     return f"limit{limit}" if limit is not None else None
-
-
-def write_result(record: dict[str, Any], results_dir: str | Path = "results/scores",
-                 name: str | None = None) -> Path:
-    """Write ``record`` to ``<results_dir>/<benchmark>/<name or model-id>.json``; returns the path."""
-    name = name or safe_model_id(str(record["model_id"]))
-    return write_json(Path(results_dir) / record["benchmark"] / f"{name}.json", record)
 
 
 def finish(benchmark: str, metrics: dict[str, Any], args: argparse.Namespace,

@@ -43,7 +43,8 @@ from benchmarks.provenance import (
     safe_model_id,
 )
 from benchmarks.result_formats import write_clip_benchmark
-from benchmarks.runner_flags import RunnerParser, add_deprecated_alias, add_limit_argument
+from benchmarks.runner_flags import add_deprecated_alias, add_limit_argument
+from runfolder.errors import OneLineParser, run_main
 
 KS = (1, 5, 10)
 
@@ -126,8 +127,8 @@ def query_grid(encoder: Encoder, data: CaptionedImages, image_features: torch.Te
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = RunnerParser(prog="python -m benchmarks.retrieval",
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.retrieval",
+                           description=__doc__.split("\n\n")[0])
     add_model_arguments(parser, text_only_ok=False)
     parser.add_argument("--dataset", choices=("captions", "toy"), default="captions",
                         help="a captioned image folder, or the toy val split (default: %(default)s)")
@@ -185,4 +186,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -10,8 +10,8 @@ The same thing has the same flag in every runner:
     templates  --templates openai|simple
     precision  --precision auto|fp32|bf16  (auto: bf16 autocast on CUDA, fp32 on CPU)
 
-A bad value is one line on stderr and exit status 2, never a usage dump (`RunnerParser`). Spellings
-that runners used before stay one version as deprecated aliases (`add_deprecated_alias`): they work
+A bad value is one line on stderr and exit status 2, never a usage dump (`runfolder.errors.OneLineParser`).
+Spellings that runners used before stay one version as deprecated aliases (`add_deprecated_alias`): they work
 and say which flag to use instead.
 """
 
@@ -22,27 +22,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PRECISIONS = ("auto", "fp32", "bf16")
-TEMPLATE_SET_NAMES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
+from runfolder.errors import OneLineParser
+from runfolder.vocabulary import SCORING_PRECISIONS, TEMPLATE_SET_NAMES
 
-
-class RunnerParser(argparse.ArgumentParser):
-    """Bad flags end the program with exit status 2 and one line, not a usage dump."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {' '.join(message.split())}\n")
-
-
-def resolve_precision(precision: str, device_type: str) -> str:
-    """`auto` -> bf16 where the device runs it natively, fp32 elsewhere, as training resolves it
-    (towers.precision); fp32 and bf16 stay."""
-    from towers.precision import resolve_precision as resolve
-
-    return resolve(precision, device_type)[0]
+RunnerParser = OneLineParser  # the old name, kept one release: use runfolder.errors.OneLineParser
 
 
 def add_precision_argument(parser: argparse.ArgumentParser | Any, default: str = "auto") -> None:
-    parser.add_argument("--precision", choices=PRECISIONS, default=default,
+    parser.add_argument("--precision", choices=SCORING_PRECISIONS, default=default,
                         help="auto: bf16 autocast where the device runs bf16 natively, else fp32; bf16 runs "
                              "the towers under autocast "
                              "(default: %(default)s)")

@@ -38,7 +38,8 @@ from benchmarks.provenance import (
     limit_part,
 )
 from benchmarks.result_formats import write_mteb
-from benchmarks.runner_flags import RunnerParser, add_limit_argument
+from benchmarks.runner_flags import add_limit_argument
+from runfolder.errors import OneLineParser, run_main
 
 SEED_PAPER_SETS = ("SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16")
 
@@ -124,7 +125,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = RunnerParser(prog="python -m benchmarks.sts", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.sts", description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--sets", nargs="+", choices=list(STS_FILES), default=list(STS_FILES),
                         help="which STS sets to score")
@@ -176,4 +177,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

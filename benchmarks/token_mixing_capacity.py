@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.provenance import write_json
-from benchmarks.runner_flags import RunnerParser
+from runfolder.errors import OneLineParser, run_main
 from towers.clip import create_model
 from towers.profile import count_flops
 from towers.token_mixing import TOKEN_MIXING_MODES
@@ -81,8 +81,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = RunnerParser(prog="python -m benchmarks.token_mixing_capacity", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m benchmarks.token_mixing_capacity", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     rows = capacity_table()
@@ -94,4 +94,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

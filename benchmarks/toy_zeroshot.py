@@ -42,10 +42,9 @@ from benchmarks.encoder import Encoder
 from benchmarks.process_group import gather_objects
 from benchmarks.zeroshot_classifier import zero_shot_classifier
 from runfolder import RunFolder
-from runfolder.vocabulary import TOY_TASKS
+from runfolder.vocabulary import MAX_LOGIT_SCALE, TOY_TASKS
 
 VAL_LOSS_BATCH = 64  # fixed, not the recipe's batch: runs of other batches compare (chance ln 64)
-MAX_LOGIT_SCALE = 100.0  # CLIP's clamp of exp(logit_scale)
 
 
 @dataclass(frozen=True)

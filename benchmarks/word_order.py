@@ -50,7 +50,8 @@ from benchmarks.provenance import (
     finish,
     limit_part,
 )
-from benchmarks.runner_flags import RunnerParser, add_limit_argument
+from benchmarks.runner_flags import add_limit_argument
+from runfolder.errors import OneLineParser, run_main
 
 # Cosines this close are one score: an order-blind encoder's sums of the same vectors in another order
 # differ only by float rounding, and such a pair must count as the tie it is.
@@ -164,8 +165,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = RunnerParser(prog="python -m benchmarks.word_order",
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.word_order",
+                           description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--dataset", choices=("toy", "captions", "sugarcrepe"), default="toy",
                         help="toy val split, a captioned folder (default: the shared COCO captions), or a "
@@ -228,4 +229,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

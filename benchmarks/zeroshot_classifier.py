@@ -28,8 +28,11 @@ from benchmarks.data.files import cache_dir
 from benchmarks.encoder import Encoder
 from benchmarks.process_group import gather_objects
 from runfolder import atomic_write
+from runfolder.vocabulary import TEMPLATE_SET_NAMES
 
-TEMPLATE_SETS = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}
+# open_clip's template sets under the vocabulary's names (openai: 80 templates, simple: 7)
+TEMPLATE_SETS = dict(zip(TEMPLATE_SET_NAMES, (OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES),
+                         strict=True))
 CLASSES_PER_BATCH = 10  # open_clip's default: 800 prompts per forward with the 80 templates
 
 

@@ -30,25 +30,25 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.runner_flags import RunnerParser
 from launch.decoders import DECODERS
 from launch.flag_help import PRECISION_HELP, field_help, precision_value, tracker_names
-from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, TOY_TASKS
-from towers.precision import PRECISIONS, resolve_precision
+from runfolder.errors import OneLineParser
+from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, PRECISIONS, TOY_TASKS
+from runfolder.vocabulary import TEMPLATE_SET_NAMES as EVAL_TEMPLATES
+from towers.precision import resolve_precision
 from towers.registry import FAMILIES, canonical_variant, model_kwargs, variant_table
 from towers.text_mask import DEFAULT_TEXT_MASK, TEXT_MASKS, legacy_text_reading, resolve_token_mixing
 from towers.token_mixing import TOKEN_MIXING_MODES
 
 LR_SCHEDULES = ("cosine", "constant")
 LOADER_START_METHODS = ("fork", "forkserver", "spawn")  # multiprocessing's, for the DataLoader workers
-EVAL_TEMPLATES = ("openai", "simple")  # benchmarks.zeroshot_classifier.TEMPLATE_SETS
 TOY_CONTEXT_LENGTH = 32
 CLIP_CONTEXT_LENGTH = 77
 COOLDOWN_FRACTION = 0.2  # the default cooldown, as in the scaling sweep (Hägele et al. 2024)
 # The default warmup: the default run's 40 of its 640 steps, so it follows --steps (1 step: none, 20: 1);
 # the committed runs that left it out and still replay trained 640 steps: their hashes are unchanged.
 WARMUP_FRACTION = 1 / 16
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the committed recipes (README: Training)
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the committed recipes (docs/usage.md: Training)
 # Fields added after runs were committed: hashed only when set away from their default, so every
 # committed run's recipe_sha256 stays what it was.
 HASHED_WHEN_SET = {"image_init": "library", "image_pool": "library"}
@@ -265,9 +265,6 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         if f.name in vocabulary:
             kwargs["choices"] = vocabulary[f.name]
         parser.add_argument(_flag(f.name), **kwargs)
-
-
-OneLineParser = RunnerParser  # bad flags: one line and exit status 2, as in every runner
 
 
 def build_parser() -> argparse.ArgumentParser:

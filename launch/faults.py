@@ -39,9 +39,10 @@ import torch
 import torch.distributed as dist
 from accelerate.utils import InitProcessGroupKwargs
 
+from runfolder import RunFolder
+
 PREEMPTED_EXIT_STATUS = 75  # sysexits.h EX_TEMPFAIL: the run saved where it stopped; run it again
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-PREEMPTED_MARKER = "preempted.json"  # in the run folder; launch/slurm/train.sbatch requeues on it
 SIGNAL_NAMES = {signal.strsignal(s): s.name for s in signal.Signals if signal.strsignal(s)}
 
 
@@ -124,13 +125,13 @@ def collective_timeout(seconds: float) -> InitProcessGroupKwargs:
 
 
 def write_preempted(run_dir: Path, step: int, received: str | None, checkpoint: str | None) -> None:
-    (run_dir / PREEMPTED_MARKER).write_text(json.dumps({
+    RunFolder(run_dir).preempted.write_text(json.dumps({
         "step": step, "signal": received, "checkpoint": checkpoint,
         "exit_status": PREEMPTED_EXIT_STATUS}) + "\n")
 
 
 def clear_preempted(run_dir: Path) -> None:
-    (run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
+    RunFolder(run_dir).preempted.unlink(missing_ok=True)
 
 
 KILLED_WORKER = re.compile(r"DataLoader worker \(pid (\d+)\) is killed by signal: ([^.]+)")

@@ -28,11 +28,14 @@ from accelerate.tracking import GeneralTracker, TensorBoardTracker, WandBTracker
 from benchmarks.provenance import command_line
 from launch.flag_help import tracker_names
 from runfolder import TENSORBOARD, RunFolder
+from runfolder.errors import InputError
+from runfolder.records import metrics_line, stamped
+from runfolder.vocabulary import EVAL_PREFIX
 
 TENSORBOARD_FOLDER = TENSORBOARD  # RUN/tensorboard/ (runfolder owns the layout)
 
 
-class TrackerUnavailableError(RuntimeError):
+class TrackerUnavailableError(InputError):
     """A tracker was asked for whose package is not installed; the message is one line."""
 
 
@@ -96,7 +99,7 @@ EVAL_SET_SIZE = re.compile(r"eval/.+_n(_seen|_held_out)?")  # the same at every 
 
 def tracker_tag(key: str) -> str:
     """The tracker name of a metrics.jsonl number: `eval/...` as it is, the rest under `train/`."""
-    return key if key.startswith("eval/") else f"train/{key}"
+    return key if key.startswith(EVAL_PREFIX) else f"train/{key}"
 
 
 def tracker_values(numbers: dict, logged: dict) -> dict:
@@ -145,10 +148,8 @@ class MetricsLog:
         accelerator.init_trackers(run_dir.name, config=flat_config(config))
 
     def log(self, record: dict) -> None:
-        now = time.time()
-        wall = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat(timespec="seconds")
-        record = {**record, "time": wall, "elapsed_s": round(now - self.started, 3)}
-        self.file.write(json.dumps(record, sort_keys=True) + "\n")
+        record = stamped(record, time.time(), self.started)
+        self.file.write(metrics_line(record))
         self.file.flush()
         numbers = flat_numbers(record)
         step = numbers.pop("step")

@@ -22,9 +22,10 @@ from launch.checkpointing import newest_readable, point_latest, resolve_checkpoi
 from launch.config import Recipe, RunOptions, experiment_differences, with_legacy_text_mask
 from launch.trainer import learning_rate
 from runfolder import RunFolder
+from runfolder.errors import InputError
 
 
-class RunError(Exception):
+class RunError(InputError):
     """Bad input found while setting a run up; reported as one line, exit status 2."""
 
 

@@ -13,7 +13,7 @@ readable one. Zero-shot accuracy on that toy set's val split (when training on t
 (`--imagenet-val PATH`: ILSVRC or ImageNetV2 folder, or shards with `.cls`) is scored at the end and
 every `--eval-every` steps by `benchmarks.evaluations` (the runners' code), every process scoring its share.
 
-    accelerate launch launch/train.py --tower transformer                 # the default run (README: its time)
+    accelerate launch launch/train.py --tower transformer        # the default run (its time: docs/results.md)
     accelerate launch --config_file launch/accelerate/cpu.yaml launch/train.py --tower mixer --steps 20
     accelerate launch launch/train.py --tower mixer --imagenet-val /data/imagenet/val --eval-every 150
     python launch/train.py --help
@@ -39,7 +39,7 @@ from benchmarks.data.files import InputError
 from benchmarks.data.shards import SKIP_KINDS, ShardSpecError
 from benchmarks.encoder import ModelEncoder
 from benchmarks.evaluations import EVALUATIONS, eval_set, zero_shot_eval
-from benchmarks.provenance import command_line, git_commit, library_versions, write_json
+from benchmarks.provenance import code_version, command_line, library_versions
 from launch.checkpointing import WRITING, CheckpointWriter, capture_rng_state
 from launch.config import (
     Experiment,
@@ -81,7 +81,9 @@ from launch.trainer import (
     micro_batch_stream,
 )
 from runfolder import RunFolder
-from towers.checkpoints import latest_checkpoint
+from runfolder.errors import run_main
+from runfolder.records import ConfigRecord, final_eval_record, flops_per_sample, write_json
+from runfolder.vocabulary import eval_key
 from towers.precision import MIXED_PRECISION
 
 # Without a terminal (a SLURM log) a progress line this often: ~60 lines an hour, whatever the step time
@@ -147,24 +149,20 @@ class TrainingRun:
         with torch.device("meta"):
             cost = towers.profile(towers.build_model(**self.experiment.model_kwargs()))
         world = self.accelerator.num_processes
-        config = {
-            "name": self.run_dir.name, "model_name": self.model.model_name,
-            "experiment": experiment_dict(self.experiment), "recipe_sha256": self.recipe_sha256,
-            "recipe_identity": self.identity["recipe"], "run_options": dataclasses.asdict(self.options),
-            "command": command_line(),
-            "git_commit": git_commit(), "versions": library_versions(), "world_size": world,
-            "global_batch_size": self.recipe.batch_size * world * self.recipe.accum,
-            "device": str(self.accelerator.device), "torch_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "precision": self.precision,
-            "device_settings": device_settings(self.accelerator.device, self.ddp_model),
-            "params": {k: cost[k] for k in ("image_params", "text_params", "total_params")},
-            "flops_per_sample": {"image_gflops": cost["image_gflops"], "text_gflops": cost["text_gflops"],
-                                 # forward + backward = 3 x forward, the usual estimate
-                                 "train_gflops": 3 * (cost["image_gflops"] + cost["text_gflops"])},
-            "resumed_from": self.resume.state.resumed_from,
-            "branched_from": self.resume.state.branched_from,
-        }
-        write_json(self.folder.config, config)
+        config = ConfigRecord(
+            name=self.run_dir.name, model_name=self.model.model_name,
+            experiment=experiment_dict(self.experiment), recipe_sha256=self.recipe_sha256,
+            recipe_identity=self.identity["recipe"], run_options=dataclasses.asdict(self.options),
+            command=command_line(), **code_version(), versions=library_versions(), world_size=world,
+            global_batch_size=self.recipe.batch_size * world * self.recipe.accum,
+            device=str(self.accelerator.device), torch_threads=torch.get_num_threads(),
+            cpu_capability=torch.backends.cpu.get_cpu_capability(), precision=self.precision,
+            device_settings=device_settings(self.accelerator.device, self.ddp_model),
+            params={k: cost[k] for k in ("image_params", "text_params", "total_params")},
+            flops_per_sample=flops_per_sample(cost["image_gflops"], cost["text_gflops"]),
+            resumed_from=self.resume.state.resumed_from,
+            branched_from=self.resume.state.branched_from,
+        ).write(self.folder.config)
         return config
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -199,14 +197,14 @@ class TrainingRun:
         return None if outcome == WRITING else outcome
 
     def _latest_named(self) -> str:
-        latest = latest_checkpoint(self.checkpoints) if (self.checkpoints / "latest").is_file() else None
+        latest = self.folder.latest()
         return f"`latest` names {latest.name}" if latest else "no checkpoint yet (`latest` absent)"
 
     def _stop_here(self, saved: bool) -> None:
         """Every process agreed to stop at this step: say so, leave the marker the sbatch script
         requeues on, and end with Preempted (exit status 75)."""
         if self.main:
-            latest = latest_checkpoint(self.checkpoints) if (self.checkpoints / "latest").is_file() else None
+            latest = self.folder.latest()
             write_preempted(self.run_dir, self.step, self.stop.received, latest.name if latest else None)
         self.accelerator.wait_for_everyone()
         saved_text = f"checkpoint step {self.step} written" if saved else \
@@ -248,8 +246,8 @@ class TrainingRun:
                                         **chosen, **share)
             except InputError as error:
                 raise RunError(str(error)) from None
-            logged = EVALUATIONS[name].logged_keys  # eval/<set>_<key> in metrics.jsonl, final_eval.json
-            result.update({f"eval/{name}_{k}": v for k, v in scores.items() if k in logged})
+            logged = EVALUATIONS[name].logged_keys
+            result.update({eval_key(name, k): v for k, v in scores.items() if k in logged})
             shown.append(EVALUATIONS[name].summary(scores))
         if self.main and result:
             self.log.log({"step": self.step, "samples_seen": self.samples_seen, **result})
@@ -351,7 +349,7 @@ class TrainingRun:
                                            "--resume auto")
             final = self.evaluate()
             if self.main:
-                write_json(self.folder.final_eval, {"step": self.step, **final})
+                write_json(self.folder.final_eval, final_eval_record(self.step, final))
                 from results.anchors import end_of_run_line  # files only: the published open CLIP curve
                 print(end_of_run_line(self.run_dir), flush=True)
                 print(next_commands(self.run_dir, self.recipe.train_data, self.options.imagenet_val),
@@ -445,4 +443,4 @@ def _train(accelerator: Accelerator, experiment: Experiment, options: RunOptions
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -33,6 +33,7 @@ from open_clip.loss import ClipLoss
 
 import towers
 from launch.config import Recipe
+from runfolder.vocabulary import MAX_LOGIT_SCALE
 
 MAX_NONFINITE_IN_A_ROW = 10
 
@@ -217,7 +218,7 @@ class ContrastiveStep:
         else:
             self.optimizer.step()
         with torch.no_grad():  # CLIP's clamp: the temperature never exceeds 100
-            self.accelerator.unwrap_model(self.model).logit_scale.clamp_(0, math.log(100))
+            self.accelerator.unwrap_model(self.model).logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
         self.last_loss, self.last_grad_norm = loss, grad_norm
         return {"loss": loss}
 

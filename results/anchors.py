@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from results.published import PACKAGED, load_table, select, value_at
+from runfolder import RunFolder
+from runfolder.vocabulary import eval_key
 
 # Flag a Transformer arm more than max(3 points, 20% of the published value) under the published curve: a
 # published row is the best run over its learning rates and a replication on other shards (LAION-400M
@@ -132,9 +134,10 @@ def anchor_run(config: dict, score: float | None, table: Path = PACKAGED, datase
 def anchor_run_dir(run_dir: str | Path, table: Path = PACKAGED) -> Anchor:
     """The anchor of a finished run folder (config.json + final_eval.json's eval/imagenet_top1)."""
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    final = run_dir / "final_eval.json"
-    score = json.loads(final.read_text()).get("eval/imagenet_top1") if final.is_file() else None
+    folder = RunFolder(run_dir)
+    config = folder.read_config()
+    final = folder.read_final_eval()
+    score = final.get(eval_key("imagenet", "top1")) if final is not None else None
     return anchor_run(config, score, table)
 
 
@@ -205,7 +208,7 @@ def report_anchors(runs: list, out: Path) -> tuple[list[str], list[tuple[str, ob
     """For results.report: the warnings its opening lists (one per flagged run) and its blocks (kind,
     content): a section with every run's anchor and, when a run is anchored, the figure (out/anchors.png).
     `runs`: results.runs.Run objects; the score is the run's final in-training ImageNet top-1."""
-    anchors = [anchor_run(run.config, run.final_eval.get("eval/imagenet_top1")) for run in runs]
+    anchors = [anchor_run(run.config, run.final_eval.get("imagenet_top1")) for run in runs]  # Run: no eval/
     import pandas as pd
 
     blocks: list[tuple[str, object]] = [("h2", "Anchors: each run against published open CLIP runs")]

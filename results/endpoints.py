@@ -1,7 +1,7 @@
 """How each headline metric may be read in a comparison: its direction, its kind, the smallest difference
 of practical interest, its ceiling, and which metric is a comparison's primary endpoint.
 
-Kinds and their documented defaults (docs/results.md#how-the-report-decides):
+Kinds and their documented defaults (docs/usage.md#how-the-report-decides):
 - ``accuracy`` (top-1, top-5, R@1, word-order accuracy; percent): a difference under 1 point is
   "negligible"; both arms within 2 points of 100% is "at ceiling" (no verdict).
 - ``similarity`` (STS Spearman x100): 1 point.

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from results.runs import ReportInputError
+from runfolder.errors import OneLineParser, run_main
 
 PACKAGED = Path(__file__).with_name("published") / "published_results.csv"
 COLUMNS = ("family", "model", "dataset", "schedule", "samples_seen", "benchmark", "metric", "value", "source",
@@ -49,7 +50,7 @@ SOURCES = {
 # Training FLOPs per sample = 3 x forward (forward + backward), the convention of the toy sweep's compute.
 TRAIN_PER_FORWARD = 3.0
 # DataComp small (12.8M samples seen) and medium (128M) ViT-B/32 ImageNet zero-shot top-1, per filter of the
-# pool (docs/results.md quotes the same table); each pool is as large as its scale's samples seen.
+# pool (docs/results/published.md quotes the same table); each pool is as large as its scale's samples seen.
 DATACOMP_B32 = {"none": (2.5, 17.6), "basic": (3.0, 22.6), "text": (4.6, 25.5), "image": (4.3, 26.8),
                 "laion2b": (3.1, 23.0), "clip_score": (5.1, 27.3), "image_clip_score": (3.9, 29.7)}
 DATACOMP_SAMPLES = (12_800_000, 128_000_000)
@@ -188,8 +189,8 @@ def build(source: Path, out: Path = PACKAGED) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.published", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m results.published", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("build", help="rewrite the packaged table from the shared source folder")
     make.add_argument("source", type=Path)
@@ -220,4 +221,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

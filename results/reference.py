@@ -5,7 +5,7 @@ the benchmarks score every run (STS on the 7 local sets, the toy word-order task
 val split comes from the run's own final evaluation), throughput is timed for both tower pairs, and
 `results.report` writes the report. Commands run as subprocesses: `results` imports no model code.
 
-    python -m results.reference                      # all of it (README: how long it takes)
+    python -m results.reference                      # all of it (docs/results/reference.md: how long)
     python -m results.reference --seeds 0 --towers mixer transformer --out /tmp/ref
     python -m results.reference --seeds 0 --out results/lr_sweep/lr5e-4 --train-flags "--lr 5e-4" \
         --skip-sts --skip-word-order --skip-throughput --no-report   # one point of an lr sweep
@@ -30,6 +30,8 @@ from pathlib import Path
 
 from results.report import write_report
 from runfolder import RunFolder
+from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
+from runfolder.errors import OneLineParser, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 # Design choices (token mixing, text mask, steps) were made on seeds 0-2; the headline comparison runs on
@@ -55,15 +57,17 @@ def _trained_as(run_dirs: list[Path]) -> tuple[str, str, int]:
     so throughput times the towers as they were trained."""
     for run_dir in run_dirs:
         if RunFolder(run_dir).is_run():
-            experiment = RunFolder(run_dir).read_config()["experiment"]
-            precision = "bf16" if experiment["recipe"]["precision"] in ("bf16", "fp16") else "fp32"
-            return precision, experiment["variant"].replace("/", "-"), experiment["recipe"]["batch_size"]
+            config = RunFolder(run_dir).read_run_config()
+            trained = config.require("experiment.recipe.precision")
+            precision = "bf16" if trained in ("bf16", "fp16") else "fp32"
+            return (precision, config.require("experiment.variant").replace("/", "-"),
+                    config.require("experiment.recipe.batch_size"))
     return "fp32", "w96", 128
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m results.reference", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m results.reference", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/reference"), help="output folder")
     parser.add_argument("--towers", nargs="+", default=["transformer", "mixer"], help="tower families")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(HEADLINE_SEEDS),
@@ -84,7 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-prefix", default=None,
                         help="name the runs <prefix>-seed<k> instead of <tower>-seed<k> (one tower only), so "
                         "the arms of a sweep share one --out, e.g. --run-prefix mixer-caption")
+    parser.add_argument("--allow-dirty", action="store_true", help=ALLOW_DIRTY_HELP)
     args = parser.parse_args(argv)
+    if not args.skip_training:
+        require_clean_tree(args.allow_dirty)
     if args.run_prefix and len(args.towers) != 1:
         parser.error(f"--run-prefix {args.run_prefix}: expected one --towers entry, got {args.towers}")
     out = args.out
@@ -141,4 +148,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -41,6 +41,7 @@ from results.runs import (
 )
 from results.runs import describe_differences as describe
 from results.scores import add_checkpoint_evals, assign, load_scores
+from runfolder.errors import OneLineParser, run_main
 
 DEFAULT_SCORES = Path("results/scores")
 
@@ -49,7 +50,8 @@ def command_for(run_dirs: list[str], scores_dir: str | Path | None, out_dir: str
                 allow_mixed: bool, options: list[str] | None = None) -> str:
     """The command that regenerates the report, wrapped at 100 characters with shell continuations."""
     argv = ["python", "-m", "results.report", *run_dirs]
-    if scores_dir is not None:
+    # a default folder that does not exist was not read: naming it would make the command fail
+    if scores_dir is not None and Path(scores_dir).is_dir():
         argv += ["--scores", str(scores_dir)]
     argv += ["--out", str(out_dir)] + (["--allow-mixed"] if allow_mixed else []) + (options or [])
     lines, line = [], ""
@@ -252,7 +254,7 @@ def _min_differences(values: list[str], parser: argparse.ArgumentParser) -> dict
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m results.report", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m results.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training run folders (runs/<name>/)")
     parser.add_argument("--scores", type=Path, default=None,
                         help="benchmark score folder, <dir>/<benchmark>/<model-id>.json "
@@ -344,4 +346,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

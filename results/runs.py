@@ -14,7 +14,6 @@ Reads files only (json, pandas); no model code. Used by ``python -m results.repo
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,11 @@ from typing import Any
 import pandas as pd
 
 from runfolder import RunFolder
-
-EVAL_PREFIX = "eval/"
-TRAIN_COLUMNS = ("step", "samples_seen", "loss", "lr", "logit_scale", "samples_per_s", "data_wait_frac",
-                 "grad_norm", "nonfinite_steps")
+from runfolder.errors import InputError
+from runfolder.records import RecordError, final_eval_row, read_metric_rows
 
 
-class ReportInputError(ValueError):
+class ReportInputError(InputError):
     """Bad input a user can fix (missing run folder, malformed file, ...); the message is one line."""
 
 
@@ -67,90 +64,21 @@ class Run:
         return self.config.get("flops_per_sample") or {}
 
 
-def _load_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ReportInputError(f"{path}: missing; expected the {what}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReportInputError(f"{path}: not valid JSON ({exc}); expected the {what}") from None
-
-
-def _require(config: dict[str, Any], dotted: str, path: Path) -> Any:
-    value: Any = config
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            raise ReportInputError(f"{path}: missing key '{dotted}'; expected a trainer config.json "
-                                   "(launch/train.py writes it)")
-        value = value[key]
-    return value
-
-
 def read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training lines, evaluation lines) of a ``metrics.jsonl``, one row per step each.
-
-    A resumed run appends to the file and re-logs the steps after its checkpoint, so a later line for
-    the same step replaces the earlier one.
-    """
-    train: dict[int, dict[str, Any]] = {}
-    evals: dict[int, dict[str, Any]] = {}
+    """(training lines, evaluation lines) of a ``metrics.jsonl``, one row per step each
+    (runfolder.records.read_metric_rows: a resumed run's later line for a step replaces the earlier one)."""
     try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise ReportInputError(f"{path}: missing; expected the run's metrics.jsonl (one JSON object per "
-                               "line)") from None
-    except UnicodeDecodeError as exc:
-        raise ReportInputError(f"{path}: not UTF-8 text ({exc})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ReportInputError(f"{path}:{number}: malformed line ({exc.msg}); expected one JSON "
-                                   "object per line") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise ReportInputError(f"{path}:{number}: expected a JSON object with an integer 'step'")
-        if any(key.startswith(EVAL_PREFIX) for key in record):
-            row = {"step": record["step"], "samples_seen": record.get("samples_seen")}
-            for key, value in record.items():
-                if not key.startswith(EVAL_PREFIX):
-                    continue
-                name = key[len(EVAL_PREFIX):]
-                if isinstance(value, (list, tuple)) and len(value) == 2 and name.endswith("_ci95"):
-                    row[f"{name[:-5]}_ci_lo"], row[f"{name[:-5]}_ci_hi"] = value
-                elif isinstance(value, (int, float)) or value is None:
-                    row[name] = value
-            evals[record["step"]] = row
-        elif "loss" in record:
-            row = {key: record.get(key) for key in TRAIN_COLUMNS}
-            skipped = record.get("skipped") or {}
-            row["skipped_total"] = sum(v for v in skipped.values() if isinstance(v, (int, float)))
-            train[record["step"]] = row
-        else:
-            raise ReportInputError(f"{path}:{number}: neither a training line (with 'loss') nor an "
-                                   f"evaluation line (with '{EVAL_PREFIX}...' keys)")
-    if not train:
+        rows = read_metric_rows(path)
+    except RecordError as exc:
+        raise ReportInputError(str(exc)) from None
+    if not rows.train:
         raise ReportInputError(f"{path}: no training lines (with 'step' and 'loss'); is the run empty?")
     # numbers only: a value the trainer could not compute (null, "NaN") becomes NaN, never an object column
-    train_frame = pd.DataFrame(sorted(train.values(), key=lambda r: r["step"])).apply(pd.to_numeric,
-                                                                                     errors="coerce")
-    eval_frame = pd.DataFrame(sorted(evals.values(), key=lambda r: r["step"])).apply(pd.to_numeric,
-                                                                                    errors="coerce")
+    train_frame = pd.DataFrame(rows.train).apply(pd.to_numeric, errors="coerce")
+    eval_frame = pd.DataFrame(rows.evals).apply(pd.to_numeric, errors="coerce")
     if not eval_frame.empty and eval_frame["samples_seen"].isna().any():
         raise ReportInputError(f"{path}: an evaluation line has no 'samples_seen'")
     return train_frame, eval_frame
-
-
-# towers.text_mask's rule for runs recorded before the text mask (results reads files only, so it is
-# repeated here): the Transformer read causally, the Mixer with its token mixing's mask
-CAUSAL_TOKEN_MIXING = ("causal", "causal-front", "triangular", "causal-prefix")
-
-
-def legacy_text_mask(text_tower: str, token_mixing: str) -> str:
-    if text_tower == "mixer":
-        return "causal" if token_mixing in CAUSAL_TOKEN_MIXING else "caption"
-    return "causal"
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -161,42 +89,34 @@ def load_run(run_dir: str | Path) -> Run:
         raise ReportInputError(f"{label}: no such run folder; expected runs/<name>/ with config.json and "
                                "metrics.jsonl")
     folder = RunFolder(path)
-    config_path = folder.config
-    config = _load_json(config_path, "run's config.json (written by launch/train.py)")
-    if not isinstance(config, dict):
-        raise ReportInputError(f"{config_path}: expected a JSON object")
-    experiment = _require(config, "experiment", config_path)
-    for key in ("image_tower", "text_tower", "variant", "recipe"):
-        _require(config, f"experiment.{key}", config_path)
-    # What trained the model at its scale (global batch, data by identity), where the run records it
-    recipe = config.get("recipe_identity", experiment["recipe"])
-    if not isinstance(recipe, dict):
-        raise ReportInputError(f"{config_path}: 'experiment.recipe' and 'recipe_identity' must be objects")
-    sha = _require(config, "recipe_sha256", config_path)
-    model_name = _require(config, "model_name", config_path)  # towers' name, written by the trainer
-    gflops = _require(config, "flops_per_sample.train_gflops", config_path)
-    if not isinstance(gflops, (int, float)) or not math.isfinite(gflops):
-        raise ReportInputError(f"{config_path}: 'flops_per_sample.train_gflops' must be a number")
-    train, evals = read_metrics(folder.metrics)
-    final_path = folder.final_eval
+    try:
+        config = folder.read_run_config()
+        experiment = config.experiment
+        for key in ("image_tower", "text_tower", "variant", "recipe"):
+            config.require(f"experiment.{key}")
+        recipe = config.recipe
+        sha = config.require("recipe_sha256")
+        model_name = config.require("model_name")  # towers' name, written by the trainer
+        config.train_gflops  # noqa: B018 - checked: a number
+        text_mask = config.text_mask()
+        train, evals = read_metrics(folder.metrics)
+        final_record = folder.read_final_eval()
+    except RecordError as exc:
+        raise ReportInputError(str(exc)) from None
     final: dict[str, Any] = {}
-    if final_path.is_file():
-        final = {key[len(EVAL_PREFIX):] if key.startswith(EVAL_PREFIX) else key: value
-                 for key, value in _load_json(final_path, "run's final evaluation").items()}
-        for key in [key for key in final if key.endswith("_ci95")]:  # toy_top1_ci95, imagenet_top1_ci95
-            if isinstance(final[key], list) and len(final[key]) == 2:
-                final[f"{key[:-5]}_ci_lo"], final[f"{key[:-5]}_ci_hi"] = final.pop(key)
+    if final_record is not None:
+        final = final_eval_row(final_record)
     elif not evals.empty:
         final = evals.iloc[-1].dropna().to_dict()
     text_tower = str(experiment["text_tower"])
     # token mixing only shapes a Mixer text tower; the text mask, all of them (older runs: as they read)
     token_mixing = str(experiment.get("token_mixing")) if text_tower == "mixer" else "-"
     arm_key = (str(experiment["image_tower"]), text_tower, str(experiment["variant"]), token_mixing,
-               str(recipe.get("text_mask") or experiment["recipe"].get("text_mask")
-                   or legacy_text_mask(text_tower, token_mixing)))
-    return Run(label=label, path=path.resolve(), name=str(config.get("name") or path.resolve().name),
-               config=config, arm_key=arm_key, model_name=str(model_name),
-               recipe=recipe, recipe_sha256=str(sha), git_commit=str(config.get("git_commit") or "unknown"),
+               text_mask)
+    data = config.data
+    return Run(label=label, path=path.resolve(), name=str(data.get("name") or path.resolve().name),
+               config=data, arm_key=arm_key, model_name=str(model_name),
+               recipe=recipe, recipe_sha256=str(sha), git_commit=str(data.get("git_commit") or "unknown"),
                train=train, evals=evals, final_eval=final)
 
 

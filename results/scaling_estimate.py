@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from results.scaling_spec import PHASES, Target, families, plan, train_flags
+from runfolder import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def time_size(t: Target, family: str, size: str, steps: int, launcher: list[str]
         wall = time.perf_counter() - started
         if done.returncode != 0:
             sys.exit(f"error: timing {family} {size} failed ({done.returncode}): {done.stderr[-500:]}")
-        lines = [json.loads(line) for line in (runs / "timed" / "metrics.jsonl").read_text().splitlines()]
+        lines = RunFolder(runs / "timed").read_metrics()
         rate = [line["samples_per_s"] for line in lines if "samples_per_s" in line][-1]
     finally:
         shutil.rmtree(runs, ignore_errors=True)

@@ -243,8 +243,8 @@ def law_sentence(result: dict) -> str:
 
 def verdict_sentence(result: dict, metric: str = "toy zero-shot top-1 error",
                      cells: dict | None = None) -> str:
-    """The sentence the README quotes: the measured matched cells first (results.scaling_cells), then the
-    laws."""
+    """The sentence docs/results/scaling.md quotes: the measured matched cells first
+    (results.scaling_cells), then the laws."""
     from results.scaling_cells import cells_sentence
 
     lead = cells_sentence(cells) + " " if cells and cells["cells"] else ""

@@ -40,6 +40,7 @@ from results.scaling_spec import (
     target,
 )
 from results.scaling_sweep import run_error
+from runfolder.errors import OneLineParser, run_main
 
 COLOURS = {"transformer": "#1f77b4", "mixer": "#d62728", "clip": "#1f77b4", "mammut": "#2ca02c"}
 METRIC_NAMES = {"toy_top1": "toy zero-shot top-1 error", "imagenet_top1": "ImageNet zero-shot top-1 error",
@@ -94,7 +95,7 @@ def collect(spec: dict, t: Target, out: Path, partial: bool = False) -> dict:
     recipe = next(iter(loaded.values())).recipe
     shared = {k: v for k, v in recipe.items() if k not in SWEPT_RECIPE_FIELDS}
     return {"points": {f: list(p.values()) for f, p in points.items()}, "check": check, "choice": choice,
-            "anchors": [anchor_run(run.config, run.final_eval.get("eval/imagenet_top1"))
+            "anchors": [anchor_run(run.config, run.final_eval.get("imagenet_top1"))
                         for run in loaded.values()],
             "shared_recipe": shared, "progress": {"finished": len(finished), "planned": len(planned),
                                                   "first_missing": missing[0] if missing else None}}
@@ -361,8 +362,8 @@ def table_lines(data: dict, table: Path, args) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.scaling_report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m results.scaling_report", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
     parser.add_argument("--target", default="toy")
     parser.add_argument("--out", type=Path, default=None,
@@ -407,4 +408,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

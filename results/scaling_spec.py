@@ -26,13 +26,16 @@ from typing import Any
 
 import yaml
 
+from runfolder import RunFolder
+from runfolder.errors import InputError
+
 DEFAULT_SPEC = Path(__file__).with_name("scaling") / "sweep.yaml"
 PHASES = ("tune", "check", "grid")  # the check before the grid: both need only the tuned lr
 # The fields a sweep varies; every other recipe field must be the same in all its runs (the report checks).
 SWEPT_RECIPE_FIELDS = ("steps", "cooldown_steps", "lr", "seed")
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A sweep specification a user can fix; the message is one line naming the file and the key."""
 
 
@@ -172,7 +175,7 @@ def chain(t: Target, family: str, size: str, lr: float, seed: int, runs_dir: Pat
         runs.append(PlannedRun(
             f"{stem}-n{budget}", "branch",
             {**base, "steps": t.steps(budget), "cooldown_steps": t.cooldown(budget),
-             "branch_from": str(runs_dir / trunk.name / "checkpoints" / f"step_{point:08d}.pt")},
+             "branch_from": str(RunFolder(runs_dir / trunk.name).checkpoint(point))},
             family, size, lr, seed, budget, trunk.name, point))
     return runs
 

@@ -43,17 +43,20 @@ from results.scaling_spec import (
     target,
     train_flags,
 )
-from runfolder import atomic_write_text
+from runfolder import RunFolder, atomic_write_text
+from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
+from runfolder.errors import OneLineParser, run_main
+from runfolder.vocabulary import EVAL_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_error(run_dir: Path, metric: str) -> float | None:
     """100 - the run's final `eval/<metric>` (an error in points), None while it has not finished."""
-    final = run_dir / "final_eval.json"
-    if not final.is_file():
+    final = RunFolder(run_dir).read_final_eval()
+    if final is None:
         return None
-    value = json.loads(final.read_text()).get(f"eval/{metric}")
+    value = final.get(EVAL_PREFIX + metric)
     return None if value is None else 100.0 - float(value)
 
 
@@ -145,7 +148,7 @@ class Executor:
                 raise
 
     def finished(self, run: PlannedRun) -> bool:
-        return (self.runs_dir / run.name / "final_eval.json").is_file()
+        return RunFolder(self.runs_dir / run.name).final_eval.is_file()
 
     def run_chain(self, runs: list[PlannedRun]) -> None:
         by_name = {run.name: run for run in runs}
@@ -164,7 +167,7 @@ class Executor:
             self._execute(run)
         if not self.keep_checkpoints and not self.dry_run and all(self.finished(r) for r in runs):
             for run in runs:  # the whole folder: a `latest` pointer left behind would name nothing
-                shutil.rmtree(self.runs_dir / run.name / "checkpoints", ignore_errors=True)
+                shutil.rmtree(RunFolder(self.runs_dir / run.name).checkpoints, ignore_errors=True)
 
 
 def _phase_chains(spec: dict, t: Target, phase: str, out: Path, runs_dir: Path) -> list[list[PlannedRun]]:
@@ -219,18 +222,19 @@ python -m results.scaling_sweep chain --spec {shlex.quote(str(spec_path))} --tar
     submit = out / "submit.sh"
     submit.write_text(f"""#!/bin/bash
 # Submit the sweep: tuning, then the grid and the branch check once tuning has finished.
+# Arguments go on to every chain (`bash submit.sh --allow-dirty`).
 set -euo pipefail
-tune=$(sbatch --parsable {out / 'tune.sbatch'})
-sbatch --dependency=afterok:$tune {out / 'grid.sbatch'}
-sbatch --dependency=afterok:$tune {out / 'check.sbatch'}
+tune=$(sbatch --parsable {out / 'tune.sbatch'} "$@")
+sbatch --dependency=afterok:$tune {out / 'grid.sbatch'} "$@"
+sbatch --dependency=afterok:$tune {out / 'check.sbatch'} "$@"
 """)
     submit.chmod(0o755)
     return [*written, submit]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.scaling_sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m results.scaling_sweep", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("run", "chain", "slurm", "estimate"))
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="sweep specification (YAML)")
     parser.add_argument("--target", default=None, help="target in the spec (default: toy; slurm for `slurm`)")
@@ -247,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1,
                         help="`run`: chains trained at once, each run with its share of the cores "
                              "(small sizes leave cores idle in one process)")
+    parser.add_argument("--allow-dirty", action="store_true", help=f"`run`, `chain`: {ALLOW_DIRTY_HELP}")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: expected a whole number >= 1")
@@ -268,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             from results.scaling_estimate import estimate
             estimate(spec, t, out, launcher, args.estimate_steps)
             return 0
+        if not args.dry_run:  # `estimate` times a few steps and `slurm` writes scripts: neither commits runs
+            require_clean_tree(args.allow_dirty)
         runs_dir.mkdir(parents=True, exist_ok=True)
         executor = Executor(t, runs_dir, launcher, out / "commands.log", args.keep_checkpoints, args.dry_run,
                             timings_file=None if args.dry_run else out / "timings.json", jobs=args.jobs)
@@ -298,4 +305,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -20,7 +20,6 @@ Reads files only; used by ``python -m results.report``.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from typing import Any
 import pandas as pd
 
 from results.runs import Arm, ReportInputError, Run
+from runfolder.records import RecordError
+from runfolder.score_records import is_clip_benchmark_result, read_score_json, score_from_json
 
 ZERO_SHOT = ("imagenet_zeroshot", "toy_zeroshot")
 RUN_SOURCES = ("run", "checkpoint")
@@ -101,22 +102,15 @@ def read_clip_benchmark(path: Path, record: dict) -> Score:
 
 def read_score(path: Path) -> Score:
     try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReportInputError(f"{path}: not valid JSON ({exc}); expected a benchmark result") from None
-    if isinstance(record, dict) and "benchmark" not in record and isinstance(record.get("metrics"), dict) \
-            and {"dataset", "task"} <= record.keys():
-        return read_clip_benchmark(path, record)
-    if not isinstance(record, dict) or not isinstance(record.get("benchmark"), str) \
-            or not isinstance(record.get("metrics"), dict):
-        raise ReportInputError(f"{path}: expected a benchmark result with 'benchmark' and 'metrics' "
-                               "(as benchmarks/provenance.py writes it)")
-    model = record.get("model") if isinstance(record.get("model"), dict) else {}
-    return Score(path=path, benchmark=record["benchmark"], model_id=str(record.get("model_id") or path.stem),
-                 model=model, recipe_sha256=record.get("recipe_sha256") or model.get("recipe_sha256"),
-                 git_commit=record.get("git_commit"), date=record.get("date"),
-                 settings=record.get("settings") or {}, metrics=record["metrics"],
-                 measurement=path.stem.split("__", 1)[1] if "__" in path.stem else "")
+        record = read_score_json(path)
+        if is_clip_benchmark_result(record):
+            return read_clip_benchmark(path, record)
+        read = score_from_json(path, record)
+    except RecordError as exc:
+        raise ReportInputError(str(exc)) from None
+    return Score(path=path, benchmark=read.benchmark, model_id=read.model_id, model=read.model,
+                 recipe_sha256=read.recipe_sha256, git_commit=read.git_commit, date=read.date,
+                 settings=read.settings, metrics=read.metrics, measurement=read.measurement)
 
 
 def load_scores(scores_dir: str | Path | None, required: bool = False) -> list[Score]:

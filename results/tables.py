@@ -20,7 +20,8 @@ from scipy import stats
 
 from results.runs import Arm, Run
 from results.scores import Score, arm_throughput, metric_rows, own_row, run_score, score_note
-from runfolder import FINAL_EVAL, METRICS, RunFolder
+from runfolder import CONFIG, FINAL_EVAL, METRICS, RunFolder
+from runfolder.vocabulary import WORD_ORDER_TASKS  # noqa: F401 - the report's other modules import it here
 
 MISSING = "–"
 
@@ -84,8 +85,6 @@ def headline_throughput(arm: Arm, scores: list[Score], mode: str) -> float | Non
     return _number(row.get(f"{mode}_samples_per_s")) if row else None
 
 
-# benchmarks.word_order's toy tasks (results reads files only, so the names are repeated here)
-WORD_ORDER_TASKS = ("swap-attribute", "swap-background", "swap-object", "shuffle")
 
 HEADLINE = (
     Metric("params_m", "params (M)",
@@ -321,7 +320,7 @@ def provenance_frames(runs: list[Run], scores: list[Score]) -> tuple[pd.DataFram
     """(runs: run, recipe_sha256, git commit, config file; score files: file, owner, recipe_sha256, ...)."""
     run_rows = [{"run": run.label, "name": run.name, "model": run.model_name, "seed": run.seed,
                  "recipe_sha256": run.recipe_sha256, "git commit": run.git_commit,
-                 "world size": run.config.get("world_size"), "file": f"{run.label}/config.json"}
+                 "world size": run.config.get("world_size"), "file": f"{run.label}/{CONFIG}"}
                 for run in runs]
     score_rows = [{"score file": str(score.path), "benchmark": score.benchmark, "model_id": score.model_id,
                    "belongs to": score.owner, "used": "yes" if score.used else f"no ({score.status})",

@@ -23,11 +23,13 @@ Runs are named `<text family>-text-<mask>-<image family>-image-seed<k>` under `-
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from results import reference
 from results.report import write_report
+from runfolder import RunFolder
+from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
+from runfolder.errors import OneLineParser, run_main
 
 FAMILIES = ("transformer", "mixer")
 TEXT_MASKS = ("causal", "caption")  # towers.text_mask.TEXT_MASKS (results imports no model code)
@@ -48,12 +50,13 @@ def matched_runs(runs_dir: Path, text_masks: list[str]) -> list[Path]:
     if not runs_dir.is_dir():
         raise ValueError(f"--matched-runs {runs_dir}: expected a folder of run folders")
     found = []
-    for config_file in sorted(runs_dir.glob("*/config.json")):
-        experiment = json.loads(config_file.read_text())["experiment"]
+    for run in map(RunFolder, sorted(runs_dir.iterdir())):
+        if not run.is_run():
+            continue
+        experiment = run.read_config()["experiment"]
         if (experiment["image_tower"] == experiment["text_tower"]
-                and experiment["recipe"].get("text_mask") in text_masks
-                and (config_file.parent / "final_eval.json").is_file()):
-            found.append(config_file.parent)
+                and experiment["recipe"].get("text_mask") in text_masks and run.final_eval.is_file()):
+            found.append(run.path)
     if not found:
         raise ValueError(f"--matched-runs {runs_dir}: expected finished same-family runs at --text-masks "
                          f"{' '.join(text_masks)}, found none")
@@ -61,8 +64,8 @@ def matched_runs(runs_dir: Path, text_masks: list[str]) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m results.text_mask_2x2", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m results.text_mask_2x2", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/text_mask"), help="output folder")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="recipe seeds per arm")
     parser.add_argument("--text-families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
@@ -76,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--matched-runs", type=Path, default=None,
                         help="a runs folder (e.g. results/reference/runs) whose same-family runs are the "
                         "matched cells: train only the cross cells, report them together")
+    parser.add_argument("--allow-dirty", action="store_true", help=ALLOW_DIRTY_HELP)
     return parser
 
 
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         matched = matched_runs(args.matched_runs, args.text_masks) if args.matched_runs else []
     except ValueError as error:
         parser.error(str(error))
+    require_clean_tree(args.allow_dirty)
     run_dirs = []
     for text, mask, image in arms(args.text_families, args.text_masks, args.image_families):
         if args.matched_runs and text == image:
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                         "--run-prefix", name, "--train-flags", flags, "--skip-throughput", "--no-report",
                         *(["--skip-sts"] if args.skip_sts else []),
                         *(["--skip-word-order"] if args.skip_word_order else []),
-                        *(["--keep-checkpoints"] if args.keep_checkpoints else [])])
+                        *(["--keep-checkpoints"] if args.keep_checkpoints else []),
+                        *(["--allow-dirty"] if args.allow_dirty else [])])
         run_dirs += [args.out / "runs" / f"{name}-seed{seed}" for seed in args.seeds]
     run_dirs += matched
     if args.no_report:
@@ -112,4 +118,4 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

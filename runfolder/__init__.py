@@ -8,22 +8,35 @@ every layer (towers, benchmarks, launch, results) names a run's files through th
     runs/<name>/checkpoints/       step_00001000.pt ... and `latest`, a text file naming the newest
     runs/<name>/tensorboard/       TensorBoard events
     runs/<name>/out.log            what the run printed, appended by every launch (requeues too)
+    runs/<name>/preempted.json     present while the run stopped on a signal and wants requeueing
 
     from runfolder import RunFolder
     run = RunFolder("runs/mixer-tiny-seed0")
     run.latest(), run.step_files(), run.read_config()["recipe_sha256"]
+    run.read_run_config().recipe, run.read_metric_rows().evals, run.read_final_eval()
+
+The files' contents have one owner each beside it: `runfolder.records` (config.json, metrics.jsonl,
+final_eval.json), `runfolder.score_records` (the benchmarks' score JSON), `runfolder.vocabulary` (the
+names every layer shares), `runfolder.atomic` (atomic writes).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from runfolder.atomic import atomic_write, atomic_write_text  # noqa: F401 - re-exported
+from runfolder.records import (
+    MetricRows,
+    RunConfig,
+    read_config,
+    read_final_eval,
+    read_metric_lines,
+    read_metric_rows,
+)
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -31,6 +44,7 @@ FINAL_EVAL = "final_eval.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 OUT_LOG = "out.log"
+PREEMPTED = "preempted.json"  # launch/faults.py writes it; launch/slurm/train.sbatch requeues on it
 LATEST = "latest"  # checkpoints/latest: a text file naming the newest checkpoint
 STEP_FILE = re.compile(r"step_(\d{8})\.pt")
 
@@ -52,39 +66,6 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
     be missing (callers say so in their own words)."""
     pointer = Path(folder) / LATEST
     return Path(folder) / pointer.read_text().strip() if pointer.is_file() else None
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write a file through `write(binary file)` to a temporary file in the same folder, fsync it and
-    rename it over `path`: a reader, or a run killed at any instant, sees the old file or the new one,
-    never half of one. Creates the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """`atomic_write` of UTF-8 text."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def point_latest(folder: str | os.PathLike, path: Path | None) -> None:
@@ -128,6 +109,10 @@ class RunFolder:
     def out_log(self) -> Path:
         return self.path / OUT_LOG
 
+    @property
+    def preempted(self) -> Path:
+        return self.path / PREEMPTED
+
     def is_run(self) -> bool:
         """Whether a trainer wrote this folder (it has a config.json)."""
         return self.config.is_file()
@@ -141,18 +126,27 @@ class RunFolder:
     def step_files(self) -> list[tuple[int, Path]]:
         return step_files(self.checkpoints)
 
-    def read_config(self) -> Any:
-        """config.json's contents (raises OSError / json.JSONDecodeError as json.loads does)."""
-        return json.loads(self.config.read_text(encoding="utf-8"))
+    def read_config(self) -> dict[str, Any]:
+        """config.json's object as a dict (`read_run_config().data`)."""
+        return self.read_run_config().data
+
+    def read_run_config(self) -> RunConfig:
+        """config.json, typed (runfolder.records.RunConfig; a missing or malformed file raises
+        RecordError, a ValueError whose one line names the file)."""
+        return read_config(self.config)
 
     def read_metrics(self) -> list[Any]:
-        """metrics.jsonl's lines, parsed; a blank line is skipped (raises json.JSONDecodeError on a bad
-        one, with its line number in the message)."""
-        lines = self.metrics.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        """metrics.jsonl's lines as written, parsed; a blank line is skipped (a bad one raises
+        RecordError naming the file and line)."""
+        return [record for _, record in read_metric_lines(self.metrics)]
+
+    def read_metric_rows(self) -> MetricRows:
+        """metrics.jsonl as training and evaluation rows, one per step (runfolder.records)."""
+        return read_metric_rows(self.metrics)
 
     def read_final_eval(self) -> Any | None:
-        return json.loads(self.final_eval.read_text(encoding="utf-8")) if self.final_eval.is_file() else None
+        """final_eval.json, or None when the run has none."""
+        return read_final_eval(self.final_eval)
 
     @classmethod
     def of_checkpoint(cls, checkpoint: str | os.PathLike) -> RunFolder | None:

@@ -59,7 +59,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need CUDA: they run where torch sees a GPU and are skipped elsewhere.
-    Collection order: slow tests first made the suite slower (docs/results.md#test-suite)."""
+    Collection order: slow tests first made the suite slower (docs/journal.md, the test suite's time)."""
     import torch
 
     if torch.cuda.is_available():

@@ -17,11 +17,11 @@ import towers
 from benchmarks import evaluations, imagenet_zeroshot
 from benchmarks.classification_metrics import classification_metrics
 from benchmarks.encoder import FakeEncoder
-from benchmarks.provenance import BENCHMARK_VERSIONS
 from launch.config import Recipe
 from launch.run_resume import ResumeState, RunResume
 from launch.trainer import ContrastiveStep, build_optimizer
 from runfolder import RunFolder
+from runfolder.vocabulary import BENCHMARK_VERSIONS, LOGGED_EVAL_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_the_runner_and_training_name_the_registrys_sets_with_their_versions():
     assert set(dataset.choices) == set(evaluations.EVALUATIONS) == {"toy", "imagenet"}
     for name, evaluation in evaluations.EVALUATIONS.items():
         assert evaluation.name == name and evaluation.version == BENCHMARK_VERSIONS[evaluation.benchmark]
-        assert set(evaluations.CLASSIFICATION_KEYS) <= set(evaluation.logged_keys)
+        assert set(evaluation.logged_keys) <= set(LOGGED_EVAL_KEYS)
     with pytest.raises(evaluations.InputError, match="'cifar': not a zero-shot set; expected one of toy, "):
         evaluations.eval_set("cifar", None)
 

@@ -14,7 +14,9 @@ import pytest
 
 from results.anchors import anchor_lines, anchor_run, margin_for, report_anchors
 from results.published import PACKAGED, from_nezhurina, load_table, select, value_at
-from results.runs import ReportInputError
+from results.runs import ReportInputError, load_run
+from runfolder import RunFolder
+from runfolder.records import final_eval_record, write_json
 
 REPO = PACKAGED.parents[2]
 
@@ -40,7 +42,7 @@ def test_packaged_table_equals_the_shared_source_rows(shared_data):
 
 
 def test_datacomp_rows_are_the_numbers_the_docs_quote():
-    docs = (REPO / "docs" / "results.md").read_text()
+    docs = (REPO / "docs" / "results" / "published.md").read_text()
     rows = select(load_table(), source="gadre2023")
     assert len(rows) == 14
     for row in rows:
@@ -120,10 +122,10 @@ def test_a_run_with_no_published_counterpart_gets_no_anchor_and_says_why():
 
 def test_the_comparison_report_warns_first_and_draws_the_runs_on_the_published_curves(tmp_path):
     laion = "/data/laion400m/{00000..41407}.tar"
-    runs = [SimpleNamespace(config=b32(409_600_000, laion), final_eval={"eval/imagenet_top1": 2.3},
+    runs = [SimpleNamespace(config=b32(409_600_000, laion), final_eval={"imagenet_top1": 2.3},
                             train_gflops=3 * 14.54),
             SimpleNamespace(config={**b32(409_600_000, laion, towers=("mixer", "mixer")), "name": "mixer"},
-                            final_eval={"eval/imagenet_top1": 40.0}, train_gflops=3 * 12.0)]
+                            final_eval={"imagenet_top1": 40.0}, train_gflops=3 * 12.0)]
     warnings, blocks = report_anchors(runs, tmp_path)
     assert len(warnings) == 1 and warnings[0].startswith("this baseline is 44.5 points under open CLIP")
     assert blocks[1][0] == "table" and list(blocks[1][1]["anchor"].str[:7]) == ["FLAGGED", "none: t"]
@@ -146,3 +148,15 @@ def test_training_end_of_run_line_places_the_run_and_never_raises(tmp_path):
     (toy / "config.json").write_text(json.dumps(b32(102_400, {"toy_seed": 0, "toy_version": 5})))
     assert "no published counterpart: the toy data set" in end_of_run_line(toy)
     assert end_of_run_line(tmp_path / "missing").startswith("anchor: not available (")
+
+
+def test_a_run_folders_final_imagenet_score_reaches_its_anchor(tmp_path):
+    """The score is read from the run as the report loads it (final_eval.json through runfolder)."""
+    run = RunFolder(tmp_path / "vit-b32")
+    config = {**b32(409_600_000, "/data/laion400m/{00000..41407}.tar"), "recipe_sha256": "ab" * 32,
+              "model_name": "transformer-B-32", "flops_per_sample": {"train_gflops": 3 * 14.54}}
+    write_json(run.config, config)
+    run.metrics.write_text('{"step": 100000, "samples_seen": 409600000, "loss": 2.0}\n')
+    write_json(run.final_eval, final_eval_record(100000, {"eval/imagenet_top1": 2.3}))
+    warnings, _ = report_anchors([load_run(run.path)], tmp_path)
+    assert len(warnings) == 1 and "(run: 2.3% vs" in warnings[0]

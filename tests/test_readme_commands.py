@@ -1,7 +1,8 @@
-"""Each scoring command of the README, run as a user of a fresh clone runs it: from a folder outside
-the repo, without the shared data folder (so the defaults reach for the network sources), with those
-network sources replaced by local copies (STS: MTEB's HF loader reads the shared TSVs; open_clip's
-`laion400m_e32` download builds a tiny random ViT) and a tiny run standing in for the B/32 one."""
+"""Each scoring command of the user guide (docs/usage.md, which the README links), run as a user of a
+fresh clone runs it: from a folder outside the repo, without the shared data folder (so the defaults
+reach for the network sources), with those network sources replaced by local copies (STS: MTEB's HF
+loader reads the shared TSVs; open_clip's `laion400m_e32` download builds a tiny random ViT) and a tiny
+run standing in for the B/32 one."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ TINY_OPEN_CLIP = {"embed_dim": 64,
 
 
 def readme_scoring_commands() -> list[str]:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Score a checkpoint"):]
+    guide = (REPO / "docs" / "usage.md").read_text()  # the README links its scoring commands there
+    section = guide[guide.index("## Score a checkpoint"):]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("python -m ")]
 

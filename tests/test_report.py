@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -362,3 +363,18 @@ def test_word_order_scores_enter_the_headline_with_a_verdict(study, tmp_path):
     assert [cell.strip() for cell in headline_row.split("|")][2:4] == ["81.0 ± 1.4", "60.5 ± 0.7"]
     cells = [cell.strip() for cell in verdict_row.split("|")]
     assert cells[3] == "-20.50" and cells[7] == "worse"
+
+
+def test_the_regenerate_command_names_no_scores_folder_that_was_not_there(tmp_path, monkeypatch):
+    """Without --scores the report reads results/scores only if it exists; its Regenerate command must
+    not name that folder when it was absent, or the printed command fails with exit 2."""
+    runs = [make_run(tmp_path / "runs", tower, seed) for tower in ("transformer", "mixer") for seed in (0, 1)]
+    monkeypatch.chdir(tmp_path)  # no results/scores here
+    report.main([*map(str, runs), "--out", "report_a"])
+    text = (tmp_path / "report_a" / "report.md").read_text()
+    command = text[text.index("## Regenerate"):].split("```")[1].replace("\\\n", " ")
+    argv = shlex.split(command)[3:]
+    assert "--scores" not in argv and argv[argv.index("--out") + 1] == "report_a"
+    argv[argv.index("--out") + 1] = "report_b"
+    report.main(argv)  # the printed command runs
+    assert (tmp_path / "report_b" / "report.md").read_text().replace("report_b", "report_a") == text

@@ -197,7 +197,7 @@ def _fake_run(command: list[str], log: Path) -> float:
 def test_the_driver_runs_8_arms_resumes_and_reports_the_factorial(tmp_path, monkeypatch, capsys):
     _fake_run.calls = []
     monkeypatch.setattr(reference, "_run", _fake_run)
-    argv = ["--out", str(tmp_path), "--seeds", "0", "1", "--skip-sts", "--skip-word-order",
+    argv = ["--out", str(tmp_path), "--seeds", "0", "1", "--skip-sts", "--skip-word-order", "--allow-dirty",
             "--train-flags", "--steps 2"]
     result = text_mask_2x2.main(argv)
     trained = [c for c in _fake_run.calls if "launch/train.py" in c]
@@ -219,7 +219,8 @@ def test_the_driver_runs_8_arms_resumes_and_reports_the_factorial(tmp_path, monk
 def test_matched_runs_train_only_the_cross_cells_and_report_the_towers_2x2(tmp_path, monkeypatch):
     _fake_run.calls = []
     monkeypatch.setattr(reference, "_run", _fake_run)
-    common = ["--seeds", "0", "1", "--text-masks", "caption", "--skip-sts", "--skip-word-order"]
+    common = ["--seeds", "0", "1", "--text-masks", "caption", "--skip-sts", "--skip-word-order",
+              "--allow-dirty"]
     # the matched cells, as a committed comparison would hold them (here with a causal arm beside)
     text_mask_2x2.main(["--out", str(tmp_path / "ref"), *common, "--no-report", "--text-masks", "causal",
                         "caption"])

@@ -84,7 +84,7 @@ def test_create_model_and_transforms_returns_train_and_eval_transforms(tmp_path)
 @pytest.fixture
 def small_family():
     """A family with only the `tiny` variant (the Mixer's towers), registered without editing registry.py."""
-    family = types.SimpleNamespace(VARIANTS={"tiny": mixer.VARIANTS["tiny"]}, build=mixer.build,
+    family = types.SimpleNamespace(VARIANTS={"tiny": mixer.VARIANTS["w128"]}, build=mixer.build,
                                    text_mask_overrides=mixer.text_mask_overrides)
     towers.register_family("smallmix", family)
     yield family

@@ -1,7 +1,8 @@
 """Pluggable image and text towers for CLIP, and the two-tower model that pairs any two of them.
 
 Families (see `towers.registry.FAMILIES`): `transformer` (open_clip's ViT and causal text
-Transformer) and `mixer` (timm's MlpMixer and our Mixer text tower). The API mirrors openai/CLIP:
+Transformer), `mixer` (timm's MlpMixer and our Mixer text tower) and `cnn` (timm's ResNet and the
+Transformer's text tower, a calibration arm). The API mirrors openai/CLIP:
 
     import towers
     towers.available_models()                  # ['transformer-tiny', 'transformer+mixer-tiny', ...]

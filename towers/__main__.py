@@ -8,14 +8,13 @@ Built on the meta device (nothing is allocated), so the whole table takes second
 
 from __future__ import annotations
 
-import argparse
-
+from runfolder.errors import OneLineParser, run_main
 from towers.clip import available_models
 from towers.profile import profile
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m towers", description=__doc__)
+    parser = OneLineParser(prog="python -m towers", description=__doc__)
     parser.add_argument("--models", nargs="*", default=None, help="model names (default: all)")
     args = parser.parse_args(argv)
     names = args.models or available_models()
@@ -34,4 +33,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

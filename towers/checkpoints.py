@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from runfolder import LATEST, latest_checkpoint  # noqa: F401 - re-exported
+from runfolder import LATEST, RunFolder, latest_checkpoint  # noqa: F401 - re-exported
+from runfolder.errors import InputError
 from towers.clip import CLIP, available_models, build_from_config, build_model, create_model
 from towers.preprocess import image_transform
 from towers.transformer import VARIANTS as TRANSFORMER_VARIANTS
@@ -36,7 +37,7 @@ SHOWN_KEYS = 5
 LATEST_POINTER = LATEST  # a run's checkpoints/latest (runfolder owns the layout)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read or does not fit the model; the message is one line."""
 
 
@@ -196,7 +197,7 @@ def model_from_open_clip(name: str, pretrained: str | None = None) -> CLIP:
 
 def checkpoint_of_run(folder: str | os.PathLike) -> Path:
     """The checkpoint a run folder's `checkpoints/latest` names (what every runner's --model scores)."""
-    checkpoint = latest_checkpoint(Path(folder) / "checkpoints")
+    checkpoint = RunFolder(folder).latest()
     if checkpoint is None or not checkpoint.is_file():
         raise CheckpointError(f"{folder}: a run folder without a readable checkpoints/latest, and not a "
                               "folder python -m towers.export wrote")

@@ -32,7 +32,6 @@ from towers.registry import (
 )
 
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
-MAX_LOGIT_SCALE = 100.0
 
 
 def longest_eot(tokens: torch.Tensor) -> int:

@@ -15,7 +15,6 @@ anything but the run's own checkpoint, and that with `weights_only=True`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,7 +24,9 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import load_file, save_file
 
-from towers.checkpoints import LATEST_POINTER, CheckpointError, latest_checkpoint, read_checkpoint
+from runfolder import RunFolder
+from runfolder.errors import InputError, OneLineParser, run_main
+from towers.checkpoints import LATEST_POINTER, CheckpointError, read_checkpoint
 from towers.clip import CLIP, build_from_config
 
 OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS = "open_clip_config.json", "open_clip_model.safetensors"
@@ -35,7 +36,7 @@ OPEN_CLIP_TEXT_PREFIXES = ("text.token_embedding.", "text.positional_embedding",
                            "text.ln_final.")
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """A run that cannot be exported as asked; the message is one line."""
 
 
@@ -43,7 +44,7 @@ def checkpoint_of(run: str | os.PathLike) -> Path:
     """The checkpoint a RUN argument names: a run dir (its checkpoints/latest) or a checkpoint file."""
     path = Path(run)
     if path.is_dir():
-        found = latest_checkpoint(path / "checkpoints")
+        found = RunFolder(path).latest()
         if found is None or not found.is_file():
             raise ExportError(f"{run}: run dir without a readable checkpoints/{LATEST_POINTER} "
                               "(expected RUN/checkpoints/latest naming a checkpoint file)")
@@ -61,6 +62,9 @@ def open_clip_refusal(model_config: dict) -> str | None:
                              if f == "mixer")
         return (f"open_clip cannot hold the Mixer {which}: its model configs build ViT, ConvNeXt or timm "
                 "image towers behind open_clip's own heads and Transformer text towers only")
+    if families[0] != "transformer":  # e.g. cnn: a ResNet of our sizes, not a timm model open_clip names
+        return (f"open_clip cannot hold the {families[0]} image tower: its model configs build ViT, "
+                "ConvNeXt, ModifiedResNet or named timm image towers behind open_clip's own heads")
     text = model_config.get("text_overrides") or {}
     for key, value in text.items():  # a text-mask option (causal | caption), where a run has one
         if "mask" in key and value not in (None, "causal"):
@@ -160,13 +164,8 @@ def load_exported(folder: str | os.PathLike) -> CLIP:
                           f"{OPEN_CLIP_CONFIG} + {OPEN_CLIP_WEIGHTS})")
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {message}\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _OneLineParser(prog="python -m towers.export", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m towers.export", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="run dir (its checkpoints/latest) or a checkpoint file")
     parser.add_argument("--to", required=True, help="folder to write the model files into")
     parser.add_argument("--ours", action="store_true",
@@ -188,4 +187,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

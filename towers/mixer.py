@@ -42,13 +42,6 @@ from towers.token_mixing import (  # noqa: F401  (made_degrees, the modes: re-ex
 )
 
 VARIANTS: dict[str, dict] = {
-    # Token-mixing hidden 2 x width = 4 units per token, inside the Mixer paper's 2-8 per token; timm's
-    # 0.5 x width would give 1 per token at this size (docs/design.md has the toy results).
-    "tiny": {
-        "embed_dim": 128,
-        "image": dict(image_size=64, patch_size=8, width=128, layers=4, mlp_ratio=(2.0, 4.0)),
-        "text": dict(width=128, layers=4, token_hidden=256, channel_hidden=512),
-    },
     # timm mixer_s32_224 trunk; text sized like open_clip ViT-S-32's text tower.
     "S/32": {
         "embed_dim": 384,
@@ -68,8 +61,10 @@ VARIANTS: dict[str, dict] = {
         "text": dict(width=512, layers=12, token_hidden=256, channel_hidden=2048),
     },
 }
-# The scaling-law ladder (docs/scaling-laws.md): `tiny`'s resolution, depth and hidden ratios at widths
-# 64-256, the same widths as the Transformer's ladder.
+# The scaling-law ladder (docs/scaling-laws.md): the toy resolution and depth at widths 64-256, the same
+# widths as the Transformer's ladder; w128 is also `tiny` (runfolder.vocabulary.VARIANT_ALIASES).
+# Token-mixing hidden 2 x width = 4 units per token, inside the Mixer paper's 2-8 per token; timm's
+# 0.5 x width would give 1 per token at this size (docs/design.md has the toy results).
 VARIANTS.update({
     f"w{width}": {
         "embed_dim": width,

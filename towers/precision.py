@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from runfolder.errors import OneLineParser, run_main
+from runfolder.vocabulary import PRECISIONS
+
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # Accelerate's names
 
 
@@ -67,11 +69,13 @@ def resolve_precision(requested: str, device: torch.device | str) -> tuple[str, 
     return requested, f"requested ({reason})", warning
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = OneLineParser(prog="python -m towers.precision", description=__doc__.split("\n")[0])
+    parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     resolved, why, _ = resolve_precision("auto", device)
     print(f"--precision auto on {device}: {resolved} ({why})")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,7 +1,7 @@
 """The tower registry: family name -> the module (or object) that builds its towers.
 
 A family defines `VARIANTS` (variant name -> {"embed_dim", "image": {...}, "text": {...}}),
-`build(modality, **config)` and `text_mask_overrides(text_mask, token_mixing)`. The two built-in
+`build(modality, **config)` and `text_mask_overrides(text_mask, token_mixing)`. The three built-in
 families are listed here; any other is added without editing this file, like timm's `register_model`:
 
     import towers, my_family                    # my_family.py: VARIANTS, build, text_mask_overrides
@@ -24,11 +24,13 @@ from typing import Any
 
 from torch import nn
 
-from towers import mixer, transformer
+from runfolder.vocabulary import VARIANT_ALIASES
+from towers import cnn, mixer, transformer
 
 FAMILIES: dict[str, ModuleType | Any] = {
     "transformer": transformer,
     "mixer": mixer,
+    "cnn": cnn,
 }
 MODALITIES = ("image", "text")
 ENTRY_POINT_GROUP = "mixclip.towers"
@@ -82,13 +84,23 @@ def family_module(family: str) -> ModuleType | Any:
     return FAMILIES[family]
 
 
+def variant_names(variants: dict) -> list[str]:
+    """A table's variant names, each alias of one of its rows first (runfolder.vocabulary: `tiny`)."""
+    return [alias for alias, row in VARIANT_ALIASES.items() if row in variants and alias not in variants] \
+        + list(variants)
+
+
+def _row_name(variants: dict, name: str) -> str:
+    return name if name in variants else VARIANT_ALIASES.get(name, name)
+
+
 def variant_table(family: str, variant: str) -> dict:
     """The variant's row of the family's table (embed_dim and both towers' configs)."""
     variants = family_module(family).VARIANTS
-    name = canonical_variant(variant)
+    name = _row_name(variants, canonical_variant(variant))
     if name not in variants:
         raise ValueError(f"unknown variant {variant!r} for tower family {family!r}: "
-                         f"expected one of {list(variants)}")
+                         f"expected one of {variant_names(variants)}")
     return variants[name]
 
 
@@ -136,7 +148,8 @@ def pair_variants(image_family: str, text_family: str) -> list[str]:
     (a pair takes both towers in the same size), in the image family's table order. One family's
     table never changes another pair's list."""
     text_variants = family_module(text_family).VARIANTS
-    return [v for v in family_module(image_family).VARIANTS if v in text_variants]
+    image_variants = variant_names(family_module(image_family).VARIANTS)
+    return [v for v in image_variants if _row_name(text_variants, v) in text_variants]
 
 
 def all_variants() -> list[str]:

@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import torch
 
+# the token-mixing masks and the legacy rule are vocabulary the torch-free report reads too
+from runfolder.vocabulary import (  # noqa: F401 - re-exported
+    MIXER_TOKEN_MIXING,
+    TOKEN_MIXING_TEXT_MASK,
+    legacy_text_reading,
+)
+
 TEXT_MASKS = ("causal", "caption")
-# Provisional (docs/text-mask.md): the integrator's choice so that the headline comparison pairs text
-# towers that read captions the same way, until the 2x2 on seeds of its own chooses.
+# The text-mask 2x2 chose it (docs/results/text_mask.md): never worse in any cell, and both text towers
+# of the headline comparison then read a caption the same way.
 DEFAULT_TEXT_MASK = "caption"
-# The mask each Mixer token-mixing mode reads with; `full` is the caption read with its padding too
-# (the seed paper's mode, kept for replication).
-TOKEN_MIXING_TEXT_MASK = {"causal": "causal", "causal-front": "causal", "triangular": "causal",
-                          "causal-prefix": "causal", "caption": "caption", "full": "caption"}
-# The Mixer token mixing a text mask selects when --token-mixing is not given.
-MIXER_TOKEN_MIXING = {"causal": "causal-prefix", "caption": "caption"}
-
-
 def check_text_mask(text_mask: str) -> str:
     if text_mask not in TEXT_MASKS:
         raise ValueError(f"text mask {text_mask!r}: expected one of {TEXT_MASKS}")
@@ -50,15 +49,6 @@ def resolve_token_mixing(text_mask: str, token_mixing: str | None) -> str:
         raise ValueError(f"--token-mixing {token_mixing} is a {mask}-mask mode but --text-mask is "
                          f"{text_mask}: pass --text-mask {mask} or leave --token-mixing unset")
     return token_mixing
-
-
-def legacy_text_reading(text_family: str, token_mixing: str | None) -> tuple[str, str]:
-    """(text_mask, token_mixing) of a run recorded before the text mask existed: the Transformer was
-    causal (its recorded token mixing did nothing, so it becomes the one `causal` selects), the Mixer
-    read with its token mixing's mask."""
-    if text_family == "mixer" and token_mixing in TOKEN_MIXING_TEXT_MASK:
-        return TOKEN_MIXING_TEXT_MASK[token_mixing], token_mixing
-    return "causal", MIXER_TOKEN_MIXING["causal"]
 
 
 def caption_keys(tokens: torch.Tensor) -> torch.Tensor:

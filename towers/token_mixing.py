@@ -38,7 +38,7 @@ TOKEN_MIXING_MODES = ("causal", "causal-front", "caption", "triangular", "full",
 PAD_INERT_MODES = tuple(mode for mode in TOKEN_MIXING_MODES if mode != "full")
 DEFAULT_TOKEN_MIXING = "caption"  # chosen by the toy comparison in docs/token-mixing.md
 # `causal-prefix` sizes its blocks so that an EOT from this position on reads >= the H units of `caption`
-# (12: the reference EOT, a 10-word caption)
+# (12: the EOT of a 10-word caption with SOT, the length the capacity figures are quoted at)
 PREFIX_EOT = 12
 
 

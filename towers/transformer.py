@@ -22,11 +22,6 @@ from towers.text_mask import caption_attention_mask, check_text_mask
 
 # Every number that sizes a tower. `heads` follows open_clip's head width of 64 (tiny: 32).
 VARIANTS: dict[str, dict] = {
-    "tiny": {
-        "embed_dim": 128,
-        "image": dict(image_size=64, patch_size=8, width=128, layers=4, heads=4, mlp_ratio=4.0),
-        "text": dict(width=128, layers=4, heads=4, mlp_ratio=4.0),
-    },
     "S/32": {
         "embed_dim": 384,
         "image": dict(image_size=224, patch_size=32, width=384, layers=12, heads=6, mlp_ratio=4.0),
@@ -43,8 +38,8 @@ VARIANTS: dict[str, dict] = {
         "text": dict(width=512, layers=12, heads=8, mlp_ratio=4.0),
     },
 }
-# The scaling-law ladder (docs/scaling-laws.md): the toy resolution and depth of `tiny`, widths 64-256
-# (16x the width-64 training FLOPs per sample), head width 32 as in `tiny`.
+# The scaling-law ladder (docs/scaling-laws.md): the toy resolution and depth, widths 64-256 (16x the
+# width-64 training FLOPs per sample), head width 32; w128 is also `tiny` (runfolder.vocabulary).
 VARIANTS.update({
     f"w{width}": {
         "embed_dim": width,

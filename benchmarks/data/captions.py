@@ -12,7 +12,6 @@ A captioned folder from COCO's own release (docs/data.md#coco-captions):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ from PIL import Image
 from benchmarks.data import toy as toy_data
 from benchmarks.data.files import InputError
 from benchmarks.data.shards import ShardSpecError, eval_loader
+from runfolder.errors import OneLineParser, run_main
 
 CAPTIONS_LAYOUT = "DIR/captions.tsv (file<TAB>caption, file relative to DIR, e.g. images/x.jpg) + the images"
 # Where a user without the shared folder gets a captioned set (the runners name it in their errors).
@@ -115,8 +115,8 @@ def write_coco_captions(annotations: str | Path, images: str | Path, out: str | 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.data.captions",
-                                     description="A captioned folder (captions.tsv) from COCO's release.")
+    parser = OneLineParser(prog="python -m benchmarks.data.captions",
+                           description="A captioned folder (captions.tsv) from COCO's release.")
     parser.add_argument("--coco", required=True, help="COCO captions JSON, e.g. captions_val2017.json")
     parser.add_argument("--images", required=True, help="the folder holding its images, e.g. val2017/")
     parser.add_argument("--out", required=True, help="folder to write captions.tsv into")
@@ -132,4 +132,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

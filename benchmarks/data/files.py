@@ -13,11 +13,9 @@ import hashlib
 import os
 from pathlib import Path
 
+from runfolder.errors import InputError  # noqa: F401 - re-exported: the data sets raise it
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class InputError(ValueError):
-    """Bad input a user can fix (missing data folder, malformed file, unknown model); one-line message."""
 
 
 def shared_data_dir() -> Path:

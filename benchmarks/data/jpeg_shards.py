@@ -14,7 +14,6 @@ Deterministic in the seed (one RNG per shard, so the bytes do not depend on the 
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from runfolder.errors import OneLineParser, run_main
 
 WORDS = ("red", "blue", "green", "striped", "blurry", "bright", "dark", "soft", "sunset", "forest",
          "ocean", "city", "street", "portrait", "texture", "pattern", "photo", "painting")
@@ -72,8 +73,8 @@ def write_jpeg_shards(out: str | Path, num_samples: int, side: int = 256, shard_
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.data.jpeg_shards",
-                                     description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.data.jpeg_shards",
+                           description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for the shards")
     parser.add_argument("--num-samples", type=int, default=4096, help="samples (default 4096)")
     parser.add_argument("--side", type=int, default=256, help="image side in px (default 256)")
@@ -87,4 +88,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,11 +17,12 @@ Output: OUT/00000.tar, OUT/00001.tar, ... (webdataset's ShardWriter), samples `K
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import NamedTuple
+
+from runfolder.errors import InputError, OneLineParser, run_main
 
 SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 HEADER_FIELDS = ({"file", "filename", "image", "path"}, {"caption", "text"}, {"class", "label", "cls"})
@@ -32,10 +33,6 @@ class Row(NamedTuple):
     image: Path
     caption: str
     cls: int | None
-
-
-class InputError(ValueError):
-    """Bad input; the message is one line naming the file and row."""
 
 
 def read_rows(captions: Path, images: Path) -> list[Row]:
@@ -100,8 +97,8 @@ def write_shards(rows: list[Row], out: Path, shard_size: int, progress: bool = T
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.data.make_shards",
-                                     description="Write image/caption pairs as img2dataset-layout shards.")
+    parser = OneLineParser(prog="python -m benchmarks.data.make_shards",
+                           description="Write image/caption pairs as img2dataset-layout shards.")
     parser.add_argument("--images", required=True, type=Path,
                         help="folder the TSV's image paths are relative to")
     parser.add_argument("--captions", required=True, type=Path,
@@ -126,4 +123,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

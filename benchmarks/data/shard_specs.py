@@ -17,10 +17,12 @@ from collections.abc import Sequence
 
 import braceexpand
 
+from runfolder.errors import InputError
+
 SPEC_HELP = "a brace pattern like shards/{00000..00099}.tar, a '::'-joined list, or a directory of .tar files"
 
 
-class ShardSpecError(ValueError):
+class ShardSpecError(InputError):
     """No shard file matches a data spec; the message is one line naming the spec."""
 
 

@@ -51,7 +51,6 @@ gives the same manifest sha256 (on the same Pillow/libjpeg build).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -59,7 +58,6 @@ import json
 import os
 import random
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -84,6 +82,7 @@ from benchmarks.data.toy_scene import (
 from benchmarks.data.toy_scene import COLOURS as COLOURS
 from benchmarks.data.toy_scene import MIN_BACKGROUND_DISTANCE as MIN_BACKGROUND_DISTANCE
 from benchmarks.data.toy_scene import SHAPES as SHAPES
+from runfolder.errors import OneLineParser, run_main
 from runfolder.vocabulary import TOY_TASKS
 
 # Bump whenever the generator's output changes: the cache folder name carries it.
@@ -344,7 +343,7 @@ def _disk_size(root: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.data.toy", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.data.toy", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0,
                         help="generation seed; it also shifts the held-out classes (default 0)")
     parser.add_argument("--task", choices=TOY_TASKS, default="standard",
@@ -375,4 +374,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

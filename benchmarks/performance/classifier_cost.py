@@ -20,8 +20,8 @@ from open_clip import IMAGENET_CLASSNAMES
 import towers
 from benchmarks.encoder import ModelEncoder
 from benchmarks.provenance import fail
-from benchmarks.runner_flags import RunnerParser
 from benchmarks.zeroshot_classifier import TEMPLATE_SETS, zero_shot_classifier
+from runfolder.errors import OneLineParser, run_main
 
 
 def spread_classes(count: int) -> list[str]:
@@ -41,8 +41,8 @@ def time_classifier(model: torch.nn.Module, classnames: list[str], templates: st
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = RunnerParser(prog="python -m benchmarks.performance.classifier_cost",
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.performance.classifier_cost",
+                           description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="transformer-B-32", choices=towers.available_models(),
                         help="towers model name, random weights (default: %(default)s)")
     parser.add_argument("--classes", type=int, default=10,
@@ -81,4 +81,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

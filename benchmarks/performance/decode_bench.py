@@ -40,7 +40,7 @@ from PIL import Image
 
 from benchmarks.data.files import REPO_ROOT
 from benchmarks.data.jpeg_shards import make_image
-from benchmarks.runner_flags import RunnerParser
+from runfolder.errors import OneLineParser, run_main
 
 SIDES = (256, 512, 1024)
 
@@ -215,8 +215,8 @@ def _cpu_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    parser = RunnerParser(prog="python -m benchmarks.performance.decode_bench",
-                          description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.performance.decode_bench",
+                           description=__doc__.split("\n")[0])
     parser.add_argument("--sides", type=int, nargs="+", default=list(SIDES), help="original sides (px)")
     parser.add_argument("--images", type=int, default=64, help="images per side (default 64)")
     parser.add_argument("--image-size", type=int, default=224, help="crop output size (default 224)")
@@ -260,4 +260,4 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -40,8 +40,8 @@ from benchmarks.data.files import REPO_ROOT
 from benchmarks.data.jpeg_shards import write_jpeg_shards
 from benchmarks.performance import throughput
 from benchmarks.provenance import add_output_arguments, fail, finish
-from benchmarks.runner_flags import RunnerParser
 from runfolder import RunFolder
+from runfolder.errors import OneLineParser, run_main
 from towers.precision import resolve_precision
 
 GPU_CHECK_RECIPE = REPO_ROOT / "launch" / "configs" / "laion400m-b32.yaml"  # the run of step 4
@@ -212,8 +212,8 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = RunnerParser(prog="python -m benchmarks.performance.gpu_check",
-                                     description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.performance.gpu_check",
+                           description=__doc__.split("\n")[0])
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 peak in TFLOP/s (default: from the table by name)")
     parser.add_argument("--batch-size", type=int, default=256, help="per GPU (default: %(default)s)")
@@ -289,4 +289,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -34,12 +34,15 @@ from benchmarks.data.files import REPO_ROOT
 from benchmarks.data.jpeg_shards import make_image, write_jpeg_shards
 from benchmarks.provenance import fail, git_commit, library_versions, write_json
 from launch.faults import PREEMPTED_EXIT_STATUS
-from runfolder import RunFolder
+from runfolder import LATEST, RunFolder
+from runfolder.errors import OneLineParser, run_main
+from runfolder.records import is_eval_line
 
 RECIPE = REPO_ROOT / "launch" / "configs" / "laion400m-b32.yaml"
 SHARED_IMAGENET = REPO_ROOT.parent / "shared" / "data" / "imagenet_samples"  # 1,000 ILSVRC val images
 TOWERS = ("mixer", "transformer")
-# Sizes: on a GPU the (batch 256, ~120 steps, B/32); on CPU the least that exercises each stage.
+# Sizes: on a GPU the comparison's own step (B/32, batch 256) for ~120 steps; on CPU the least that
+# exercises each stage.
 GPU_SIZE = {"variant": "B/32", "batch": 256, "steps": 120, "every": 60, "samples": 8192, "side": 256}
 CPU_SIZE = {"variant": "tiny", "batch": 8, "steps": 6, "every": 2, "samples": 64, "side": 64}
 LOSS_CLOSE = 0.05  # resumed vs uninterrupted, relative: bf16, cuBLAS and SDPA are not deterministic
@@ -131,22 +134,22 @@ def _wait(process: subprocess.Popen, timeout: float) -> int | None:
 
 
 def _trained(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [line for line in RunFolder(run_dir).read_metrics() if "loss" in line] if path.exists() else []
+    run = RunFolder(run_dir)
+    return [line for line in run.read_metrics() if "loss" in line] if run.metrics.exists() else []
 
 
 def training_run(tower: str, args: argparse.Namespace, size: dict) -> dict[str, Any]:
     started = time.perf_counter()
     code = _wait(_launch(f"smoke-{tower}", tower, args, size, []), args.run_timeout)
     run_dir = args.out / "runs" / f"smoke-{tower}"
-    lines = RunFolder(run_dir).read_metrics() if (run_dir / "metrics.jsonl").exists() else []
+    lines = RunFolder(run_dir).read_metrics() if RunFolder(run_dir).metrics.exists() else []
     steps = [line for line in lines if "loss" in line]
     steady = steps[1:] or steps  # the first interval holds start-up
-    evals = [line for line in lines if any(key.startswith("eval/") for key in line)]
+    evals = [line for line in lines if is_eval_line(line)]
     result = {"status": "ran" if code == 0 else "failed", "exit": code,
               "wall_s": time.perf_counter() - started, "log": str(run_dir) + ".log",
               "steps": steps[-1]["step"] if steps else 0,
-              "checkpoints": sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt")),
+              "checkpoints": sorted(p.name for _, p in RunFolder(run_dir).step_files()),
               "eval_steps": [line["step"] for line in evals]}
     if steady:
         result.update(final_loss=steps[-1]["loss"],
@@ -174,9 +177,9 @@ def preemption(args: argparse.Namespace, size: dict, reference: dict) -> dict[st
         time.sleep(0.05)
     first.send_signal(signal.SIGUSR1)
     stopped_exit = _wait(first, args.run_timeout)
-    marker = run_dir / "preempted.json"
+    marker = RunFolder(run_dir).preempted
     stopped = json.loads(marker.read_text())["step"] if marker.exists() else None
-    latest = run_dir / "checkpoints" / "latest"
+    latest = RunFolder(run_dir).checkpoints / LATEST
     latest_at_stop = latest.read_text().strip() if latest.exists() else None
     resumed_exit = _wait(_launch("smoke-preempted", "mixer", args, size, ["--resume", "auto"]),
                          args.run_timeout)
@@ -278,8 +281,8 @@ def pytest_gpu(device: torch.device, timeout: float) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.performance.gpu_smoke",
-                                     description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.performance.gpu_smoke",
+                           description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_smoke.json, shards and runs")
     parser.add_argument("--imagenet-val", type=Path, default=None,
                         help="the in-training eval's ImageNet folder (default on a GPU: the shared "
@@ -346,4 +349,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(1 if main()["failed"] else 0)
+    run_main(main, status=lambda result: 1 if result["failed"] else 0)

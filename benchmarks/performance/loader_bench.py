@@ -28,9 +28,9 @@ from benchmarks.data.shards import (
     load_rgb,
 )
 from benchmarks.provenance import write_json
-from benchmarks.runner_flags import RunnerParser
 from launch.data import DEFAULT_SHUFFLE_BUFFER, get_train_loader, resolve_spec
 from launch.decoders import DECODERS, DEFAULT_DECODER
+from runfolder.errors import OneLineParser, run_main
 
 
 def _cpu_seconds() -> float:
@@ -122,8 +122,8 @@ def bench(spec: str | None, workers: int, image_size: int, batch_size: int, batc
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = RunnerParser(prog="python -m benchmarks.performance.loader_bench",
-                          description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.performance.loader_bench",
+                           description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=None, help="shard spec (brace pattern, '::' list or folder); "
                         "default: the toy train split")
     parser.add_argument("--workers", type=int, default=2, help="measure 0..N DataLoader workers (default 2)")
@@ -153,4 +153,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

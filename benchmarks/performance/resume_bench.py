@@ -40,8 +40,8 @@ import psutil  # an Accelerate dependency
 import torch
 
 from benchmarks.data.files import REPO_ROOT
-from benchmarks.runner_flags import RunnerParser
 from runfolder import RunFolder, point_latest
+from runfolder.errors import OneLineParser, run_main
 
 STEPS = 3010  # the recipe's length: both resume points lie inside it
 
@@ -232,8 +232,8 @@ def restore_bench(batches: int, shards: int = 3, per_shard: int = 10_000, buffer
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = RunnerParser(prog="python -m benchmarks.performance.resume_bench",
-                          description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.performance.resume_bench",
+                           description=__doc__.split("\n")[0])
     parser.add_argument("--repo", type=Path, default=REPO_ROOT,
                         help="checkout whose launch/train.py is timed")
     parser.add_argument("--at", type=int, nargs=2, default=[10, 3000], help="the two resume steps")
@@ -276,4 +276,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import towers
 from benchmarks.provenance import write_json
-from benchmarks.runner_flags import RunnerParser
+from runfolder.errors import OneLineParser, run_main
 from towers.profile import count_flops
 from towers.registry import text_mask_overrides, tower_config
 from towers.text_mask import TEXT_MASKS
@@ -120,8 +120,8 @@ def markdown(rows: list[dict], device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = RunnerParser(prog="python -m benchmarks.performance.text_mask_cost", description=__doc__,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m benchmarks.performance.text_mask_cost", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=256, help="captions per process per step")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
@@ -140,4 +140,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -34,13 +34,13 @@ from tqdm import tqdm
 import towers
 from benchmarks.provenance import add_output_arguments, fail, finish
 from benchmarks.runner_flags import (
-    RunnerParser,
     add_device_argument,
     add_precision_argument,
-    resolve_precision,
 )
 from launch.config import Recipe
 from launch.trainer import ContrastiveStep, build_optimizer
+from runfolder.errors import OneLineParser, run_main
+from towers.precision import resolve_precision
 from towers.profile import image_size_of
 
 MODES = ("train", "infer")
@@ -145,8 +145,8 @@ def summarise(contender: Contender, batch_size: int, modes: tuple[str, ...]) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = RunnerParser(prog="python -m benchmarks.performance.throughput",
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.performance.throughput",
+                           description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", metavar="NAME",
                         help="a towers model name, e.g. mixer-B-32 or transformer+mixer-tiny (random "
                              "weights; `python -m towers` lists them)")
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.reference != "none" and args.reference not in open_clip.list_models():
         fail(f"--reference {args.reference}: not an open_clip architecture (e.g. ViT-B-32) or 'none'")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precision = resolve_precision(args.precision, device.type)
+    precision = resolve_precision(args.precision, device.type)[0]
 
     torch.manual_seed(args.seed)
     ours = towers.create_model(name)
@@ -251,4 +251,4 @@ def format_table(result: dict[str, Any], modes: tuple[str, ...]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
