@@ -37,10 +37,11 @@ from runfolder.score_records import (
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
-# config.json's keys in the order the trainer has always written them (committed runs have this order)
+# config.json's keys in the order the trainer has always written them (committed runs have this order;
+# git_diff_sha256 came with the drivers' clean-tree stamp)
 CONFIG_ORDER = ["name", "model_name", "experiment", "recipe_sha256", "recipe_identity", "run_options",
-                "command", "git_commit", "versions", "world_size", "global_batch_size", "device",
-                "torch_threads", "cpu_capability", "precision", "device_settings", "params",
+                "command", "git_commit", "git_diff_sha256", "versions", "world_size", "global_batch_size",
+                "device", "torch_threads", "cpu_capability", "precision", "device_settings", "params",
                 "flops_per_sample", "resumed_from", "branched_from"]
 
 
@@ -51,7 +52,8 @@ def config_record(**changes) -> ConfigRecord:
                     "token_mixing": "caption",
                     "recipe": {"lr": 0.002, "seed": 0, "text_mask": "caption", "precision": "fp32"}},
         recipe_sha256="ab" * 32, recipe_identity={"lr": 0.002, "seed": 0, "global_batch_size": 256},
-        run_options={"runs_dir": "runs"}, command="python launch/train.py", git_commit="c0ffee",
+        run_options={"runs_dir": "runs"}, command="python launch/train.py",
+        git_commit="c0ffee", git_diff_sha256=None,
         versions={"python": "3.11.0", "torch": None}, world_size=2, global_batch_size=256, device="cpu",
         torch_threads=2, cpu_capability="AVX512", precision={"requested": "auto", "resolved": "fp32"},
         device_settings={"tf32": None}, params={"image_params": 1, "text_params": 2, "total_params": 3},
