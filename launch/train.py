@@ -78,6 +78,7 @@ from launch.trainer import (
     ddp_options,
     device_settings,
     enable_tf32,
+    keeps_running_statistics,
     micro_batch_stream,
 )
 from runfolder import RunFolder
@@ -370,6 +371,11 @@ def run_directory(experiment: Experiment, options: RunOptions) -> Path:
     return Path(options.runs_dir) / (options.name or f"{model}-seed{experiment.recipe.seed}")
 
 
+def _keeps_running_statistics(experiment) -> bool:
+    with torch.device("meta"):  # the architecture only: no memory, no init cost
+        return keeps_running_statistics(towers.build_model(**experiment.model_kwargs()))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train; what the main process prints also goes to RUN/out.log once the run folder exists."""
     with OutputLog():
@@ -396,7 +402,7 @@ def _main(argv: list[str] | None) -> int:
     accelerator = Accelerator(mixed_precision=MIXED_PRECISION[recipe.precision], cpu=on_cpu,
                               log_with=trackers,
                               kwargs_handlers=[collective_timeout(options.collective_timeout),
-                                               ddp_options()])
+                                               ddp_options(_keeps_running_statistics(experiment))])
     enable_tf32(accelerator.device)
     try:
         return _train(accelerator, experiment, options, {"requested": requested, "resolved": recipe.precision,

@@ -42,14 +42,21 @@ class NonFiniteLossError(RuntimeError):
     """Too many non-finite steps (loss or gradient norm) in a row: the run stops without a checkpoint."""
 
 
-def ddp_options() -> DistributedDataParallelKwargs:
+def keeps_running_statistics(model: torch.nn.Module) -> bool:
+    """Whether a training forward changes the model's buffers (BatchNorm's running mean and variance)."""
+    return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+               for module in model.modules())
+
+
+def ddp_options(sync_buffers: bool = False) -> DistributedDataParallelKwargs:
     """How Accelerate wraps the model in DDP. `gradient_as_bucket_view`: gradients live in DDP's
-    all-reduce buckets (no copy in and out; ~600 MB less at B/32 fp32 grads). `broadcast_buffers=False`:
-    no buffer broadcast before every forward (the towers' buffers are constants: masks, position ids),
-    which DDP otherwise does on each step, a collective in the critical path. (torch 2.14 renamed it
-    `forward_sync_buffers` and warns once; Accelerate's handler, matched by exact class, has only the
-    old name.)"""
-    return DistributedDataParallelKwargs(gradient_as_bucket_view=True, broadcast_buffers=False)
+    all-reduce buckets (no copy in and out; ~600 MB less at B/32 fp32 grads). `broadcast_buffers`: off
+    when the towers' buffers are constants (masks, position ids), since DDP would otherwise broadcast them
+    before every forward, a collective in the critical path; on (`sync_buffers`, DDP's and open_clip's
+    default) for a tower with running statistics, so every process evaluates and checkpoints process 0's.
+    (torch 2.14 renamed it `forward_sync_buffers` and warns once; Accelerate's handler, matched by exact
+    class, has only the old name.)"""
+    return DistributedDataParallelKwargs(gradient_as_bucket_view=True, broadcast_buffers=sync_buffers)
 
 
 def enable_tf32(device: torch.device) -> None:

@@ -275,3 +275,18 @@ def test_grad_checkpointing_gives_the_same_gradients_and_recomputes_the_blocks()
     # the recompute runs each block's BatchNorms a second time (the docstring's "counts that batch twice")
     assert plain.visual.layer1[0].bn1.num_batches_tracked.item() == 1
     assert checkpointed.visual.layer1[0].bn1.num_batches_tracked.item() == 2
+
+
+def test_ddp_broadcasts_buffers_only_for_a_tower_with_running_statistics():
+    """A BatchNorm tower's running statistics change every step: DDP must broadcast process 0's (as DDP and
+    open_clip do by default) or each process evaluates and checkpoints its own; constants are not sent."""
+    from launch.config import parse_experiment
+    from launch.train import _keeps_running_statistics
+    from launch.trainer import ddp_options
+
+    wanted = {tower: _keeps_running_statistics(parse_experiment(["--tower", tower])[0])
+              for tower in ("transformer", "mixer", "cnn")}
+    assert wanted == {"transformer": False, "mixer": False, "cnn": True}
+    mixed = parse_experiment(["--image-tower", "cnn", "--text-tower", "mixer"])[0]
+    assert _keeps_running_statistics(mixed)
+    assert ddp_options(True).broadcast_buffers is True and ddp_options().broadcast_buffers is False
