@@ -35,7 +35,8 @@ BatchNorm (the only family with batch statistics):
   each process normalises with its own per-process batch (no SyncBatchNorm, as CLIP trained its ResNets)
   and the trainer has DDP broadcast process 0's buffers before each forward (for towers with running
   statistics only; launch.trainer.keeps_running_statistics), so every process evaluates and checkpoints
-  process 0's running statistics, as open_clip's DDP does for CLIP's ResNets. Accumulation is therefore not exactly a larger batch for this family.
+  process 0's running statistics, as open_clip's DDP does for CLIP's ResNets. Accumulation is
+  therefore not exactly a larger batch for this family.
   At B/32 on 16 GPUs x 256 a process's BatchNorm sees 256 images (7 x 7 positions each in the last
   stage) a step, and its running statistics average about the last 10 steps of that process.
 - eval (`model.eval()`: what `towers.load` returns and what the zero-shot encoder sets): the running
