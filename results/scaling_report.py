@@ -37,9 +37,9 @@ from results.scaling_spec import (
     Target,
     load_spec,
     plan,
+    run_error,
     target,
 )
-from results.scaling_sweep import run_error
 from runfolder.errors import OneLineParser, run_main
 
 COLOURS = {"transformer": "#1f77b4", "mixer": "#d62728", "clip": "#1f77b4", "mammut": "#2ca02c"}

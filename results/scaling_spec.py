@@ -28,6 +28,7 @@ import yaml
 
 from runfolder import RunFolder
 from runfolder.errors import InputError
+from runfolder.vocabulary import EVAL_PREFIX
 
 DEFAULT_SPEC = Path(__file__).with_name("scaling") / "sweep.yaml"
 PHASES = ("tune", "check", "grid")  # the check before the grid: both need only the tuned lr
@@ -218,3 +219,12 @@ def train_flags(flags: dict[str, Any]) -> list[str]:
         elif value is not None:
             argv += [flag, str(value)]
     return argv
+
+
+def run_error(run_dir: Path, metric: str) -> float | None:
+    """100 - the run's final `eval/<metric>` (an error in points), None while it has not finished."""
+    final = RunFolder(run_dir).read_final_eval()
+    if final is None:
+        return None
+    value = final.get(EVAL_PREFIX + metric)
+    return None if value is None else 100.0 - float(value)

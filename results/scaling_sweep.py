@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from results.scaling_report import write_scaling_report
 from results.scaling_spec import (
     DEFAULT_SPEC,
     PHASES,
@@ -40,24 +41,15 @@ from results.scaling_spec import (
     families,
     load_spec,
     plan,
+    run_error,
     target,
     train_flags,
 )
 from runfolder import RunFolder, atomic_write_text
 from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 from runfolder.errors import OneLineParser, run_main
-from runfolder.vocabulary import EVAL_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_error(run_dir: Path, metric: str) -> float | None:
-    """100 - the run's final `eval/<metric>` (an error in points), None while it has not finished."""
-    final = RunFolder(run_dir).read_final_eval()
-    if final is None:
-        return None
-    value = final.get(EVAL_PREFIX + metric)
-    return None if value is None else 100.0 - float(value)
 
 
 def choose_lr(spec: dict, t: Target, runs_dir: Path) -> dict:
@@ -297,7 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "run" and not args.dry_run and not args.no_report:
-        from results.scaling_report import write_scaling_report
         result = write_scaling_report(spec, t, out)
         print(result["verdict"])
         print(f"wrote {result['report_md']}")

@@ -16,9 +16,10 @@ Transformer's text tower, a calibration arm). The API mirrors openai/CLIP:
 """
 
 from towers.attention import attention_kernels
-from towers.checkpoints import CheckpointError, load, load_weights, read_checkpoint
+from towers.checkpoints import CheckpointError, load_weights, read_checkpoint
 from towers.clip import CLIP, available_models, build_from_config, build_model, create_model, model_name
 from towers.factory import Tokenizer, create_model_and_transforms, get_tokenizer
+from towers.loading import load
 from towers.preprocess import image_transform, tokenize
 from towers.profile import profile
 from towers.registry import FAMILIES, build_tower, register_family, unregister_family

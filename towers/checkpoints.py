@@ -20,15 +20,14 @@ from __future__ import annotations
 import os
 import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from runfolder import LATEST, RunFolder, latest_checkpoint  # noqa: F401 - re-exported
 from runfolder.errors import InputError
-from towers.clip import CLIP, available_models, build_from_config, build_model, create_model
-from towers.preprocess import image_transform
+from towers.clip import CLIP, available_models, build_from_config, build_model
 from towers.transformer import VARIANTS as TRANSFORMER_VARIANTS
 
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -193,44 +192,3 @@ def model_from_open_clip(name: str, pretrained: str | None = None) -> CLIP:
         raise CheckpointError(f"open_clip {name} is not a ViT CLIP; only those load into towers "
                               "(the runners score any open_clip model with --open-clip ARCH)")
     return model_from_checkpoint(state_dict, f"open_clip {name}", _uses_quick_gelu(source))
-
-
-def checkpoint_of_run(folder: str | os.PathLike) -> Path:
-    """The checkpoint a run folder's `checkpoints/latest` names (what every runner's --model scores)."""
-    checkpoint = RunFolder(folder).latest()
-    if checkpoint is None or not checkpoint.is_file():
-        raise CheckpointError(f"{folder}: a run folder without a readable checkpoints/latest, and not a "
-                              "folder python -m towers.export wrote")
-    return checkpoint
-
-
-def load(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
-         quick_gelu: bool | None = None, pretrained: str | None = None) -> tuple[CLIP, Callable]:
-    """(model in eval mode on `device`, eval preprocess) from whatever a runner's `--model` takes: a run
-    folder (its `checkpoints/latest`), a checkpoint file, a folder that `python -m towers.export` wrote
-    (ours or open_clip's files), a towers model name (random weights), or an open_clip name
-    (`ViT-B-32` with `pretrained=` a tag or file, or `hf-hub:ORG/REPO`)."""
-    path = Path(path_or_name)
-    if pretrained is not None and not is_open_clip_name(path_or_name):
-        raise CheckpointError(f"pretrained={pretrained!r} applies to open_clip names only, "
-                              f"not {path_or_name}")
-    if path.is_dir():
-        from towers.export import OPEN_CLIP_CONFIG, OUR_CONFIG, load_exported
-
-        if (path / OUR_CONFIG).is_file() or (path / OPEN_CLIP_CONFIG).is_file():
-            model = load_exported(path)
-        else:
-            checkpoint = checkpoint_of_run(path)
-            model = model_from_checkpoint(read_checkpoint(checkpoint), str(checkpoint), quick_gelu)
-    elif path.is_file():
-        model = model_from_checkpoint(read_checkpoint(path_or_name), str(path_or_name), quick_gelu)
-    elif str(path_or_name) in available_models():
-        model = create_model(str(path_or_name), quick_gelu=bool(quick_gelu))
-    elif is_open_clip_name(path_or_name):
-        model = model_from_open_clip(str(path_or_name), pretrained)
-    else:
-        raise CheckpointError(f"{str(path_or_name)!r} is neither a run folder, a checkpoint file, a model "
-                              f"name ({', '.join(available_models()[:4])}, ...) nor an open_clip name "
-                              "(ViT-B-32, hf-hub:ORG/REPO)")
-    model = model.to(device).eval()
-    return model, image_transform(model.image_size, train=False)

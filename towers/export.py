@@ -26,7 +26,13 @@ from safetensors.torch import load_file, save_file
 
 from runfolder import RunFolder
 from runfolder.errors import InputError, OneLineParser, run_main
-from towers.checkpoints import LATEST_POINTER, CheckpointError, read_checkpoint
+from towers.checkpoints import (
+    LATEST_POINTER,
+    CheckpointError,
+    load_weights,
+    model_from_checkpoint,
+    read_checkpoint,
+)
 from towers.clip import CLIP, build_from_config
 
 OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS = "open_clip_config.json", "open_clip_model.safetensors"
@@ -125,7 +131,6 @@ def export(run: str | os.PathLike, to: str | os.PathLike, ours: bool = False) ->
     if "model_config" not in checkpoint or "state_dict" not in checkpoint:
         raise ExportError(f"{checkpoint_path}: not a mixclip checkpoint (model_config + state_dict)")
     model = build_from_config(dict(checkpoint["model_config"]))
-    from towers.checkpoints import load_weights
 
     load_weights(model, checkpoint["state_dict"], str(checkpoint_path))
     # Our model config rides along in both forms, so towers.load rebuilds exactly this model.
@@ -145,7 +150,6 @@ def export(run: str | os.PathLike, to: str | os.PathLike, ours: bool = False) ->
 
 def load_exported(folder: str | os.PathLike) -> CLIP:
     """The model of an exported folder (ours or open_clip's files), weights from safetensors only."""
-    from towers.checkpoints import load_weights, model_from_checkpoint
 
     folder = Path(folder)
     for config_name, weights_name in ((OUR_CONFIG, OUR_WEIGHTS), (OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS)):

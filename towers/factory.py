@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from towers.checkpoints import load
 from towers.clip import CLIP, parse_model_name
+from towers.loading import load
 from towers.preprocess import CONTEXT_LENGTH, image_transform, tokenize
 from towers.registry import tower_config
 
