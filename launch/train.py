@@ -82,6 +82,7 @@ from launch.trainer import (
     micro_batch_stream,
 )
 from runfolder import RunFolder
+from runfolder.anchor import end_of_run_line
 from runfolder.errors import run_main
 from runfolder.records import ConfigRecord, final_eval_record, flops_per_sample, write_json
 from runfolder.vocabulary import eval_key
@@ -351,7 +352,6 @@ class TrainingRun:
             final = self.evaluate()
             if self.main:
                 write_json(self.folder.final_eval, final_eval_record(self.step, final))
-                from results.anchors import end_of_run_line  # files only: the published open CLIP curve
                 print(end_of_run_line(self.run_dir), flush=True)
                 print(next_commands(self.run_dir, self.recipe.train_data, self.options.imagenet_val),
                       flush=True)

@@ -21,12 +21,8 @@ from typing import Any
 import pandas as pd
 
 from runfolder import RunFolder
-from runfolder.errors import InputError
+from runfolder.errors import InputError, ReportInputError  # noqa: F401 - re-exported
 from runfolder.records import RecordError, final_eval_row, read_metric_rows
-
-
-class ReportInputError(InputError):
-    """Bad input a user can fix (missing run folder, malformed file, ...); the message is one line."""
 
 
 @dataclass

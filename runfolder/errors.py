@@ -60,3 +60,7 @@ def run_main(main: Callable[[], Any], status: Callable[[Any], int] | None = None
     if status is not None:
         raise SystemExit(status(result))
     raise SystemExit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+
+
+class ReportInputError(InputError):
+    """Bad input a user can fix (missing run folder, malformed file, ...); the message is one line."""
