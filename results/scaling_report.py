@@ -6,7 +6,7 @@
     python -m results.scaling_report --table results/published/published_results.csv --families clip mammut \
         --benchmark imagenet1k --dataset datacomp_1b --schedule cosine --fit-below 3e21 --out DIR
 
-Reads the sweep folder `results.scaling_sweep` filled (runs/, lr_choice.json, timings.json) and writes
+Reads the sweep folder `results.drivers.scaling_sweep` filled (runs/, lr_choice.json, timings.json) and writes
 `report/report.md`, `report/scaling.png` and `report/summary.json`. It refuses (one line, exit 2) runs
 whose recipes differ in anything but the swept fields (steps, cooldown_steps, lr, seed). With `--table`
 it reads a published-results table (results/published.py's schema) instead, one run per (model, samples
@@ -50,7 +50,7 @@ METRIC_NAMES = {"toy_top1": "toy zero-shot top-1 error", "imagenet_top1": "Image
 def _lr_choice(out: Path) -> dict:
     file = out / "lr_choice.json"
     if not file.is_file():
-        raise ReportInputError(f"{file}: missing; run `python -m results.scaling_sweep run` first")
+        raise ReportInputError(f"{file}: missing; run `python -m results.drivers.scaling_sweep run` first")
     return json.loads(file.read_text())
 
 
@@ -66,7 +66,8 @@ def collect(spec: dict, t: Target, out: Path, partial: bool = False) -> dict:
     missing = [run.name for run in planned if run_error(runs_dir / run.name, t.metric) is None]
     if missing and not partial:
         raise ReportInputError(f"{runs_dir}: {len(missing)} planned runs have not finished (first: "
-                               f"{missing[0]}); run `python -m results.scaling_sweep run` to finish them")
+                               f"{missing[0]}); run `python -m results.drivers.scaling_sweep run` to finish "
+                               "them")
     finished = [run for run in planned if run.name not in missing]
     if not finished:
         raise ReportInputError(f"{runs_dir}: no planned run has finished yet")
@@ -210,7 +211,7 @@ def partial_markdown(data: dict, t: Target, timings: dict) -> str:
     lines = [f"# Scaling laws: {families} ({t.name}), partial", "",
              f"**Partial: {progress['finished']} of {progress['planned']} planned runs have finished** "
              f"(next: {progress['first_missing']}). No law is fitted and no verdict drawn until the sweep "
-             "has finished: `python -m results.scaling_sweep run` resumes it.", ""]
+             "has finished: `python -m results.drivers.scaling_sweep run` resumes it.", ""]
     return "\n".join(lines + _measured_lines(data, t, timings)) + "\n"
 
 

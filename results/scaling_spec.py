@@ -2,7 +2,7 @@
 
 One YAML names the families, the seeds, the cooldown fraction and, per *target* (`toy` on this CPU,
 `slurm` on a cluster), the sizes, the samples-seen budgets, the global batch, the shared recipe flags,
-the learning-rate tuning and the branch-vs-fresh check. Both executors (`results.scaling_sweep`) run
+the learning-rate tuning and the branch-vs-fresh check. Both executors (`results.drivers.scaling_sweep`) run
 the plan this module derives, so the local sweep and the SLURM array job cannot drift apart.
 
 The plan, per (family, size, lr, seed) *chain* (docs/scaling-laws.md):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from results import reference, scaling_sweep, text_mask_2x2
+from results.drivers import reference, scaling_sweep, text_mask_2x2
 from runfolder import code_version
 
 GIT = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]
@@ -116,7 +116,7 @@ def test_outside_a_git_checkout_the_drivers_run_and_say_so_once(tmp_path, monkey
     monkeypatch.setattr(code_version, "REPO_ROOT", unpacked)
     monkeypatch.setattr(code_version, "_said", set())
     calls = _calls(monkeypatch)
-    # the 2x2 calls results.reference once per arm: 8 arms, one note
+    # the 2x2 calls results.drivers.reference once per arm: 8 arms, one note
     text_mask_2x2.main(["--out", str(tmp_path / "out"), "--seeds", "0", "--skip-sts", "--skip-word-order",
                         "--no-report"])
     err = capsys.readouterr().err
@@ -126,7 +126,8 @@ def test_outside_a_git_checkout_the_drivers_run_and_say_so_once(tmp_path, monkey
 
 def test_the_guard_keeps_the_drivers_free_of_model_code():
     """The drivers train in subprocesses; the tree check must not pull torch into them."""
-    code = ("import sys, results.reference, results.text_mask_2x2, results.scaling_sweep; "
+    code = ("import sys, results.drivers.reference, results.drivers.text_mask_2x2, "
+            "results.drivers.scaling_sweep; "
             "bad = [m for m in ('torch', 'towers', 'launch') if m in sys.modules]; print(bad); "
             "sys.exit(bool(bad))")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],

@@ -102,8 +102,8 @@ def small_spec(tmp_path: Path) -> Path:
 def sweep(*args: str, log: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "FAKE_TRAINER_LOG": str(log), "PYTHONPATH": str(REPO)}
     # --allow-dirty: the suite runs in work trees with uncommitted changes; these runs are stand-ins
-    return subprocess.run([sys.executable, "-m", "results.scaling_sweep", *args, "--allow-dirty"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "results.drivers.scaling_sweep", *args, "--allow-dirty"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow  # 52 stand-in runs, each a process: about 30 s on a quiet 2-core CPU

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from results import factorial, reference, text_mask_2x2
+from results import factorial
+from results.drivers import reference, text_mask_2x2
 
 # cell mean = 50 + 10 [mixer text] + 5 [caption] + 3 [mixer image] + 4 [mixer text and caption]
 TRUE = {"text family (mixer - transformer), causal mask": 10.0,

@@ -1,6 +1,6 @@
-"""results.tuning on synthetic tuning grids with known numbers: the choice rule (ties, diverged runs,
+"""results.drivers.tuning on synthetic tuning grids with known numbers: the choice rule (ties, diverged runs,
 stage 2), the pooled seed sd and the headline seeds against direct scipy computations, missing cells,
-the dry-run plan, and the training path through results.reference (its training call replaced)."""
+the dry-run plan, and the training path through results.drivers.reference (its training call replaced)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from results import reference, tuning
-from results.tuning_grid import CHANCE_TOP1, TOY_CLASSES, Cell, stage1_cells
+from results.drivers import reference, tuning
+from results.drivers.tuning_grid import CHANCE_TOP1, TOY_CLASSES, Cell, stage1_cells
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "results" / "reference" / "runs" / "mixer-seed10"  # a committed run: the shape we copy
@@ -164,7 +164,7 @@ def test_the_dry_run_lists_exactly_the_missing_runs(tmp_path, capsys, monkeypatc
 
 
 def _fake_training(calls: list[list[str]]):
-    """results.reference's training call, replaced: writes the run the command names, with SEEN's numbers."""
+    """The reference driver's training call, replaced: writes the run its command names, SEEN's numbers."""
     def run(command: list[str], log: Path) -> float:
         calls.append(command)
         flag = {name: command[command.index(name) + 1] for name in

@@ -2,14 +2,14 @@
 
 Both run the plan `results.scaling_spec` derives from `results/scaling/sweep.yaml`:
 
-    python -m results.scaling_sweep run                          # toy sweep here: tune, grid, check, report
-    python -m results.scaling_sweep run --dry-run                # the runs it would start, and their flags
-    python -m results.scaling_sweep run --jobs 2                 # two chains at once, each its share of cores
-    python -m results.scaling_sweep estimate                     # wall time from a few timed steps per size
-    python -m results.scaling_sweep slurm --out sweep-slurm/     # tune/grid/check array jobs + submit.sh
-    python -m results.scaling_sweep chain --target slurm --phase grid --index 3   # one chain (array task)
+    python -m results.drivers.scaling_sweep run  # toy sweep here: tune, grid, check, report
+    python -m results.drivers.scaling_sweep run --dry-run  # the runs it would start, and their flags
+    python -m results.drivers.scaling_sweep run --jobs 2  # two chains at once, each its share of cores
+    python -m results.drivers.scaling_sweep estimate  # wall time from a few timed steps per size
+    python -m results.drivers.scaling_sweep slurm --out sweep-slurm/  # tune/grid/check array jobs + submit.sh
+    python -m results.drivers.scaling_sweep chain --target slurm --phase grid --index 3  # one array task
 
-Resumable like `results.reference`: a run with `final_eval.json` is reused; a run cut short resumes
+Resumable like `results.drivers.reference`: a run with `final_eval.json` is reused; a run cut short resumes
 from its newest checkpoint (`--resume auto`; a branch without one starts at its trunk's branch point),
 and a branch whose trunk's checkpoints are gone has its trunk trained again. Checkpoints are deleted
 once every run of their chain has finished (`--keep-checkpoints` keeps them). Runs go to
@@ -49,7 +49,7 @@ from runfolder import RunFolder, atomic_write_text
 from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 from runfolder.errors import OneLineParser, run_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def choose_lr(spec: dict, t: Target, runs_dir: Path) -> dict:
@@ -207,7 +207,7 @@ cd {shlex.quote(str(REPO))}
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_ADDR MASTER_PORT=${{MASTER_PORT:-$((29500 + SLURM_ARRAY_TASK_ID % 1000))}}
 export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-8}}
-python -m results.scaling_sweep chain --spec {shlex.quote(str(spec_path))} --target {t.name} \\
+python -m results.drivers.scaling_sweep chain --spec {shlex.quote(str(spec_path))} --target {t.name} \\
   --phase {phase} --index "$SLURM_ARRAY_TASK_ID" --out {shlex.quote(str(runs_dir.parent))} "$@"
 """)
         written.append(script)
@@ -225,7 +225,7 @@ sbatch --dependency=afterok:$tune {out / 'check.sbatch'} "$@"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m results.scaling_sweep", description=__doc__,
+    parser = OneLineParser(prog="python -m results.drivers.scaling_sweep", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("run", "chain", "slurm", "estimate"))
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="sweep specification (YAML)")
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {path}")
             return 0
         if args.command == "estimate":
-            from results.scaling_estimate import estimate
+            from results.drivers.scaling_estimate import estimate
             estimate(spec, t, out, launcher, args.estimate_steps)
             return 0
         if not args.dry_run:  # `estimate` times a few steps and `slurm` writes scripts: neither commits runs

@@ -1,6 +1,6 @@
 """The sweep's wall time on this machine, from a few timed training steps per family and size.
 
-    python -m results.scaling_sweep estimate                  # writes <out>/estimate.json, prints a table
+    python -m results.drivers.scaling_sweep estimate  # writes <out>/estimate.json, prints a table
 
 For every (family, size) it trains one short run through the sweep's own launcher and recipe
 (`--steps N --log-every N/2`): the second logged interval gives seconds per step (the first holds
@@ -24,7 +24,7 @@ from pathlib import Path
 from results.scaling_spec import PHASES, Target, families, plan, train_flags
 from runfolder import RunFolder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def time_size(t: Target, family: str, size: str, steps: int, launcher: list[str] | None) -> dict:

@@ -1,17 +1,17 @@
 """The tower 2x2s on toy: text family x text mask, with each image family (8 arms), N seeds each; or
 image family x text family at one mask, its matched cells taken from a committed comparison.
 
-Every arm is one `results.reference` sweep arm (the default recipe; only the towers, the text mask and
+Every arm is one `results.drivers.reference` sweep arm (the default recipe; only the towers, the text mask and
 the seed differ), trained and scored (STS, the toy word-order tasks) into one `--out`; finished runs
 are kept, so rerunning the same command resumes an interrupted 2x2. Then `results.report` writes one
 report over all arms, with the factorial analysis (results/factorial.py; docs/text-mask.md).
 
-    python -m results.text_mask_2x2                           # 8 arms x seeds 0 1 2 into results/text_mask
-    python -m results.text_mask_2x2 --seeds 3 4 5 --out results/text_mask_confirm   # the confirmation seeds
-    python -m results.text_mask_2x2 --seeds 0 --train-flags "--steps 2" --skip-sts --skip-word-order \
+    python -m results.drivers.text_mask_2x2  # 8 arms x seeds 0 1 2 into results/text_mask
+    python -m results.drivers.text_mask_2x2 --seeds 3 4 5 --out results/text_mask_confirm  # confirmation
+    python -m results.drivers.text_mask_2x2 --seeds 0 --train-flags "--steps 2" --skip-sts --skip-word-order \
         --out /tmp/2x2                                        # a smoke test
-    python -m results.text_mask_2x2 --text-masks caption --seeds 10 11 12 13 --skip-sts --skip-word-order \
-        --matched-runs results/reference/runs --out results/towers_2x2   # the towers 2x2 at the default
+    python -m results.drivers.text_mask_2x2 --text-masks caption --seeds 10 11 12 13 --skip-sts \
+        --skip-word-order --matched-runs results/reference/runs --out results/towers_2x2  # the towers 2x2
 
 `--matched-runs DIR` trains only the cross cells (one family's image tower with the other's text tower)
 and reports them with every run in DIR whose towers are one family at the same mask (the reference's
@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from results import reference
+from results.drivers import reference
 from results.report import write_report
 from runfolder import RunFolder
 from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
@@ -64,7 +64,7 @@ def matched_runs(runs_dir: Path, text_masks: list[str]) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m results.text_mask_2x2", description=__doc__,
+    parser = OneLineParser(prog="python -m results.drivers.text_mask_2x2", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/text_mask"), help="output folder")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="recipe seeds per arm")

@@ -2,7 +2,7 @@
 recipe each arm's choice makes, and the seeds a headline comparison needs (the power calculation).
 
 Reads run folders only (`results.runs`: config.json, metrics.jsonl, final_eval.json), no model code.
-Used by `python -m results.tuning`, which trains the grid and writes its tables; the rule is stated
+Used by `python -m results.drivers.tuning`, which trains the grid and writes its tables; the rule is stated
 there (its module docstring) and in docs/toy-protocol.md#equal-tuning.
 """
 
@@ -29,7 +29,7 @@ WARMUPS = (40, 160)
 SELECTION_SEEDS = (0, 1)  # never a headline seed: the headline draws fresh ones (FIRST_FRESH_SEED on)
 INIT_VARIANT = "original"  # runfolder.vocabulary.IMAGE_INITS: CLIP's normal init / the Mixer paper's
 PRECISION = "bf16"  # the committed reference's precision on this CPU (AVX-512 bf16)
-FIRST_FRESH_SEED = 23  # the headline seeds so far are 10-22 (results.reference.HEADLINE_SEEDS)
+FIRST_FRESH_SEED = 23  # the headline seeds so far are 10-22 (results.drivers.reference.HEADLINE_SEEDS)
 HALF_WIDTH = 3.0  # points: the 95% interval of the Mixer - Transformer difference the headline must reach
 POOL_CONFIGS = 3  # an arm's seed sd is pooled over its 3 best configs: 3 degrees of freedom at 2 seeds
 # 8 colours x 8 shapes (benchmarks.data.toy.CLASS_NAMES; results reads files only): chance is 1.6%
@@ -65,7 +65,7 @@ class Cell:
         return f"--lr {self.lr} --warmup-steps {self.warmup} --precision {PRECISION}{init}"
 
     def run_dir(self, root: Path, seed: int) -> Path:
-        """Where results.reference puts this config's run of `seed` under the tuning root."""
+        """Where results.drivers.reference puts this config's run of `seed` under the tuning root."""
         return root / self.tower / self.folder / "runs" / f"{self.tower}-seed{seed}"
 
 

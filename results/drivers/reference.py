@@ -5,11 +5,11 @@ the benchmarks score every run (STS on the 7 local sets, the toy word-order task
 val split comes from the run's own final evaluation), throughput is timed for both tower pairs, and
 `results.report` writes the report. Commands run as subprocesses: `results` imports no model code.
 
-    python -m results.reference                      # all of it (docs/results/reference.md: how long)
-    python -m results.reference --seeds 0 --towers mixer transformer --out /tmp/ref
-    python -m results.reference --seeds 0 --out results/lr_sweep/lr5e-4 --train-flags "--lr 5e-4" \
+    python -m results.drivers.reference                      # all of it (docs/results/reference.md: how long)
+    python -m results.drivers.reference --seeds 0 --towers mixer transformer --out /tmp/ref
+    python -m results.drivers.reference --seeds 0 --out results/lr_sweep/lr5e-4 --train-flags "--lr 5e-4" \
         --skip-sts --skip-word-order --skip-throughput --no-report   # one point of an lr sweep
-    python -m results.reference --towers mixer --run-prefix mixer-caption --out results/token_mixing \
+    python -m results.drivers.reference --towers mixer --run-prefix mixer-caption --out results/token_mixing \
         --train-flags "--token-mixing caption" --skip-throughput --no-report   # one token-mixing arm
 
 Writes into `--out` (default `results/reference/`): `runs/<tower>-seed<k>/` (config.json,
@@ -33,7 +33,7 @@ from runfolder import RunFolder
 from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 from runfolder.errors import OneLineParser, run_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Design choices (token mixing, text mask, steps) were made on seeds 0-2; the headline comparison runs on
 # seeds no choice has seen, so it does not inherit the winner's curse (docs/toy-protocol.md#seeds).
 # 13 a tower: the Transformer's seed spread needs that many for a +-3-point interval of the difference.
@@ -66,7 +66,7 @@ def _trained_as(run_dirs: list[Path]) -> tuple[str, str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(prog="python -m results.reference", description=__doc__,
+    parser = OneLineParser(prog="python -m results.drivers.reference", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/reference"), help="output folder")
     parser.add_argument("--towers", nargs="+", default=["transformer", "mixer"], help="tower families")

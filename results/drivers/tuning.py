@@ -1,14 +1,14 @@
 """The equal-tuning grid: both towers get the same search on selection seeds, each arm's best becomes its
 headline recipe, and the tuning seeds' spread says how many fresh seeds the headline comparison needs.
 
-    python -m results.tuning                    # train what is missing (stage 1, then stage 2), write tables
-    python -m results.tuning --dry-run          # the plan: the runs it would train and the runs it reuses
-    python -m results.tuning --report-only      # tables from the runs there; names the missing cells
-    python -m results.tuning --towers mixer --out /tmp/tuning --extra-train-flags "--cpu-threads 1"
+    python -m results.drivers.tuning  # train what is missing (stage 1, then stage 2), write tables
+    python -m results.drivers.tuning --dry-run  # the plan: the runs it would train and the runs it reuses
+    python -m results.drivers.tuning --report-only      # tables from the runs there; names the missing cells
+    python -m results.drivers.tuning --towers mixer --out /tmp/tuning --extra-train-flags "--cpu-threads 1"
 
 Stage 1: each arm (one tower family for image and text) trains lr in {2.5e-4, 5e-4, 1e-3, 2e-3} x warmup
 in {40, 160} steps on the selection seeds 0 and 1, the default recipe otherwise at --precision bf16, into
-`<out>/<tower>/lr<lr>-warmup<w>/runs/<tower>-seed<k>/` through `results.reference` (its training
+`<out>/<tower>/lr<lr>-warmup<w>/runs/<tower>-seed<k>/` through `results.drivers.reference` (its training
 command; a run with final_eval.json is reused, so the command resumes). Stage 2: the image tower's
 other init (`--image-init original`: CLIP's normal init for the ViT, the Mixer paper's for the Mixer)
 at each arm's stage-1 best, the same seeds, into `<out>/<tower>/lr<lr>-warmup<w>-init-original/`.
@@ -37,9 +37,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from results import reference
-from results.runs import ReportInputError
-from results.tuning_grid import (
+from results.drivers import reference
+from results.drivers.tuning_grid import (
     FIRST_FRESH_SEED,
     HALF_WIDTH,
     HELD_OUT,
@@ -60,6 +59,7 @@ from results.tuning_grid import (
     stage2_cell,
     welch_half_width,
 )
+from results.runs import ReportInputError
 from runfolder import atomic_write_text
 from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
 from runfolder.errors import OneLineParser, run_main
@@ -105,7 +105,7 @@ def plan(root: Path, towers: list[str]) -> tuple[list[tuple[Cell, int]], list[tu
 
 
 def train_cell(root: Path, cell: Cell, seeds: list[int], extra_flags: str, allow_dirty: bool) -> None:
-    """Train `seeds` of one config with results.reference's command (the lead's tuning job's layout)."""
+    """Train `seeds` of one config with results.drivers.reference's command (its run layout)."""
     flags = f"{cell.train_flags()} {extra_flags}".strip()
     reference.main(["--out", str(root / cell.tower / cell.folder), "--towers", cell.tower,
                     "--seeds", *map(str, seeds), "--train-flags", flags,
@@ -162,7 +162,7 @@ def summarize(root: Path, towers: list[str], headline_out: str = HEADLINE_OUT) -
 
 def headline_commands(chosen: dict[str, Measured], n: int, out: str) -> list[str]:
     seeds = [str(seed) for seed in range(FIRST_FRESH_SEED, FIRST_FRESH_SEED + n)]
-    commands = [shlex.join(["python", "-m", "results.reference", "--towers", tower, "--seeds", *seeds,
+    commands = [shlex.join(["python", "-m", "results.drivers.reference", "--towers", tower, "--seeds", *seeds,
                             "--out", out, "--train-flags", m.cell.train_flags(), "--no-report"])
                 for tower, m in chosen.items()]
     # each arm at its own tuned recipe: the report groups runs by tower pair and states each arm's recipe
@@ -282,7 +282,7 @@ def write(summary: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m results.tuning", description=__doc__,
+    parser = OneLineParser(prog="python -m results.drivers.tuning", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/tuning"), help="the grid's folder")
     parser.add_argument("--towers", nargs="+", choices=TOWERS, default=list(TOWERS), help="arms to tune")
