@@ -54,6 +54,11 @@ CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the committed recip
 HASHED_WHEN_SET = {"image_init": "library", "image_pool": "library"}
 # The toy set's own fields: hashed inside the data's identity (with its version), never beside it.
 TOY_FIELDS = {"toy_seed": 0, "toy_task": "standard"}
+# Fields whose values are a fixed vocabulary: the flags' choices, and the check of values from --config.
+FIELD_CHOICES = {"precision": PRECISIONS, "decoder": DECODERS, "lr_schedule": LR_SCHEDULES,
+                 "text_mask": TEXT_MASKS, "image_init": IMAGE_INITS, "image_pool": IMAGE_POOLS,
+                 "toy_task": TOY_TASKS, "eval_templates": EVAL_TEMPLATES,
+                 "loader_start_method": LOADER_START_METHODS}
 
 
 @dataclass(frozen=True)
@@ -251,19 +256,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             kwargs["type"] = base
         if f.name == "precision":  # open_clip's spellings too (parse_experiment maps them)
             kwargs.update(metavar="{" + ",".join(PRECISIONS) + "}", help=PRECISION_HELP + default)
-        if f.name == "lr_schedule":
-            kwargs["choices"] = LR_SCHEDULES
-        if f.name == "eval_templates":
-            kwargs["choices"] = EVAL_TEMPLATES
-        if f.name == "decoder":
-            kwargs["choices"] = DECODERS
-        if f.name == "loader_start_method":
-            kwargs["choices"] = LOADER_START_METHODS
-        if f.name == "text_mask":
-            kwargs["choices"] = TEXT_MASKS
-        vocabulary = {"image_init": IMAGE_INITS, "image_pool": IMAGE_POOLS, "toy_task": TOY_TASKS}
-        if f.name in vocabulary:
-            kwargs["choices"] = vocabulary[f.name]
+        elif f.name in FIELD_CHOICES:
+            kwargs["choices"] = FIELD_CHOICES[f.name]
         parser.add_argument(_flag(f.name), **kwargs)
 
 
@@ -384,13 +378,7 @@ def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOpti
         (recipe.accum > 0, "--accum must be > 0"),
         (recipe.lr > 0, "--lr must be > 0"),
         (0 <= recipe.warmup_steps, "--warmup-steps must be >= 0"),
-        (recipe.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}"),
-        (recipe.decoder in DECODERS, f"--decoder must be one of {DECODERS}"),
-        (recipe.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {LR_SCHEDULES}"),
         (recipe.cooldown_steps >= 0, "--cooldown-steps must be >= 0"),
-        (recipe.image_init in IMAGE_INITS, f"--image-init must be one of {IMAGE_INITS}"),
-        (recipe.image_pool in IMAGE_POOLS, f"--image-pool must be one of {IMAGE_POOLS}"),
-        (recipe.toy_task in TOY_TASKS, f"--toy-task must be one of {TOY_TASKS}"),
         (recipe.toy_seed >= 0, "--toy-seed must be >= 0"),
         (recipe.train_data is None or (recipe.toy_seed, recipe.toy_task) == tuple(TOY_FIELDS.values()),
          "--toy-seed/--toy-task set the embedded toy set: leave them out with --train-data"),
@@ -400,6 +388,9 @@ def _check_numbers(parser: argparse.ArgumentParser, recipe: Recipe, run: RunOpti
         (run.collective_timeout > 0, "--collective-timeout must be > 0 (seconds)"),
         (run.shard_read_timeout > 0, "--shard-read-timeout must be > 0 (seconds)"),
     ]
+    for name, choices in FIELD_CHOICES.items():  # a --config value bypasses argparse's choices
+        value = getattr(recipe if name in Recipe.__dataclass_fields__ else run, name)
+        checks.append((value is None or value in choices, f"{_flag(name)} must be one of {choices}"))
     for ok, message in checks:
         if not ok:
             parser.error(message)

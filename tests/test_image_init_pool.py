@@ -106,3 +106,15 @@ def test_a_runs_model_config_rebuilds_its_pooling():
     assert model.model_config["image_overrides"] == {"init": "original", "pool": "map"}
     rebuilt = towers.clip.build_from_config(model.model_config)
     rebuilt.load_state_dict(model.state_dict())  # strict: the pooler's parameters are there
+
+
+@pytest.mark.parametrize(("field", "value"), [("image_pool", "tok"), ("toy_task", "easy"),
+                                              ("loader_start_method", "thread")])
+def test_a_config_file_value_outside_the_vocabulary_is_refused_in_one_line(field, value, tmp_path, capsys):
+    config = tmp_path / "recipe.yaml"
+    config.write_text(f"{field}: {value}\n")
+    with pytest.raises(SystemExit) as exit_:
+        parse_experiment(["--config", str(config)])
+    err = capsys.readouterr().err
+    flag = "--" + field.replace("_", "-")
+    assert exit_.value.code == 2 and err.count("\n") == 1 and f"{flag} must be one of" in err
