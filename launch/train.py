@@ -371,11 +371,6 @@ def run_directory(experiment: Experiment, options: RunOptions) -> Path:
     return Path(options.runs_dir) / (options.name or f"{model}-seed{experiment.recipe.seed}")
 
 
-def _keeps_running_statistics(experiment) -> bool:
-    with torch.device("meta"):  # the architecture only: no memory, no init cost
-        return keeps_running_statistics(towers.build_model(**experiment.model_kwargs()))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Train; what the main process prints also goes to RUN/out.log once the run folder exists."""
     with OutputLog():
@@ -402,7 +397,7 @@ def _main(argv: list[str] | None) -> int:
     accelerator = Accelerator(mixed_precision=MIXED_PRECISION[recipe.precision], cpu=on_cpu,
                               log_with=trackers,
                               kwargs_handlers=[collective_timeout(options.collective_timeout),
-                                               ddp_options(_keeps_running_statistics(experiment))])
+                                               ddp_options(keeps_running_statistics(experiment.model_kwargs()))])
     enable_tf32(accelerator.device)
     try:
         return _train(accelerator, experiment, options, {"requested": requested, "resolved": recipe.precision,

@@ -42,8 +42,11 @@ class NonFiniteLossError(RuntimeError):
     """Too many non-finite steps (loss or gradient norm) in a row: the run stops without a checkpoint."""
 
 
-def keeps_running_statistics(model: torch.nn.Module) -> bool:
-    """Whether a training forward changes the model's buffers (BatchNorm's running mean and variance)."""
+def keeps_running_statistics(model_kwargs: dict) -> bool:
+    """Whether a training forward changes the buffers of the model `towers.build_model(**model_kwargs)`
+    builds (BatchNorm's running mean and variance); decided before the model exists, for DDP's options."""
+    with torch.device("meta"):  # the architecture only: no memory, no init cost
+        model = towers.build_model(**model_kwargs)
     return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats
                for module in model.modules())
 

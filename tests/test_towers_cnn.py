@@ -281,12 +281,11 @@ def test_ddp_broadcasts_buffers_only_for_a_tower_with_running_statistics():
     """A BatchNorm tower's running statistics change every step: DDP must broadcast process 0's (as DDP and
     open_clip do by default) or each process evaluates and checkpoints its own; constants are not sent."""
     from launch.config import parse_experiment
-    from launch.train import _keeps_running_statistics
-    from launch.trainer import ddp_options
+    from launch.trainer import ddp_options, keeps_running_statistics
 
-    wanted = {tower: _keeps_running_statistics(parse_experiment(["--tower", tower])[0])
+    wanted = {tower: keeps_running_statistics(parse_experiment(["--tower", tower])[0].model_kwargs())
               for tower in ("transformer", "mixer", "cnn")}
     assert wanted == {"transformer": False, "mixer": False, "cnn": True}
     mixed = parse_experiment(["--image-tower", "cnn", "--text-tower", "mixer"])[0]
-    assert _keeps_running_statistics(mixed)
+    assert keeps_running_statistics(mixed.model_kwargs())
     assert ddp_options(True).broadcast_buffers is True and ddp_options().broadcast_buffers is False
