@@ -85,3 +85,10 @@ BENCHMARK_VERSIONS = {
     "throughput": "1.0",
     "gpu_check": "1.0",
 }
+
+
+def check_choice(name: str, value, choices) -> object:
+    """`value` if it is one of `choices`, else a one-line ValueError naming `name` and the choices."""
+    if value not in choices:
+        raise ValueError(f"{name} {value!r}: expected one of {list(choices)}")
+    return value

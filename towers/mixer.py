@@ -30,7 +30,7 @@ from timm.models.mlp_mixer import MlpMixer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS
+from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, check_choice
 from towers.preprocess import CONTEXT_LENGTH, VOCAB_SIZE
 from towers.text_mask import resolve_token_mixing
 from towers.token_mixing import (  # noqa: F401  (made_degrees, the modes: re-exported)
@@ -84,9 +84,8 @@ class MixerImageTower(MlpMixer):
     def __init__(self, image_size: int, patch_size: int, width: int, layers: int,
                  mlp_ratio: tuple[float, float] = (0.5, 4.0), drop_path_rate: float = 0.0,
                  init: str = "library", pool: str = "library"):
-        if init not in IMAGE_INITS or pool not in IMAGE_POOLS:
-            raise ValueError(f"image init {init!r} / pool {pool!r}: expected one of {list(IMAGE_INITS)} / "
-                             f"{list(IMAGE_POOLS)}")
+        check_choice("image init", init, IMAGE_INITS)
+        check_choice("image pool", pool, IMAGE_POOLS)
         super().__init__(num_classes=0, img_size=image_size, patch_size=patch_size,
                          num_blocks=layers, embed_dim=width, mlp_ratio=mlp_ratio,
                          drop_path_rate=drop_path_rate)

@@ -16,7 +16,7 @@ import torch
 from open_clip.transformer import QuickGELU, TextTransformer, VisionTransformer, text_global_pool
 from torch import nn
 
-from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS
+from runfolder.vocabulary import IMAGE_INITS, IMAGE_POOLS, check_choice
 from towers.preprocess import CONTEXT_LENGTH, VOCAB_SIZE
 from towers.text_mask import caption_attention_mask, check_text_mask
 
@@ -61,12 +61,6 @@ _POOL_KWARGS = {
     # one learned query attends over every token (open_clip's AttentionalPooler, its CoCa order)
     "map": {"attentional_pool": True, "attn_pooler_queries": 1},
 }
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} {value!r}: expected one of {list(choices)}")
-    return value
 
 
 class TransformerImageTower(VisionTransformer):
