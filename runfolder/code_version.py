@@ -29,14 +29,27 @@ def _git(*argv: str) -> bytes:
                           check=True).stdout
 
 
+# What the drivers write into a committed results folder (run records, timings, reports, figures) is
+# output, not code: a resumed driver rewrites timings.json after each run and must not then refuse its
+# own next run or stamp it -dirty. Code and specs under results/ (.py, .yaml, .toml, .csv) still count.
+ARTIFACT_SUFFIXES = (".json", ".jsonl", ".md", ".html", ".png", ".svg", ".pdf", ".txt", ".log")
+
+
+def is_run_artifact(path: str) -> bool:
+    """A file under results/ that a driver writes (see ARTIFACT_SUFFIXES), as git names it."""
+    return path.startswith("results/") and path.endswith(ARTIFACT_SUFFIXES)
+
+
 def tree_changes() -> list[str] | None:
-    """Tracked files that differ from HEAD (``git status --porcelain --untracked-files=no``), in git's
-    order; None outside a git checkout (an sdist install)."""
+    """Tracked files other than run artifacts that differ from HEAD (``git status --porcelain
+    --untracked-files=no``), in git's order; None outside a git checkout (an sdist install)."""
     try:
         status = _git("status", "--porcelain", "--untracked-files=no").decode()
     except (OSError, subprocess.SubprocessError):
         return None
-    return [line[3:] for line in status.splitlines() if line.strip()]
+    # a rename reads "old -> new": both names count
+    paths = [name for line in status.splitlines() if line.strip() for name in line[3:].split(" -> ")]
+    return [path for path in dict.fromkeys(paths) if not is_run_artifact(path)]
 
 
 def git_commit() -> str | None:
@@ -50,12 +63,14 @@ def git_commit() -> str | None:
 
 
 def git_diff_sha256() -> str | None:
-    """sha256 of ``git diff HEAD --binary`` when tracked files changed: the patch a ``-dirty`` run was
-    trained with, so the run can be matched to it; None on a clean tree or outside a git checkout."""
-    if not tree_changes():
+    """sha256 of ``git diff HEAD --binary`` over the changed files other than run artifacts: the patch a
+    ``-dirty`` run was trained with, so the run can be matched to it; None on a clean tree or outside a
+    git checkout."""
+    changes = tree_changes()
+    if not changes:
         return None
     try:
-        return hashlib.sha256(_git("diff", "HEAD", "--binary")).hexdigest()
+        return hashlib.sha256(_git("diff", "HEAD", "--binary", "--", *changes)).hexdigest()
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -65,8 +80,9 @@ def code_version() -> dict[str, str | None]:
     return {"git_commit": git_commit(), "git_diff_sha256": git_diff_sha256()}
 
 
-ALLOW_DIRTY_HELP = ("train from a work tree whose tracked files have uncommitted changes; each run's "
-                    "config.json then records git_diff_sha256, the sha256 of `git diff HEAD --binary`")
+ALLOW_DIRTY_HELP = ("train from a work tree whose tracked files have uncommitted changes (run artifacts "
+                    "under results/ do not count); each run's config.json then records git_diff_sha256, "
+                    "the sha256 of `git diff HEAD --binary` over the changed files")
 _said: set[str] = set()  # notes said once a process: a driver calls another driver once per arm
 
 

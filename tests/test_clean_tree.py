@@ -77,6 +77,30 @@ def test_more_than_three_changed_files_are_counted_not_listed(repo):
     assert code_version.tree_changes() == [f"f{k}.py" for k in range(5)]
 
 
+def test_run_artifacts_a_driver_rewrites_do_not_dirty_the_tree_but_code_under_results_does(repo):
+    """A resumed driver rewrites results/<exp>/timings.json after each run; its next run must neither be
+    refused nor stamped -dirty. A driver's code or a sweep spec under results/ is still code."""
+    artifacts = ("results/tuning/timings.json", "results/tuning/runs/a/metrics.jsonl", "results/x/report.md")
+    code = ("results/drivers/tuning.py", "results/scaling/sweep.yaml")
+    for name in (*artifacts, *code):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("0\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "results")
+    head = _git(repo, "rev-parse", "HEAD").decode().strip()
+    for name in artifacts:
+        (repo / name).write_text("1\n")
+    code_version.require_clean_tree(allow_dirty=False)  # returns: nothing but artifacts changed
+    assert code_version.code_version() == {"git_commit": head, "git_diff_sha256": None}
+    (repo / "results/drivers/tuning.py").write_text("changed = True\n")
+    (repo / "results/scaling/sweep.yaml").write_text("budgets: [1]\n")
+    assert code_version.tree_changes() == list(code)
+    code_only = _git(repo, "diff", "HEAD", "--binary", "--", *code)
+    assert code_version.code_version() == {"git_commit": f"{head}-dirty",
+                                         "git_diff_sha256": hashlib.sha256(code_only).hexdigest()}
+    assert code_only != _git(repo, "diff", "HEAD", "--binary")  # the artifacts' changes are left out
+
+
 @pytest.mark.slow  # trains 2 steps in this process: 29 s on the 2-core EPYC with both cores busy
 def test_allow_dirty_trains_and_each_run_stamps_the_sha256_of_its_diff(repo, tmp_path, monkeypatch, capsys):
     from launch import train  # torch: imported here, the refusal tests need none of it
