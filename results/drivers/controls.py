@@ -176,7 +176,7 @@ def _report(run_dirs: list[Path], scores: Path, report_dir: Path) -> list[Path]:
         print(f"note: no finished runs for {report_dir}; report not written")
         return []
     result = write_report(run_dirs, scores, report_dir, scores_required=False, primary=PRIMARY,
-                          recipe_per_arm=True)
+                          recipe_per_arm=True, options=["--primary", PRIMARY])
     print(result["primary_sentence"])
     return [result["report_md"]]
 
@@ -184,7 +184,7 @@ def _report(run_dirs: list[Path], scores: Path, report_dir: Path) -> list[Path]:
 def report_variants(out: Path, towers: list[str]) -> list[Path]:
     written = []
     headline = out / HEADLINE / "runs"
-    conditions = [("standard", f"standard (the headline, {out / HEADLINE})",
+    conditions = [("standard", f"standard (the headline, {HEADLINE}/)",
                    {tower: _finished(headline, [tower]) for tower in TOWERS})]
     for name, (_, label) in VARIANTS.items():
         folder = out / "toy_variants" / name
