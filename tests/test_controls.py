@@ -278,11 +278,14 @@ def test_the_driver_trains_through_the_reference_driver_and_resumes(tmp_path, mo
 
 @pytest.mark.slow
 def test_a_tiny_real_pooling_run_beside_its_tuning_baseline(tmp_path):
-    """Two steps of the Mixer's chosen config (the tuning driver's own call) and of its map-pool control."""
+    """Two steps of the Mixer's chosen config on seed 0 (the tuning driver's own call), then the driver:
+    it trains the map-pool control of seed 0 and reuses seed 1's (a finished run folder written here)."""
     tiny = "--steps 2 --batch-size 16 --eval-samples 64 --workers 0 --cpu-threads 1"
     cell = Cell("mixer", "2e-3", 1)
-    tuning.train_cell(tmp_path / "tuning", cell, [0, 1], tiny, allow_dirty=True)
+    tuning.train_cell(tmp_path / "tuning", cell, [0], tiny, allow_dirty=True)
     out = tmp_path / "results"
+    write_run(cell.run_dir(tmp_path / "tuning", 1), "mixer", 1, 61.0)
+    write_run(out / "pooling" / "runs" / "mixer-mappool-seed1", "mixer", 1, 64.5, image_pool="map")
     assert controls.main(["--only", "pooling", "--towers", "mixer",
                           "--tuning", str(tmp_path / "tuning" / "t.json"),
                           "--recipe", f"transformer={FLAGS['transformer']}", "--recipe",
@@ -290,7 +293,10 @@ def test_a_tiny_real_pooling_run_beside_its_tuning_baseline(tmp_path):
                           "--allow-dirty"]) == 0
     report = json.loads((out / "pooling" / "report.json").read_text())["towers"]["mixer"]
     assert report["n_pairs"] == 2 and report["other_pool"].startswith("map")
-    config = json.loads((out / "pooling" / "runs" / "mixer-mappool-seed1" / "config.json").read_text())
-    assert config["recipe_identity"]["image_pool"] == "map" and config["recipe_identity"]["seed"] == 1
-    for row in report["seeds"]:
-        assert 0 <= row["other"]["toy_top1_seen"] <= 100 and math.isfinite(row["difference"]["toy_val_loss"])
+    assert report["seeds"][1]["difference"]["toy_top1_seen"] == pytest.approx(3.5)
+    config = json.loads((out / "pooling" / "runs" / "mixer-mappool-seed0" / "config.json").read_text())
+    identity = config["recipe_identity"]
+    assert (identity["image_pool"], identity["seed"], identity["lr"], identity["steps"]) == \
+        ("map", 0, 2e-3, 2)
+    seed0 = report["seeds"][0]
+    assert 0 <= seed0["other"]["toy_top1_seen"] <= 100 and math.isfinite(seed0["difference"]["toy_val_loss"])
