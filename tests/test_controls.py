@@ -10,6 +10,8 @@ import hashlib
 import json
 import math
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from scipy import stats
 
 from results.drivers import controls, reference, tuning
 from results.drivers.tuning_grid import Cell
+from runfolder import code_version
 from runfolder.records import ConfigRecord, final_eval_record, metrics_line, stamped, write_json
 
 FLAGS = {"transformer": "--lr 1e-3 --warmup-steps 160 --precision bf16",
@@ -274,6 +277,32 @@ def test_the_driver_trains_through_the_reference_driver_and_resumes(tmp_path, mo
     assert "Not finished (no final_eval.json)" in (out / "pooling" / "report.md").read_text()
     calls.clear()
     assert controls.main(argv) == 0 and calls == []  # every run finished: nothing trained again
+
+
+def test_a_dirty_tree_is_refused_before_any_run_and_the_driver_imports_no_model_code(tmp_path, monkeypatch,
+                                                                                      capsys):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(reference, "_run", _fake_training(calls))
+    checkout = tmp_path / "checkout"  # a committed git checkout standing in for the code's, then edited
+    checkout.mkdir()
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    (checkout / "train.py").write_text("steps = 640\n")
+    for argv in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "first"]):
+        subprocess.run([*git, *argv], cwd=checkout, check=True, capture_output=True)
+    (checkout / "train.py").write_text("steps = 2\n")
+    monkeypatch.setattr(code_version, "REPO_ROOT", checkout)
+    argv = ["--only", "pooling", "--tuning", str(write_tuning(tmp_path / "tuning" / "tuning.json")),
+            "--out", str(tmp_path / "results")]
+    with pytest.raises(SystemExit) as refused:
+        controls.main(argv)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "train.py" in err and "--allow-dirty" in err and calls == []
+    assert controls.main([*argv, "--report-only"]) == 0 and calls == []  # a report trains nothing
+
+    code = ("import sys, results.drivers.controls; "
+            "sys.exit(bool([m for m in ('torch', 'towers', 'launch') if m in sys.modules]))")
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          timeout=120).returncode == 0
 
 
 @pytest.mark.slow
