@@ -19,7 +19,7 @@ import pytest
 from scipy import stats
 
 from results.drivers import controls, reference, tuning
-from results.drivers.tuning_grid import Cell
+from results.drivers.tuning_grid import Cell, Measured
 from runfolder import code_version
 from runfolder.records import ConfigRecord, final_eval_record, metrics_line, stamped, write_json
 
@@ -303,6 +303,15 @@ def test_a_dirty_tree_is_refused_before_any_run_and_the_driver_imports_no_model_
             "sys.exit(bool([m for m in ('torch', 'towers', 'launch') if m in sys.modules]))")
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                           timeout=120).returncode == 0
+
+
+def test_the_headline_report_command_names_its_two_arms_not_the_cnn_beside_them():
+    """The calibration runs share results/reference_tuned/runs/: the tuning grid's headline report command
+    names the Transformer's and the Mixer's runs, the Transformer first (the baseline), not a glob."""
+    chosen = {tower: Measured(Cell(tower, "1e-3", 40)) for tower in ("transformer", "mixer")}
+    report = tuning.headline_commands(chosen, 3, "results/reference_tuned")[-1]
+    assert report.startswith("python -m results.report results/reference_tuned/runs/transformer-seed* "
+                             "results/reference_tuned/runs/mixer-seed* --scores")
 
 
 @pytest.mark.slow
