@@ -107,6 +107,10 @@ def pooling_markdown(summary: dict[str, Any]) -> str:
                 cells += [_cell(values[0], digits), _cell(values[1], digits),
                           _cell((row["difference"] or {}).get(key), digits, sign=True)]
             lines.append(f"| {row['seed']} | " + " | ".join(cells) + " |")
+        if arm["seeds"]:
+            first = arm["seeds"][0]
+            lines += ["", f"Runs: default `{Path(first['default_run']).parent}/`, other "
+                          f"`{Path(first['other_run']).parent}/`."]
         missing = [f"{row[side + '_run']}" for row in arm["seeds"] for side in ("default", "other")
                    if row[side] is None]
         mean = arm["mean_difference"]
@@ -117,6 +121,7 @@ def pooling_markdown(summary: dict[str, Any]) -> str:
         if missing:
             lines += ["", "Not finished (no final_eval.json): " + ", ".join(f"`{m}`" for m in missing) + "."]
         lines.append("")
+    lines += ["Regenerate: `python -m results.drivers.controls --only pooling --report-only`.", ""]
     return "\n".join(lines)
 
 
@@ -181,6 +186,9 @@ def variants_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {row['label']} | {row['n']['transformer']} / {row['n']['mixer']} | "
                      f"{_cell(row['mean']['transformer'], 1)} | {_cell(row['mean']['mixer'], 1)} | "
                      f"{_cell(row['difference'], 1, sign=True)}{interval} | {row['ranking_holds']} |")
+    lines += ["", "Each variant's own report (verdicts, curves, each arm's recipe): "
+              "`<variant>/report/report.md`. Regenerate: "
+              "`python -m results.drivers.controls --only variants --report-only`."]
     return "\n".join(lines) + "\n"
 
 
