@@ -168,7 +168,8 @@ def variants_summary(conditions: list[tuple[str, str, dict[str, list[Path]]]]) -
     standard = next((row for row in rows if row["condition"] == "standard"
                      and math.isfinite(row["difference"])), None)
     for row in rows:
-        row["ranking_holds"] = _holds(row, standard) if math.isfinite(row["difference"]) else "no runs yet"
+        finite = math.isfinite(row["difference"])
+        row["ranking_holds"] = _holds(row, standard) if finite else "needs both arms' runs"
     return {"endpoint": SEEN, "confidence": CONFIDENCE, "interval": "Welch t", "conditions": rows}
 
 

@@ -55,6 +55,8 @@ VARIANTS = {"hard": ("--toy-task hard", "hard toy task"),
 VARIANT_SEEDS = (0, 1, 2)  # new tasks: no seed of theirs has chosen anything there
 CALIBRATION = "cnn"
 CALIBRATION_FLAGS = "--precision bf16"  # the default recipe otherwise: the calibration arm is not tuned
+# 5 seeds place the cnn arm beside the headline's two (paired on their first 5 seeds); it calibrates the
+# task, so it is not powered for the headline's +-3-point interval (13 seeds a tower for the Transformer)
 CALIBRATION_RUNS = 5
 HEADLINE = "reference_tuned"  # results.drivers.tuning.HEADLINE_OUT, under --out
 PRIMARY = controls_report.SEEN
