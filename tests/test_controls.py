@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from results import controls_report
 from results.drivers import controls, reference, tuning
 from results.drivers.tuning_grid import Cell, Measured
 from runfolder import code_version
@@ -238,6 +239,20 @@ def test_the_variant_summary_and_the_calibration_report_from_known_runs(tmp_path
     assert {row["baseline"] for row in primary.values()} == {"transformer-w96"}
     assert float(primary["cnn-w96"]["difference"]) == pytest.approx(np.mean(cnn) - 55.0)
     assert not (out / "reference_tuned" / "report").exists()  # the headline report is left alone
+
+
+def test_a_reversed_ranking_and_a_missing_standard_are_said_as_such(tmp_path):
+    arms = {}
+    for condition, values in (("standard", {"transformer": [50, 52, 51], "mixer": [60, 61, 63]}),
+                              ("flipped", {"transformer": [50, 52, 51], "mixer": [40, 41, 43]})):
+        arms[condition] = {tower: [write_run(tmp_path / condition / f"{tower}-seed{seed}", tower, seed, seen)
+                                   for seed, seen in enumerate(seens)] for tower, seens in values.items()}
+    rows = controls_report.variants_summary([(c, c, a) for c, a in arms.items()])["conditions"]
+    assert [row["ranking_holds"] for row in rows] == ["the reference: Mixer ahead", "no: reversed"]
+    rows = controls_report.variants_summary([("standard", "standard", {}),
+                                             ("flipped", "flipped", arms["flipped"])])["conditions"]
+    assert [row["ranking_holds"] for row in rows] == ["needs both arms' runs",
+                                                      "no standard condition to compare with"]
 
 
 def low_high(row: dict) -> str:
