@@ -165,8 +165,10 @@ def headline_commands(chosen: dict[str, Measured], n: int, out: str) -> list[str
     commands = [shlex.join(["python", "-m", "results.drivers.reference", "--towers", tower, "--seeds", *seeds,
                             "--out", out, "--train-flags", m.cell.train_flags(), "--no-report"])
                 for tower, m in chosen.items()]
-    # each arm at its own tuned recipe: the report groups runs by tower pair and states each arm's recipe
-    return commands + [f"python -m results.report {out}/runs/* --scores {out}/scores --out {out}/report "
+    # each arm at its own tuned recipe: the report groups runs by tower pair and states each arm's recipe;
+    # the arms by name, the Transformer first (the baseline): the cnn calibration arm shares the folder
+    runs = " ".join(f"{out}/runs/{tower}-seed*" for tower in chosen)
+    return commands + [f"python -m results.report {runs} --scores {out}/scores --out {out}/report "
                        "--recipe-per-arm --primary toy_top1_seen"]
 
 
