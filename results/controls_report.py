@@ -25,8 +25,9 @@ from results.runs import ReportInputError, load_run, recipe_differences
 from results.significance import CONFIDENCE, welch_interval
 from runfolder import RunFolder, atomic_write_text
 from runfolder.records import write_json
+from runfolder.vocabulary import TOY_TOP1_HELD_OUT, TOY_TOP1_SEEN, TOY_VAL_LOSS
 
-SEEN, HELD_OUT, VAL_LOSS = "toy_top1_seen", "toy_top1_held_out", "toy_val_loss"  # final_eval.json keys
+SEEN, HELD_OUT, VAL_LOSS = TOY_TOP1_SEEN, TOY_TOP1_HELD_OUT, TOY_VAL_LOSS  # final_eval.json keys
 METRICS = ((SEEN, "seen top-1 (%)", 1), (HELD_OUT, "held-out top-1 (%)", 1), (VAL_LOSS, "val loss", 3))
 NAMES = {"transformer": "Transformer", "mixer": "Mixer", "cnn": "CNN"}
 # what `--image-pool library` is for each image family (runfolder.vocabulary.IMAGE_POOLS says so in words)

@@ -48,6 +48,11 @@ def eval_key(eval_set: str, key: str) -> str:
     return f"{EVAL_PREFIX}{eval_set}_{key}"
 
 
+# final_eval.json names the toy evaluation's values without the prefix: the tuning grid and the controls
+# read these three
+TOY_TOP1_SEEN, TOY_TOP1_HELD_OUT, TOY_VAL_LOSS = "toy_top1_seen", "toy_top1_held_out", "toy_val_loss"
+
+
 # The word-order benchmark's toy tasks (benchmarks.word_order), each a kind of negative caption.
 WORD_ORDER_TASKS = ("swap-attribute", "swap-background", "swap-object", "shuffle")
 

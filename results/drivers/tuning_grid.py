@@ -21,6 +21,7 @@ from results.runs import ReportInputError, Run, load_run
 from results.significance import CONFIDENCE
 from results.tables import seedless_sha256
 from runfolder import RunFolder
+from runfolder.vocabulary import TOY_TOP1_HELD_OUT, TOY_TOP1_SEEN, TOY_VAL_LOSS
 
 TOWERS = ("transformer", "mixer")
 # Spelled as the run folders are named (lr1e-3-warmup40); the default recipe's lr first, then outward
@@ -36,7 +37,7 @@ POOL_CONFIGS = 3  # an arm's seed sd is pooled over its 3 best configs: 3 degree
 TOY_CLASSES = 64
 CHANCE_TOP1 = 100.0 / TOY_CLASSES
 DIVERGED_BELOW = 2 * CHANCE_TOP1  # seen top-1 at most twice chance: the run learned nothing
-SEEN, HELD_OUT, VAL_LOSS = "toy_top1_seen", "toy_top1_held_out", "toy_val_loss"  # final_eval.json keys
+SEEN, HELD_OUT, VAL_LOSS = TOY_TOP1_SEEN, TOY_TOP1_HELD_OUT, TOY_VAL_LOSS  # final_eval.json keys
 # the recipe fields the grid varies; everything else must be shared by every run of both arms
 VARIED = ("seed", "lr", "warmup_steps", "image_init")
 
