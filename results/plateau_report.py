@@ -142,7 +142,8 @@ def collect_plateau(spec: dict, t: Target, out: Path) -> dict:
     provenance = sorted({json.dumps(r.provenance, sort_keys=True) for r in read.values()})
     timings_file = out / "timings.json"  # the driver's: wall seconds per run
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
-    return {"target": t.name, "families": order, "budgets": sorted(t.budgets), "trunk_steps": steps,
+    return {"target": t.name, "families": order, "sizes": t.sizes, "budgets": sorted(t.budgets),
+            "trunk_steps": steps,
             "chains": rows, "differences": differences, "shared_recipe": shared,
             "provenance": [json.loads(p) for p in provenance],
             "wall_seconds": sum(timings.get(f"train {name}", 0.0) for name in read),
@@ -161,7 +162,8 @@ def plateau_markdown(data: dict) -> str:
     budgets, steps = data["budgets"], data["trunk_steps"]
     chains = data["chains"]
     shas = sorted({r["budgets"][0]["recipe_sha256"] for r in chains})
-    lines = [f"# Plateau: {' vs '.join(data['families'])} ({data['target']})", "",
+    lines = [f"# Plateau: {' vs '.join(data['families'])} at {', '.join(data['sizes'])} (target "
+             f"{data['target']})", "",
              f"One chain per tower and seed: a constant-lr trunk to step {steps[-1]}, and from its "
              "checkpoints a cooldown branch per budget (" + " / ".join(f"{b:,}" for b in budgets)
              + " samples, "
