@@ -235,3 +235,25 @@ def test_the_driver_trains_the_tiny_plateau_and_reports_the_runs_numbers(tmp_pat
     assert "| transformer | 0 | 40 (1x) | 5 (1) |" in text and "| mixer | 0 | 2x -> 3x |" in text
     again = sweep(*args)  # finished: nothing starts, the report is written again
     assert again.returncode == 0 and "+ " not in again.stdout, again.stdout
+
+
+@pytest.mark.slow  # two 4-step runs in this process: 54 s on the 2-core EPYC under the tuning grid
+def test_evaluating_during_training_leaves_the_weights_bit_identical(tmp_path):
+    """The plateau's runs evaluate every 64 steps and the default run never does (--eval-every 0): with
+    the recipe_sha256 equal, this is what makes the 1x branch the default run itself."""
+    import torch
+
+    from launch.train import main
+
+    common = ["--tower", "mixer", "--variant", "w64", "--batch-size", "8", "--warmup-steps", "1",
+              "--eval-samples", "16", "--workers", "0", "--log-every", "1", "--cpu-threads", "1",
+              "--runs-dir", str(tmp_path), "--steps", "4", "--cooldown-steps", "1", "--save-every", "4"]
+    assert main([*common, "--eval-every", "1", "--name", "evals"]) == 0
+    assert main([*common, "--eval-every", "0", "--name", "no-evals"]) == 0
+    evals, no_evals = (torch.load(RunFolder(tmp_path / name).checkpoint(4), weights_only=True)["state_dict"]
+                       for name in ("evals", "no-evals"))
+    assert [[row["step"] for row in RunFolder(tmp_path / name).read_metric_rows().evals]
+            for name in ("evals", "no-evals")] == [[1, 2, 3, 4], [4]]
+    assert evals.keys() == no_evals.keys()
+    for key, value in evals.items():
+        assert torch.equal(value, no_evals[key]), key
