@@ -62,7 +62,7 @@ class FinishedRun:
     recipe_sha256: str | None
     final: dict[str, float | None]  # METRICS at the run's end (final_eval.json)
     curve: list[dict[str, Any]]  # every evaluation: step, samples_seen, METRICS
-    provenance: dict[str, Any]  # commit, device, CPU capability, torch threads
+    provenance: dict[str, Any]  # commit (and a dirty tree's diff), device, CPU capability, torch threads
 
     @property
     def seed(self) -> Any:
@@ -84,7 +84,8 @@ def _read(run: PlannedRun, runs_dir: Path) -> FinishedRun:
         final={k: row.get(k) for k in METRICS},
         curve=[{"step": e["step"], "samples_seen": e.get("samples_seen"), **{k: e.get(k) for k in METRICS}}
                for e in evals],
-        provenance={k: config.get(k) for k in ("git_commit", "device", "cpu_capability", "torch_threads")})
+        provenance={k: config.get(k) for k in ("git_commit", "git_diff_sha256", "device", "cpu_capability",
+                                               "torch_threads")})
 
 
 def _shared_recipe(runs: list[FinishedRun]) -> dict:
@@ -143,8 +144,7 @@ def collect_plateau(spec: dict, t: Target, out: Path) -> dict:
     timings_file = out / "timings.json"  # the driver's: wall seconds per run
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     return {"target": t.name, "families": order, "sizes": t.sizes, "budgets": sorted(t.budgets),
-            "trunk_steps": steps,
-            "chains": rows, "differences": differences, "shared_recipe": shared,
+            "trunk_steps": steps, "chains": rows, "differences": differences, "shared_recipe": shared,
             "provenance": [json.loads(p) for p in provenance],
             "wall_seconds": sum(timings.get(f"train {name}", 0.0) for name in read),
             "timed_runs": sum(f"train {name}" in timings for name in read)}
@@ -156,6 +156,14 @@ def _num(value: float | None, form: str) -> str:
 
 def _times(multiple: float) -> str:
     return f"{multiple:g}x"
+
+
+def _where(p: dict) -> str:
+    """Where runs were trained: the commit (and a dirty tree's diff), the device, the torch threads."""
+    diff = p.get("git_diff_sha256")
+    dirty = f" with uncommitted changes (diff sha256 {diff[:12]})" if diff else ""
+    return (f"commit {p['git_commit']}{dirty}, {p['device']} ({p['cpu_capability']}), {p['torch_threads']} "
+            "torch threads")
 
 
 def plateau_markdown(data: dict) -> str:
@@ -199,9 +207,7 @@ def plateau_markdown(data: dict) -> str:
         for d in data["differences"]:
             lines.append(f"| {d['seed']} | {d['budget']:,} | {_num(d[SEEN], '+.1f')} | "
                          f"{_num(d[HELD_OUT], '+.1f')} | {_num(d[VAL_LOSS], '+.3f')} |")
-    lines += ["", "## Runs", "", "Trained at: " + "; ".join(
-        f"commit {p['git_commit']}, {p['device']} ({p['cpu_capability']}), {p['torch_threads']} torch threads"
-        for p in data["provenance"]) + "."]
+    lines += ["", "## Runs", "", "Trained at: " + "; ".join(map(_where, data["provenance"])) + "."]
     if data["timed_runs"]:
         lines.append(f"Sum of the runs' wall times: {data['wall_seconds'] / 60:.1f} min "
                      f"({data['timed_runs']} runs, timings.json; runs trained side by side by `--jobs` "

@@ -146,7 +146,8 @@ def test_the_report_tables_each_budget_the_gains_the_trunk_and_the_difference(tm
                 # mixer minus transformer: 4.9 points at the default's budget, 8.6 and 11.5 at 2x and 3x
                 "| 0 | 81,920 | +4.9 | +12.6 | -0.133 |", "| 0 | 163,840 | +8.6 | +16.3 | -0.127 |",
                 "| 0 | 245,760 | +11.5 | +20.6 | -0.174 |",
-                "The 81,920-sample branch's recipe_sha256: sha-640-128."):
+                "The 81,920-sample branch's recipe_sha256: sha-640-128.",
+                "Trained at: commit abc1234, cpu (AVX512), 1 torch threads."):
         assert row in text, row
     data = json.loads((out / "report" / "plateau.json").read_text())
     transformer = data["chains"][0]
