@@ -206,7 +206,7 @@ def tiny_spec(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.slow  # 8 real training processes of a few steps: 216 s on the 2-core EPYC under the tuning grid
+@pytest.mark.slow  # 8 real training processes of a few steps: 91-216 s on the 2-core EPYC under load
 def test_the_driver_trains_the_tiny_plateau_and_reports_the_runs_numbers(tmp_path):
     spec, out = tiny_spec(tmp_path), tmp_path / "plateau"
     args = ["run", "--spec", str(spec), "--target", "plateau", "--out", str(out), "--allow-dirty"]
