@@ -37,6 +37,7 @@ from results.scaling_spec import (
     Target,
     load_spec,
     plan,
+    read_lr_choice,
     run_error,
     target,
 )
@@ -47,19 +48,12 @@ METRIC_NAMES = {"toy_top1": "toy zero-shot top-1 error", "imagenet_top1": "Image
                 "imagenet1k": "ImageNet zero-shot top-1 error"}
 
 
-def _lr_choice(out: Path) -> dict:
-    file = out / "lr_choice.json"
-    if not file.is_file():
-        raise ReportInputError(f"{file}: missing; run `python -m results.drivers.scaling_sweep run` first")
-    return json.loads(file.read_text())
-
-
 def collect(spec: dict, t: Target, out: Path, partial: bool = False) -> dict:
     """Grid points per family ({compute, errors, label, size, budget}), the branch check, and the runs'
     recipes checked to agree outside the swept fields. `partial`: only the finished runs, and
     `progress` says how many of the planned ones that is."""
     runs_dir = out / "runs"
-    choice = _lr_choice(out)
+    choice = read_lr_choice(out)
     chains = {phase: plan(spec, t, phase, runs_dir, choice["best_lr"]) for phase in PHASES}
     planned = list({run.name: run for phase in chains.values() for runs in phase for run in runs
                     if run.kind != "trunk"}.values())  # the chosen lr's tuning chain is also the grid's

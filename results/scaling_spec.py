@@ -1,9 +1,12 @@
 """The scaling-law sweep specification (`results/scaling/sweep.yaml`) and the plan of runs it implies.
 
 One YAML names the families, the seeds, the cooldown fraction and, per *target* (`toy` on this CPU,
-`slurm` on a cluster), the sizes, the samples-seen budgets, the global batch, the shared recipe flags,
-the learning-rate tuning and the branch-vs-fresh check. Both executors (`results.drivers.scaling_sweep`) run
-the plan this module derives, so the local sweep and the SLURM array job cannot drift apart.
+`slurm` on a cluster, `plateau`: the default recipe's chain per tower), the sizes, the samples-seen
+budgets, the global batch, the shared recipe flags, the learning-rate tuning, the branch-vs-fresh check
+(optional: a target without one has no `check` phase) and the report it gets (`scaling`: the laws,
+results.scaling_report; `plateau`: each chain's budgets and curve, results.plateau_report). Both
+executors (`results.drivers.scaling_sweep`) run the plan this module derives, so the local sweep and
+the SLURM array job cannot drift apart.
 
 The plan, per (family, size, lr, seed) *chain* (docs/scaling-laws.md):
   trunk   constant lr (`--lr-schedule constant`) for the largest budget's pre-cooldown steps, keeping a
@@ -15,11 +18,13 @@ The plan, per (family, size, lr, seed) *chain* (docs/scaling-laws.md):
 
 Phases: `tune` (every lr value at the tuning size, all budgets, the tuning seeds), then each family's best lr
 (lowest mean error at the largest budget) for `grid` (every size) and `check`. The tuning chain of
-the chosen lr is the grid's chain at that size (same name, reused).
+the chosen lr is the grid's chain at that size (same name, reused), so a one-value tuning at a grid size
+and seed (the plateau target's fixed lr) trains nothing the grid does not.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +32,13 @@ from typing import Any
 import yaml
 
 from runfolder import RunFolder
-from runfolder.errors import InputError
+from runfolder.errors import InputError, ReportInputError
 from runfolder.vocabulary import EVAL_PREFIX
 
 DEFAULT_SPEC = Path(__file__).with_name("scaling") / "sweep.yaml"
 PHASES = ("tune", "check", "grid")  # the check before the grid: both need only the tuned lr
+LR_CHOICE = "lr_choice.json"  # in the sweep folder: each family's tuned lr and the tuning grid (the driver's)
+REPORTS = ("scaling", "plateau")  # what a target's finished runs are read into (the key `report`)
 # The fields a sweep varies; every other recipe field must be the same in all its runs (the report checks).
 SWEPT_RECIPE_FIELDS = ("steps", "cooldown_steps", "lr", "seed")
 
@@ -53,13 +60,14 @@ class Target:
     tune_size: str
     tune_lrs: list[float]
     tune_seeds: list[int]
-    check_size: str
-    check_budget: int
+    check_size: str | None  # None: no branch-vs-fresh check (no `check` phase)
+    check_budget: int | None
     metric: str
     onset_error: float | None = None  # the learning-onset rule: fit only points with error below it
     nodes: int = 1
     gpus_per_node: int = 1
     slurm: dict[str, Any] = field(default_factory=dict)
+    report: str = "scaling"
 
     def steps(self, budget: int) -> int:
         return budget // self.global_batch
@@ -116,7 +124,7 @@ def target(spec: dict, name: str) -> Target:
         raise SpecError(f"{path}: no target '{name}' under 'targets' (have {sorted(targets)})")
     raw, where = targets[name], f"targets.{name}."
     tuning = _need(raw, "lr_tuning", where, path, dict)
-    check = _need(raw, "branch_check", where, path, dict)
+    check = _need(raw, "branch_check", where, path, dict) if "branch_check" in raw else None
     result = Target(
         name=name, sizes=list(_need(raw, "sizes", where, path, list)),
         budgets=[int(b) for b in _need(raw, "budgets", where, path, list)],
@@ -127,24 +135,28 @@ def target(spec: dict, name: str) -> Target:
         tune_size=str(_need(tuning, "size", f"{where}lr_tuning.", path)),
         tune_lrs=[float(v) for v in _need(tuning, "values", f"{where}lr_tuning.", path, list)],
         tune_seeds=[int(s) for s in tuning.get("seeds", raw.get("seeds", []))],
-        check_size=str(_need(check, "size", f"{where}branch_check.", path)),
-        check_budget=int(_need(check, "budget", f"{where}branch_check.", path, int)),
+        check_size=None if check is None else str(_need(check, "size", f"{where}branch_check.", path)),
+        check_budget=None if check is None else int(_need(check, "budget", f"{where}branch_check.", path,
+                                                           int)),
         metric=str(raw.get("metric", spec.get("metric", "toy_top1"))),
         onset_error=None if raw.get("onset_error") is None else float(raw["onset_error"]),
         nodes=int(raw.get("nodes", 1)), gpus_per_node=int(raw.get("gpus_per_node", 1)),
-        slurm=dict(raw.get("slurm") or {}))
+        slurm=dict(raw.get("slurm") or {}), report=str(raw.get("report", "scaling")))
+    if result.report not in REPORTS:
+        raise SpecError(f"{path}: '{where}report' is {result.report!r}; expected one of {REPORTS}")
     processes = result.nodes * result.gpus_per_node
     if result.recipe.get("batch_size", 0) * processes != result.global_batch:
         raise SpecError(f"{path}: '{where}recipe.batch_size' x {processes} processes must equal "
                         f"'{where}global_batch' ({result.global_batch})")
-    for budget in result.budgets + [result.check_budget]:
+    checked = [] if check is None else [result.check_budget]
+    for budget in result.budgets + checked:
         if budget % result.global_batch:
             raise SpecError(f"{path}: budget {budget} is not a whole number of global batches of "
                             f"{result.global_batch}")
-    if result.check_budget not in result.budgets:
+    if check is not None and result.check_budget not in result.budgets:
         raise SpecError(f"{path}: '{where}branch_check.budget' {result.check_budget} is not one of the "
                         "budgets")
-    for size in (result.tune_size, result.check_size):
+    for size in (result.tune_size, *([] if check is None else [result.check_size])):
         if size not in result.sizes:
             raise SpecError(f"{path}: size {size!r} in '{where}' is not one of its sizes {result.sizes}")
     if not result.tune_lrs or any(key in result.recipe for key in SWEPT_RECIPE_FIELDS):
@@ -204,6 +216,8 @@ def plan(spec: dict, t: Target, phase: str, runs_dir: Path,
         # smallest size first, the families interleaved: a sweep cut short has both at the same points
         return [chain(t, f, size, best_lr[f], s, runs_dir)
                 for size in t.sizes for s in t.seeds for f in families(spec)]
+    if t.check_size is None:
+        return []
     return [[fresh_run(t, f, best_lr[f], s)] for f in families(spec) for s in t.seeds]
 
 
@@ -228,3 +242,11 @@ def run_error(run_dir: Path, metric: str) -> float | None:
         return None
     value = final.get(EVAL_PREFIX + metric)
     return None if value is None else 100.0 - float(value)
+
+
+def read_lr_choice(out: Path) -> dict:
+    """The sweep folder's lr_choice.json ({best_lr: {family: lr}, grid, ...}), written once tuning ends."""
+    file = Path(out) / LR_CHOICE
+    if not file.is_file():
+        raise ReportInputError(f"{file}: missing; run `python -m results.drivers.scaling_sweep run` first")
+    return json.loads(file.read_text())

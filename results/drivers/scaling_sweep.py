@@ -8,13 +8,17 @@ Both run the plan `results.scaling_spec` derives from `results/scaling/sweep.yam
     python -m results.drivers.scaling_sweep estimate  # wall time from a few timed steps per size
     python -m results.drivers.scaling_sweep slurm --out sweep-slurm/  # tune/grid/check array jobs + submit.sh
     python -m results.drivers.scaling_sweep chain --target slurm --phase grid --index 3  # one array task
+    python -m results.drivers.scaling_sweep run --target plateau --out results/plateau  # the default's chains
+    python -m results.drivers.scaling_sweep report --target plateau --out results/plateau  # report only
 
 Resumable like `results.drivers.reference`: a run with `final_eval.json` is reused; a run cut short resumes
 from its newest checkpoint (`--resume auto`; a branch without one starts at its trunk's branch point),
 and a branch whose trunk's checkpoints are gone has its trunk trained again. Checkpoints are deleted
 once every run of their chain has finished (`--keep-checkpoints` keeps them). Runs go to
-`<out>/runs/`, each family's tuned lr to `<out>/lr_choice.json`, then `results.scaling_report` writes
-`<out>/report/`. Commands run as subprocesses: `results` imports no model code.
+`<out>/runs/`, each family's tuned lr to `<out>/lr_choice.json`, then the target's report writes
+`<out>/report/` (`results.scaling_report`, or `results.plateau_report` for a `report: plateau` target;
+`report` writes it again without training). Commands run as subprocesses: `results` imports no model
+code.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from results.plateau_report import write_plateau_report
+from results.runs import ReportInputError
 from results.scaling_report import write_scaling_report
 from results.scaling_spec import (
     DEFAULT_SPEC,
+    LR_CHOICE,
     PHASES,
     PlannedRun,
     SpecError,
@@ -83,6 +90,7 @@ class Executor:
         self.timings: dict[str, float] = {}
         self.lock = threading.Lock()  # timings.json is read and rewritten by every job
         self.stopping = threading.Event()  # a run failed: the other jobs start no further run
+        self.shown: set[str] = set()  # --dry-run: runs printed once count as done (a reused tuning chain)
         self.env = None
         if jobs > 1 and not os.environ.get("MIXCLIP_CPU_THREADS"):
             # chains at once share the cores; each run's torch gets its share instead of all of them
@@ -111,6 +119,7 @@ class Executor:
         command = self.command(run)
         print("+", shlex.join(command), flush=True)
         if self.dry_run:
+            self.shown.add(run.name)
             return
         started = time.perf_counter()
         with open(self.log, "a", encoding="utf-8") as out:
@@ -140,7 +149,7 @@ class Executor:
                 raise
 
     def finished(self, run: PlannedRun) -> bool:
-        return RunFolder(self.runs_dir / run.name).final_eval.is_file()
+        return run.name in self.shown or RunFolder(self.runs_dir / run.name).final_eval.is_file()
 
     def run_chain(self, runs: list[PlannedRun]) -> None:
         by_name = {run.name: run for run in runs}
@@ -165,11 +174,15 @@ class Executor:
 def _phase_chains(spec: dict, t: Target, phase: str, out: Path, runs_dir: Path) -> list[list[PlannedRun]]:
     best = None
     if phase != "tune":
-        choice = out / "lr_choice.json"
+        choice = out / LR_CHOICE
         if not choice.is_file():
             result = choose_lr(spec, t, runs_dir)
             atomic_write_text(choice, json.dumps(result, indent=2) + "\n")  # array tasks may race
         best = json.loads(choice.read_text())["best_lr"]
+        foreign = {f: lr for f, lr in best.items() if lr not in t.tune_lrs}
+        if foreign:  # another target's sweep folder: its lr would train this target's grid
+            raise SpecError(f"{choice}: lr {foreign} is not one of target {t.name}'s lr_tuning.values "
+                            f"{t.tune_lrs}; give this target its own --out")
     return plan(spec, t, phase, runs_dir, best)
 
 
@@ -186,9 +199,10 @@ def write_slurm(spec: dict, t: Target, spec_path: Path, out: Path, runs_dir: Pat
     counts = {"tune": len(plan(spec, t, "tune", runs_dir))}
     dummy = {f: 1.0 for f in families(spec)}  # chain counts do not depend on the lr
     counts.update({p: len(plan(spec, t, p, runs_dir, dummy)) for p in ("grid", "check")})
+    phases = [phase for phase in PHASES if counts[phase]]  # a target without a branch check has no check
     slurm = t.slurm
     written = []
-    for phase in PHASES:
+    for phase in phases:
         script = out / f"{phase}.sbatch"
         script.write_text(f"""#!/bin/bash
 # {phase} phase of the scaling sweep {spec_path} (target {t.name}): one chain per array task.
@@ -212,14 +226,14 @@ python -m results.drivers.scaling_sweep chain --spec {shlex.quote(str(spec_path)
 """)
         written.append(script)
     submit = out / "submit.sh"
+    after = "".join(f"sbatch --dependency=afterok:$tune {out / f'{phase}.sbatch'} \"$@\"\n"
+                    for phase in ("grid", "check") if phase in phases)
     submit.write_text(f"""#!/bin/bash
 # Submit the sweep: tuning, then the grid and the branch check once tuning has finished.
 # Arguments go on to every chain (`bash submit.sh --allow-dirty`).
 set -euo pipefail
 tune=$(sbatch --parsable {out / 'tune.sbatch'} "$@")
-sbatch --dependency=afterok:$tune {out / 'grid.sbatch'} "$@"
-sbatch --dependency=afterok:$tune {out / 'check.sbatch'} "$@"
-""")
+{after}""")
     submit.chmod(0o755)
     return [*written, submit]
 
@@ -227,11 +241,12 @@ sbatch --dependency=afterok:$tune {out / 'check.sbatch'} "$@"
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m results.drivers.scaling_sweep", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "chain", "slurm", "estimate"))
+    parser.add_argument("command", choices=("run", "chain", "slurm", "estimate", "report"))
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="sweep specification (YAML)")
     parser.add_argument("--target", default=None, help="target in the spec (default: toy; slurm for `slurm`)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="sweep folder (runs/, lr_choice.json, report/); default: results/scaling")
+                        help="sweep folder (runs/, lr_choice.json, report/); default: results/scaling for "
+                             "the toy target, results/<target> for the others")
     parser.add_argument("--phase", choices=PHASES, help="`chain`: the phase")
     parser.add_argument("--index", type=int, help="`chain`: the chain's index in its phase")
     parser.add_argument("--launcher", default=None,
@@ -253,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    out = args.out or (REPO / "results" / "scaling" if args.command != "slurm" else Path("sweep-slurm"))
+    # the toy sweep's committed folder is results/scaling; every other target's, results/<target>
+    out = args.out or (Path("sweep-slurm") if args.command == "slurm" else
+                       REPO / "results" / ("scaling" if t.name == "toy" else t.name))
     runs_dir = out / "runs"  # for `slurm`: where the array tasks will write, on the cluster's filesystem
     launcher = shlex.split(args.launcher) if args.launcher else None
     try:
@@ -265,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             from results.drivers.scaling_estimate import estimate
             estimate(spec, t, out, launcher, args.estimate_steps)
             return 0
+        if args.command == "report":  # the finished runs' report, nothing trained
+            return write_report(spec, t, out)
         if not args.dry_run:  # `estimate` times a few steps and `slurm` writes scripts: neither commits runs
             require_clean_tree(args.allow_dirty)
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -289,9 +308,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "run" and not args.dry_run and not args.no_report:
-        result = write_scaling_report(spec, t, out)
-        print(result["verdict"])
-        print(f"wrote {result['report_md']}")
+        return write_report(spec, t, out)
+    return 0
+
+
+def write_report(spec: dict, t: Target, out: Path) -> int:
+    """The target's report of the finished runs (its `report`: the scaling laws or the plateau)."""
+    try:
+        if t.report == "plateau":
+            result = write_plateau_report(spec, t, out)
+            print(f"wrote {result['report_json']}")
+        else:
+            result = write_scaling_report(spec, t, out)
+            print(result["verdict"])
+    except (SpecError, ReportInputError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {result['report_md']}")
     return 0
 
 
