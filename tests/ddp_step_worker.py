@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 import towers
 from launch.config import Recipe
 from launch.trainer import ContrastiveStep, build_optimizer, ddp_options, device_settings
+from runfolder.errors import run_main
 
 GLOBAL_BATCH, STEPS = 8, 3
 
@@ -69,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # an entry point like the product's: exits without the final collection

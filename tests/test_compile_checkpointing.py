@@ -145,6 +145,8 @@ def test_inductor_compiled_step_trains_the_same(tmp_path, monkeypatch):
     # A cache of its own: inductor's key misses ATEN_CPU_CAPABILITY, so kernels cached by a run at
     # another capability were reused and gave NaN (the suite under ATEN_CPU_CAPABILITY=avx2).
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    # the same kernels compiled in this process: a pool of compile workers would first import torch each
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
     eager = _losses("mixer-tiny", 2, **SMALL)
     compiled = _losses("mixer-tiny", 2, functools.partial(trainer.compile_model, backend="inductor"),
                        **SMALL)

@@ -169,7 +169,11 @@ def test_a_stalled_pipe_shard_is_skipped_counted_as_timeout_and_the_stream_resum
     assert loader.skipped()["timeout"] >= 2 and loader.skipped()["truncated_tar"] == 0
     state = loader.state_dict()
     after = [next(it) for _ in range(6)]
+    start = time.perf_counter()  # the buffer holds samples of the stalled pipe: they are read again
     resumed = take(get_train_loader(spec, state=state, **make), 6)
+    resume_s = time.perf_counter() - start
+    print(f"resumed 6 batches in {resume_s:.1f} s (the stalled command sleeps 60 s)")
+    assert resume_s < 30, "the resume waited for the stalled pipe's command to end"
     for (images, tokens), (images_r, tokens_r) in zip(after, resumed, strict=True):
         assert torch.equal(images, images_r) and torch.equal(tokens, tokens_r)
 

@@ -73,7 +73,7 @@ from webdataset.tariterators import base_plus_ext
 # the spec half of this module's API lives in benchmarks.data.shard_specs
 from benchmarks.data.shard_specs import SPEC_HELP, ShardSpecError, expand_shards  # noqa: F401
 from benchmarks.data.tar_stream import BLOCK, COMPRESSED_MAGIC, TarDamage, iter_entries
-from benchmarks.data.timed_read import ShardStalled, TimedStream
+from benchmarks.data.timed_read import ShardStalled, TimedStream, kill_command
 
 SKIP_KINDS = (
     "missing_shard",
@@ -218,6 +218,7 @@ def read_samples_at(url: str, spans: Iterable[tuple[int, int]],
     except OSError:
         seeks = False
     if not seeks:
+        kill_command(stream)  # a pipe is read again below; this unread one would wait for its command
         stream.close()
         wanted, last = {offset for offset, _ in spans}, spans[-1][0] if spans else -1
         for raw in iter_shard(url, SkipCounts(), read_timeout):

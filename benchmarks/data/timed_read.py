@@ -99,25 +99,9 @@ class TimedStream:
         return b"".join(parts)
 
     def _abandon(self) -> None:
-        """Stop the source: a `pipe:` command (webdataset's Pipe) is killed with its children, so
-        the thread's blocked read sees the end of the pipe, and its exit status is not an error."""
+        """Stop the source (kill_command), so the thread's blocked read sees the end of the pipe."""
         self._closed.set()
-        process = getattr(self.source, "proc", None)
-        if process is None:
-            return
-        self.source.ignore_errors = True  # Pipe.close would raise on the killed command's status
-        try:
-            family = psutil.Process(process.pid)
-            members = [*family.children(recursive=True), family]
-        except psutil.Error:  # the command has exited already
-            return
-        for member in members:
-            # each on its own: a child that exits between the listing and its kill (`head` finishing
-            # under load) must not spare the rest, or closing the pipe waits for the survivor to end
-            try:
-                member.kill()
-            except psutil.Error:
-                pass
+        kill_command(self.source)
 
     def __enter__(self) -> TimedStream:
         return self
@@ -135,3 +119,25 @@ class TimedStream:
         self._thread.join(timeout=1.0)
         if not self._thread.is_alive():  # a read stuck in the kernel (a hung file) is left behind
             self.source.close()
+
+
+def kill_command(source: BinaryIO) -> None:
+    """Kill a `pipe:` command (webdataset's Pipe) with its children, and make its exit status no error
+    (Pipe.close would raise on it): closing a pipe nobody reads to its end waits for the command to end,
+    which a stalled one never does. Anything else is left as it is."""
+    process = getattr(source, "proc", None)
+    if process is None:
+        return
+    source.ignore_errors = True
+    try:
+        family = psutil.Process(process.pid)
+        members = [*family.children(recursive=True), family]
+    except psutil.Error:  # the command has exited already
+        return
+    for member in members:
+        # each on its own: a child that exits between the listing and its kill (`head` finishing
+        # under load) must not spare the rest, or closing the pipe waits for the survivor to end
+        try:
+            member.kill()
+        except psutil.Error:
+            pass
