@@ -35,8 +35,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from results.plateau_report import write_plateau_report
-from results.runs import ReportInputError
 from results.scaling_report import write_scaling_report
 from results.scaling_spec import (
     DEFAULT_SPEC,
@@ -54,7 +52,7 @@ from results.scaling_spec import (
 )
 from runfolder import RunFolder, atomic_write_text
 from runfolder.code_version import ALLOW_DIRTY_HELP, require_clean_tree
-from runfolder.errors import OneLineParser, run_main
+from runfolder.errors import OneLineParser, ReportInputError, run_main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -316,6 +314,10 @@ def write_report(spec: dict, t: Target, out: Path) -> int:
     """The target's report of the finished runs (its `report`: the scaling laws or the plateau)."""
     try:
         if t.report == "plateau":
+            # imported here: it reads run folders with pandas, which a SLURM array task that only
+            # trains (`chain`) need not have
+            from results.plateau_report import write_plateau_report
+
             result = write_plateau_report(spec, t, out)
             print(f"wrote {result['report_json']}")
         else:
