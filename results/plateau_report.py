@@ -38,11 +38,10 @@ from results.scaling_spec import (
 from runfolder import RunFolder
 from runfolder.errors import OneLineParser, ReportInputError, run_main
 from runfolder.records import RecordError, final_eval_row, write_json
-from runfolder.vocabulary import EVAL_PREFIX, eval_key
+from runfolder.vocabulary import TOY_TOP1_HELD_OUT, TOY_TOP1_SEEN, TOY_VAL_LOSS
 
 # the toy evaluation's numbers, as metrics.jsonl rows and final_eval_row name them (no `eval/` prefix)
-SEEN, HELD_OUT, VAL_LOSS = (eval_key("toy", key)[len(EVAL_PREFIX):]
-                            for key in ("top1_seen", "top1_held_out", "val_loss"))
+SEEN, HELD_OUT, VAL_LOSS = TOY_TOP1_SEEN, TOY_TOP1_HELD_OUT, TOY_VAL_LOSS
 METRICS = (SEEN, HELD_OUT, VAL_LOSS)
 
 
